@@ -1,0 +1,848 @@
+//! The engine: the write path (validate -> one transaction -> indexes catch up) and
+//! the read paths (get, list, history, search), all scoped by tenant.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::RwLock;
+
+use memhub_types::memory::IngestionMethod;
+use memhub_types::schema::KindSchema;
+use memhub_types::time::now_micros;
+use memhub_types::{
+    Entity, Error, ErrorCode, Memory, MemoryFilter, MemoryPatch, NewEntity, NewMemory, NewRelation,
+    Relation, Result, SchemaRegistry, SearchHit, SearchRequest, SearchResponse, StoreOutcome,
+};
+use rusqlite::{params, OptionalExtension, Transaction};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::index::{normalized, MemoryIndex, Scope};
+use crate::prepare::{
+    self, check_attributes, check_content, check_embedding, check_tags, revision_hash, Prepared,
+};
+use crate::store::{self, storage, MemoryRow, OpenMode, Store, MEMORY_COLUMNS};
+use crate::EngineConfig;
+
+/// The result of a store: what happened and the memory as it now is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub outcome: StoreOutcome,
+    pub memory: Memory,
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Page {
+    pub memories: Vec<Memory>,
+    /// Pass back as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Counts for `GET /v1/stats`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    pub memories: usize,
+    pub with_embedding: usize,
+    pub by_kind: BTreeMap<String, usize>,
+    pub by_system: BTreeMap<String, usize>,
+    pub history_versions: i64,
+    pub entities: i64,
+    pub relations: i64,
+    pub store_bytes: u64,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ImportReport {
+    pub created: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+}
+
+/// The memhub engine. Thread-safe; share it behind an `Arc`.
+pub struct Engine {
+    store: Store,
+    index: RwLock<MemoryIndex>,
+    registry: RwLock<SchemaRegistry>,
+    config: EngineConfig,
+}
+
+/// A list cursor: `(created_at, seq)` of the last memory returned.
+fn encode_cursor(created_at: i64, seq: i64) -> String {
+    format!("{created_at}_{seq}")
+}
+
+fn decode_cursor(s: &str) -> Result<(i64, i64)> {
+    s.split_once('_')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .ok_or_else(|| {
+            Error::field(
+                ErrorCode::InvalidCursor,
+                "cursor",
+                "not a cursor returned by this server",
+            )
+        })
+}
+
+fn check_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize> {
+    match limit.unwrap_or(default) {
+        0 => Err(Error::field(
+            ErrorCode::InvalidField,
+            "limit",
+            "must be at least 1",
+        )),
+        n if n > max => Err(Error::field(
+            ErrorCode::InvalidField,
+            "limit",
+            format!("must be at most {max}"),
+        )),
+        n => Ok(n),
+    }
+}
+
+impl Engine {
+    /// Open the store in `data_dir`, load registered schemas and build the indexes.
+    pub fn open(data_dir: &Path, config: EngineConfig, mode: OpenMode) -> Result<Engine> {
+        let store = Store::open(data_dir, mode)?;
+        let mut registry = SchemaRegistry::with_builtins();
+        let mut index = MemoryIndex::default();
+        store.read(|conn| {
+            let mut st = conn
+                .prepare("SELECT kind, version, description, schema FROM kind_schemas ORDER BY kind, version")
+                .map_err(storage)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                })
+                .map_err(storage)?;
+            for row in rows {
+                let (kind, version, description, schema) = row.map_err(storage)?;
+                let schema: Value = serde_json::from_str(&schema).map_err(Error::internal)?;
+                registry.add(KindSchema { kind, version, description, schema, builtin: false })?;
+            }
+            index.applied_change = conn
+                .query_row("SELECT COALESCE(MAX(seq), 0) FROM change_log", [], |r| r.get(0))
+                .map_err(storage)?;
+            let mut st = conn.prepare(&format!("SELECT seq, {MEMORY_COLUMNS} FROM memories")).map_err(storage)?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, store::memory_from_row(r, 1)?))).map_err(storage)?;
+            for row in rows {
+                let (seq, memory) = row.map_err(storage)?;
+                index.upsert(seq, &memory);
+            }
+            Ok(())
+        })?;
+        tracing::info!(memories = index.len(), path = %store.path().display(), "store opened");
+        Ok(Engine {
+            store,
+            index: RwLock::new(index),
+            registry: RwLock::new(registry),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    fn registry(&self) -> std::sync::RwLockReadGuard<'_, SchemaRegistry> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, MemoryIndex> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Apply committed changes to the index: `Some` upserts, `None` removes.
+    fn apply(&self, changes: &[(i64, Option<&Memory>)]) {
+        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+        for (seq, memory) in changes {
+            match memory {
+                Some(m) => index.upsert(*seq, m),
+                None => index.remove(*seq),
+            }
+        }
+    }
+
+    /// Write one prepared memory inside `tx`: insert, replace (new version) or no-op.
+    fn write_prepared(tx: &Transaction<'_>, prepared: Prepared) -> Result<(i64, Stored)> {
+        let Prepared {
+            mut memory,
+            created_at_given,
+        } = prepared;
+        let existing =
+            store::find_by_key(tx, &memory.tenant, &memory.system_id, &memory.memory_id)?;
+        let Some((seq, old_revision, old)) = existing else {
+            let rev = revision_hash(&memory);
+            let seq = store::insert_memory(
+                tx,
+                &MemoryRow {
+                    memory: &memory,
+                    revision_hash: &rev,
+                },
+            )?;
+            return Ok((
+                seq,
+                Stored {
+                    outcome: StoreOutcome::Created,
+                    memory,
+                },
+            ));
+        };
+        if !created_at_given {
+            memory.created_at = old.created_at;
+        }
+        let rev = revision_hash(&memory);
+        if rev == old_revision {
+            return Ok((
+                seq,
+                Stored {
+                    outcome: StoreOutcome::Unchanged,
+                    memory: old,
+                },
+            ));
+        }
+        memory.id = old.id;
+        memory.ingested_at = old.ingested_at;
+        memory.version = old.version + 1;
+        store::replace_memory(
+            tx,
+            seq,
+            &MemoryRow {
+                memory: &memory,
+                revision_hash: &rev,
+            },
+            memory.updated_at,
+        )?;
+        Ok((
+            seq,
+            Stored {
+                outcome: StoreOutcome::Updated,
+                memory,
+            },
+        ))
+    }
+
+    fn changed(written: &[(i64, Stored)]) -> Vec<(i64, Option<&Memory>)> {
+        written
+            .iter()
+            .filter(|(_, s)| s.outcome != StoreOutcome::Unchanged)
+            .map(|(seq, s)| (*seq, Some(&s.memory)))
+            .collect()
+    }
+
+    /// Store one memory. Durable when this returns `Ok`.
+    pub fn store_memory(&self, new: NewMemory, method: IngestionMethod) -> Result<Stored> {
+        let prepared = prepare::prepare(new, method, &self.config, &self.registry(), now_micros())?;
+        let (_, stored) = self
+            .store
+            .write_then(
+                |tx| Self::write_prepared(tx, prepared).map(|w| vec![w]),
+                |written| self.apply(&Self::changed(written)),
+            )?
+            .pop()
+            .expect("one write");
+        Ok(stored)
+    }
+
+    /// Store many memories in one durable transaction. Items that fail validation
+    /// are reported (by position) and skipped; the others are all written or, if
+    /// the store fails, none is.
+    pub fn store_batch(
+        &self,
+        items: Vec<NewMemory>,
+        method: IngestionMethod,
+    ) -> Result<Vec<Result<Stored>>> {
+        if items.len() > self.config.max_batch {
+            return Err(Error::field(
+                ErrorCode::BatchTooLarge,
+                "memories",
+                format!(
+                    "Batch size exceeds maximum of {} memories",
+                    self.config.max_batch
+                ),
+            ));
+        }
+        let now = now_micros();
+        let registry = self.registry();
+        let prepared: Vec<Result<Prepared>> = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, new)| {
+                prepare::prepare(new, method, &self.config, &registry, now)
+                    .map_err(|e| e.within(&format!("memories[{i}]")))
+            })
+            .collect();
+        drop(registry);
+        let mut results: Vec<Option<Result<Stored>>> = Vec::with_capacity(prepared.len());
+        let mut valid = Vec::new();
+        for (i, p) in prepared.into_iter().enumerate() {
+            match p {
+                Ok(p) => {
+                    valid.push((i, p));
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        if !valid.is_empty() {
+            let written = self.store.write_then(
+                |tx| {
+                    valid
+                        .into_iter()
+                        .map(|(i, p)| Self::write_prepared(tx, p).map(|w| (i, w)))
+                        .collect::<Result<Vec<_>>>()
+                },
+                |written| {
+                    let w: Vec<(i64, Stored)> = written.iter().map(|(_, w)| w.clone()).collect();
+                    self.apply(&Self::changed(&w));
+                },
+            )?;
+            for (i, (_, stored)) in written {
+                results[i] = Some(Ok(stored));
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.expect("every item has a result"))
+            .collect())
+    }
+
+    /// A memory by server id, if visible in `tenant` (expired ones are not).
+    pub fn get(&self, tenant: &str, id: &Uuid) -> Result<Memory> {
+        let now = now_micros();
+        self.store
+            .read(|c| store::find_by_id(c, tenant, id))?
+            .map(|(_, m)| m)
+            .filter(|m| m.expires_at.is_none_or(|t| t > now))
+            .ok_or_else(|| Error::not_found(format!("no memory with id {id}")))
+    }
+
+    /// A memory by the client's `memory_id`. Without `system_id`, the id must be
+    /// unique in the tenant.
+    pub fn get_by_memory_id(
+        &self,
+        tenant: &str,
+        system_id: Option<&str>,
+        memory_id: &str,
+    ) -> Result<Memory> {
+        let now = now_micros();
+        let found: Vec<Memory> = self.store.read(|c| {
+            let sql = format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant = ?1 AND memory_id = ?2 AND (?3 IS NULL OR system_id = ?3) LIMIT 2");
+            let mut st = c.prepare_cached(&sql).map_err(storage)?;
+            let rows = st.query_map(params![tenant, memory_id, system_id], |r| store::memory_from_row(r, 0)).map_err(storage)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
+        })?;
+        let mut found: Vec<Memory> = found
+            .into_iter()
+            .filter(|m| m.expires_at.is_none_or(|t| t > now))
+            .collect();
+        match found.len() {
+            0 => Err(Error::not_found(format!(
+                "no memory with memory_id {memory_id:?}"
+            ))),
+            1 => Ok(found.pop().expect("one")),
+            _ => Err(Error::field(
+                ErrorCode::AmbiguousMemoryId,
+                "memory_id",
+                format!("{memory_id:?} exists in several systems; pass system_id"),
+            )),
+        }
+    }
+
+    /// Apply a patch: a new version, the old one kept in history.
+    pub fn update(&self, tenant: &str, id: &Uuid, patch: MemoryPatch) -> Result<Stored> {
+        let current = self.get(tenant, id)?;
+        let mut new = NewMemory {
+            tenant: Some(current.tenant.clone()),
+            system_id: Some(current.system_id.clone()),
+            memory_id: Some(current.memory_id.clone()),
+            kind: Some(current.kind.clone()),
+            schema_version: Some(current.schema_version),
+            content: patch.content.unwrap_or(current.content),
+            attributes: Some(patch.attributes.unwrap_or(current.attributes)),
+            metadata: Some(patch.metadata.unwrap_or(current.metadata)),
+            tags: patch.tags.unwrap_or(current.tags),
+            user_id: current.user_id,
+            agent_id: current.agent_id,
+            session_id: current.session_id,
+            project: current.project,
+            created_at: Some(current.created_at),
+            expires_at: patch.expires_at.or(current.expires_at),
+            embedding: current.embedding,
+            embedding_model: current.embedding_model,
+        };
+        if let Some(e) = patch.embedding {
+            new.embedding = Some(e);
+            new.embedding_model = patch.embedding_model;
+        }
+        self.store_memory(new, current.ingestion_method)
+    }
+
+    /// Delete a memory and its history for real.
+    pub fn delete(&self, tenant: &str, id: &Uuid) -> Result<Memory> {
+        self.store
+            .write_then(
+                |tx| {
+                    let (seq, m) = store::find_by_id(tx, tenant, id)?
+                        .ok_or_else(|| Error::not_found(format!("no memory with id {id}")))?;
+                    store::delete_memory(tx, seq, id)?;
+                    Ok((seq, m))
+                },
+                |(seq, _)| self.apply(&[(*seq, None)]),
+            )
+            .map(|(_, m)| m)
+    }
+
+    /// Every version of a memory, newest first (the current one included).
+    pub fn history(&self, tenant: &str, id: &Uuid) -> Result<Vec<Memory>> {
+        let current = self.get(tenant, id)?;
+        let mut versions = vec![current];
+        let old: Vec<Memory> = self.store.read(|c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {MEMORY_COLUMNS} FROM memory_history WHERE id = ?1 AND tenant = ?2 ORDER BY version DESC"
+                ))
+                .map_err(storage)?;
+            let rows = st.query_map(params![id.to_string(), tenant], |r| store::memory_from_row(r, 0)).map_err(storage)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
+        })?;
+        versions.extend(old);
+        Ok(versions)
+    }
+
+    /// A page of memories matching `filter`, newest first.
+    pub fn list(
+        &self,
+        tenant: &str,
+        filter: &MemoryFilter,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<Page> {
+        let limit = check_limit(limit, 50, 1000)?;
+        let after = cursor.map(decode_cursor).transpose()?;
+        let scope = Scope {
+            tenant,
+            filter,
+            now: now_micros(),
+        };
+        let keys = self.index().list(scope, after, limit + 1);
+        let more = keys.len() > limit;
+        let keys = &keys[..keys.len().min(limit)];
+        let seqs: Vec<i64> = keys.iter().map(|k| k.1).collect();
+        let memories: Vec<Memory> = self
+            .store
+            .read(|c| store::load_by_seq(c, &seqs))?
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
+        let next_cursor = if more {
+            keys.last().map(|k| encode_cursor(k.0, k.1))
+        } else {
+            None
+        };
+        Ok(Page {
+            memories,
+            next_cursor,
+        })
+    }
+
+    /// Hybrid search: BM25 and exact vector scan, fused by reciprocal rank.
+    pub fn search(&self, tenant: &str, req: &SearchRequest) -> Result<SearchResponse> {
+        let limit = check_limit(req.limit, 10, 1000)?;
+        let ratio = req.semantic_ratio.unwrap_or(0.5);
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(Error::field(
+                ErrorCode::InvalidField,
+                "semantic_ratio",
+                "must be between 0 and 1",
+            ));
+        }
+        let query_vector = match &req.query_embedding {
+            Some(v) => {
+                check_embedding("query_embedding", v, self.config.embedding_dim)?;
+                Some(normalized(v).ok_or_else(|| {
+                    Error::field(
+                        ErrorCode::InvalidField,
+                        "query_embedding",
+                        "must not be the zero vector",
+                    )
+                })?)
+            }
+            None => None,
+        };
+        if req.query.trim().is_empty() && query_vector.is_none() {
+            return Err(Error::field(
+                ErrorCode::InvalidField,
+                "query",
+                "give a query text or a query_embedding",
+            ));
+        }
+        let use_text = !req.query.trim().is_empty() && (ratio < 1.0 || query_vector.is_none());
+        let use_vector = query_vector.is_some() && (ratio > 0.0 || !use_text);
+        let mode = match (use_text, use_vector) {
+            (true, true) => "hybrid",
+            (false, true) => "vector",
+            _ => "keyword",
+        };
+        let candidates = (limit * 4).max(100);
+        let scope = Scope {
+            tenant,
+            filter: &req.filter,
+            now: now_micros(),
+        };
+
+        // seq -> (fused score, similarity, retrievers, content hash)
+        let mut fused: HashMap<i64, (f32, f32, Vec<&'static str>)> = HashMap::new();
+        let mut hashes: HashMap<i64, String> = HashMap::new();
+        {
+            let index = self.index();
+            if use_text {
+                let w = if use_vector { 1.0 - ratio } else { 1.0 };
+                for (rank, hit) in index
+                    .text_search(&req.query, scope, candidates)
+                    .into_iter()
+                    .enumerate()
+                {
+                    let e = fused
+                        .entry(hit.seq)
+                        .or_insert((0.0, hit.coverage, Vec::new()));
+                    e.0 += w / (60.0 + rank as f32 + 1.0);
+                    e.2.push("text");
+                }
+            }
+            if let Some(q) = query_vector.as_deref().filter(|_| use_vector) {
+                let w = if use_text { ratio } else { 1.0 };
+                for (rank, (seq, cos)) in index
+                    .vector_search(q, &self.config.embedding_model, scope, candidates)
+                    .into_iter()
+                    .enumerate()
+                {
+                    let e = fused.entry(seq).or_insert((0.0, cos, Vec::new()));
+                    e.0 += w / (60.0 + rank as f32 + 1.0);
+                    e.1 = cos;
+                    e.2.push("vector");
+                }
+            }
+            for seq in fused.keys() {
+                if let Some(d) = index.get(*seq) {
+                    hashes.insert(*seq, d.content_hash.clone());
+                }
+            }
+        }
+        let min = req.min_score.unwrap_or(f32::MIN);
+        let mut ranked: Vec<(i64, (f32, f32, Vec<&'static str>))> = fused
+            .into_iter()
+            .filter(|(_, (_, sim, _))| *sim >= min)
+            .collect();
+        ranked.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0).then(b.0.cmp(&a.0)));
+        let mut seen = HashSet::new();
+        ranked.retain(|(seq, _)| hashes.get(seq).is_none_or(|h| seen.insert(h.clone())));
+        ranked.truncate(limit);
+
+        let seqs: Vec<i64> = ranked.iter().map(|r| r.0).collect();
+        let mut loaded: HashMap<i64, Memory> = self
+            .store
+            .read(|c| store::load_by_seq(c, &seqs))?
+            .into_iter()
+            .collect();
+        let results: Vec<SearchHit> = ranked
+            .into_iter()
+            .filter_map(|(seq, (score, similarity, retrievers))| {
+                let mut memory = loaded.remove(&seq)?;
+                if !req.include_embedding {
+                    memory.embedding = None;
+                }
+                Some(SearchHit {
+                    memory,
+                    score,
+                    similarity,
+                    retrievers: retrievers.into_iter().map(String::from).collect(),
+                })
+            })
+            .collect();
+        Ok(SearchResponse {
+            query: req.query.clone(),
+            total_results: results.len(),
+            results,
+            mode: mode.into(),
+        })
+    }
+
+    /// Every registered schema version.
+    pub fn schemas(&self) -> Vec<KindSchema> {
+        self.registry().list()
+    }
+
+    /// Register a new kind or a new version of one. Returns it and whether it is new.
+    pub fn register_schema(
+        &self,
+        kind: &str,
+        version: Option<u32>,
+        description: String,
+        schema: Value,
+    ) -> Result<(KindSchema, bool)> {
+        let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
+        let (schema, is_new) = registry.prepare(kind, version, description, schema)?;
+        if is_new {
+            self.store.write(|tx| {
+                tx.execute(
+                    "INSERT INTO kind_schemas (kind, version, description, schema, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![schema.kind, schema.version, schema.description, schema.schema.to_string(), now_micros()],
+                )
+                .map_err(storage)?;
+                Ok(())
+            })?;
+            registry.add(schema.clone())?;
+        }
+        Ok((schema, is_new))
+    }
+
+    /// Store (or update) a knowledge-graph entity keyed by `(tenant, name, entity_type)`.
+    pub fn store_entity(&self, tenant: &str, e: NewEntity) -> Result<Entity> {
+        let field = |name: &str, v: &str| {
+            if v.trim().is_empty() {
+                Err(Error::field(
+                    ErrorCode::InvalidField,
+                    name,
+                    "must not be empty",
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        field("name", &e.name)?;
+        field("entity_type", &e.entity_type)?;
+        let now = now_micros();
+        let id = self.store.write(|tx| {
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM kg_entities WHERE tenant = ?1 AND name = ?2 AND entity_type = ?3",
+                    params![tenant, e.name, e.entity_type],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(storage)?;
+            let id = existing.unwrap_or_else(|| Uuid::now_v7().to_string());
+            tx.execute(
+                "INSERT INTO kg_entities (id, tenant, name, entity_type, observations, properties, metadata, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) ON CONFLICT (tenant, name, entity_type) DO UPDATE SET \
+                 observations = excluded.observations, properties = excluded.properties, metadata = excluded.metadata, \
+                 updated_at = excluded.updated_at",
+                params![
+                    id,
+                    tenant,
+                    e.name,
+                    e.entity_type,
+                    serde_json::to_string(&e.observations).map_err(Error::internal)?,
+                    Value::Object(e.properties.clone()).to_string(),
+                    Value::Object(e.metadata.clone()).to_string(),
+                    now
+                ],
+            )
+            .map_err(storage)?;
+            Ok(id)
+        })?;
+        let id = Uuid::parse_str(&id).map_err(Error::internal)?;
+        Ok(Entity {
+            id,
+            tenant: tenant.into(),
+            entity: e,
+            created_at: now,
+            updated_at: now,
+        })
+    }
+
+    /// Store a knowledge-graph relation keyed by `(tenant, from, to, type)`.
+    pub fn store_relation(&self, tenant: &str, r: NewRelation) -> Result<Relation> {
+        for (name, v) in [
+            ("from_entity", &r.from_entity),
+            ("to_entity", &r.to_entity),
+            ("relation_type", &r.relation_type),
+        ] {
+            if v.trim().is_empty() {
+                return Err(Error::field(
+                    ErrorCode::InvalidField,
+                    name,
+                    "must not be empty",
+                ));
+            }
+        }
+        let now = now_micros();
+        let id = self.store.write(|tx| {
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM kg_relations WHERE tenant = ?1 AND from_entity = ?2 AND to_entity = ?3 AND relation_type = ?4",
+                    params![tenant, r.from_entity, r.to_entity, r.relation_type],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(storage)?;
+            let id = existing.unwrap_or_else(|| Uuid::now_v7().to_string());
+            tx.execute(
+                "INSERT INTO kg_relations (id, tenant, from_entity, to_entity, relation_type, properties, metadata, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (tenant, from_entity, to_entity, relation_type) DO UPDATE SET \
+                 properties = excluded.properties, metadata = excluded.metadata",
+                params![
+                    id,
+                    tenant,
+                    r.from_entity,
+                    r.to_entity,
+                    r.relation_type,
+                    Value::Object(r.properties.clone()).to_string(),
+                    Value::Object(r.metadata.clone()).to_string(),
+                    now
+                ],
+            )
+            .map_err(storage)?;
+            Ok(id)
+        })?;
+        let id = Uuid::parse_str(&id).map_err(Error::internal)?;
+        Ok(Relation {
+            id,
+            tenant: tenant.into(),
+            relation: r,
+            created_at: now,
+        })
+    }
+
+    /// Call `f` for every stored memory (of `tenant`, or all), oldest write first.
+    pub fn export(
+        &self,
+        tenant: Option<&str>,
+        mut f: impl FnMut(Memory) -> Result<()>,
+    ) -> Result<usize> {
+        self.store.read(|c| {
+            let mut st = c
+                .prepare(&format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE (?1 IS NULL OR tenant = ?1) ORDER BY seq"))
+                .map_err(storage)?;
+            let mut rows = st.query(params![tenant]).map_err(storage)?;
+            let mut n = 0;
+            while let Some(row) = rows.next().map_err(storage)? {
+                f(store::memory_from_row(row, 0).map_err(storage)?)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Import exported records as they are (ids, versions and timestamps kept), in
+    /// one transaction. A record whose key exists is replaced unless identical.
+    pub fn import(&self, memories: Vec<Memory>) -> Result<ImportReport> {
+        let registry = self.registry();
+        for (i, m) in memories.iter().enumerate() {
+            let at = |e: Error| e.within(&format!("records[{i}]"));
+            check_content(&m.content, self.config.max_content_bytes).map_err(at)?;
+            check_tags(m.tags.clone()).map_err(at)?;
+            check_attributes(Some(m.attributes.clone())).map_err(at)?;
+            registry
+                .validate(&m.kind, Some(m.schema_version), &m.attributes)
+                .map_err(at)?;
+            if let Some(v) = &m.embedding {
+                check_embedding("embedding", v, self.config.embedding_dim).map_err(at)?;
+            }
+            if m.content_hash != prepare::content_hash(&m.content) {
+                return Err(at(Error::field(
+                    ErrorCode::InvalidField,
+                    "content_hash",
+                    "does not match content",
+                )));
+            }
+        }
+        drop(registry);
+        self.store
+            .write_then(
+                |tx| {
+                    let mut report = ImportReport::default();
+                    let mut applied = Vec::new();
+                    for m in memories {
+                        let rev = revision_hash(&m);
+                        match store::find_by_key(tx, &m.tenant, &m.system_id, &m.memory_id)? {
+                            None => {
+                                let seq = store::insert_memory(
+                                    tx,
+                                    &MemoryRow {
+                                        memory: &m,
+                                        revision_hash: &rev,
+                                    },
+                                )?;
+                                report.created += 1;
+                                applied.push((seq, m));
+                            }
+                            Some((_, _, old)) if old == m => report.unchanged += 1,
+                            Some((seq, _, _)) => {
+                                store::replace_memory(
+                                    tx,
+                                    seq,
+                                    &MemoryRow {
+                                        memory: &m,
+                                        revision_hash: &rev,
+                                    },
+                                    now_micros(),
+                                )?;
+                                report.updated += 1;
+                                applied.push((seq, m));
+                            }
+                        }
+                    }
+                    Ok((report, applied))
+                },
+                |(_, applied)| {
+                    self.apply(
+                        &applied
+                            .iter()
+                            .map(|(s, m)| (*s, Some(m)))
+                            .collect::<Vec<_>>(),
+                    )
+                },
+            )
+            .map(|(report, _)| report)
+    }
+
+    /// Counts for a tenant.
+    pub fn stats(&self, tenant: &str) -> Result<Stats> {
+        let filter = MemoryFilter::default();
+        let scope = Scope {
+            tenant,
+            filter: &filter,
+            now: now_micros(),
+        };
+        let mut stats = Stats {
+            memories: 0,
+            with_embedding: 0,
+            by_kind: BTreeMap::new(),
+            by_system: BTreeMap::new(),
+            history_versions: 0,
+            entities: 0,
+            relations: 0,
+            store_bytes: 0,
+        };
+        for (_, d) in self.index().docs().filter(|(_, d)| scope.matches(d)) {
+            stats.memories += 1;
+            stats.with_embedding += usize::from(d.vector.is_some());
+            *stats.by_kind.entry(d.kind.clone()).or_default() += 1;
+            *stats.by_system.entry(d.system_id.clone()).or_default() += 1;
+        }
+        let count = |sql: &str| {
+            self.store.read(|c| {
+                c.query_row(sql, params![tenant], |r| r.get::<_, i64>(0))
+                    .map_err(storage)
+            })
+        };
+        stats.history_versions = count("SELECT COUNT(*) FROM memory_history WHERE tenant = ?1")?;
+        stats.entities = count("SELECT COUNT(*) FROM kg_entities WHERE tenant = ?1")?;
+        stats.relations = count("SELECT COUNT(*) FROM kg_relations WHERE tenant = ?1")?;
+        let path = self.store.path();
+        stats.store_bytes = [path.to_path_buf(), path.with_extension("db-wal")]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        Ok(stats)
+    }
+
+    /// Flush the write-ahead log into the database file (graceful shutdown).
+    pub fn checkpoint(&self) -> Result<()> {
+        self.store.checkpoint()
+    }
+}

@@ -1,0 +1,46 @@
+//! The memhub engine: the durable store (the single source of truth), the derived
+//! indexes, and search. No transport code lives here; `memhub-server` calls it.
+//!
+//! ```no_run
+//! use memhub_engine::{Engine, EngineConfig, OpenMode};
+//! use memhub_types::{NewMemory, SearchRequest, memory::IngestionMethod};
+//!
+//! let engine = Engine::open("/tmp/memhub".as_ref(), EngineConfig::default(), OpenMode::ReadWrite)?;
+//! engine.store_memory(NewMemory { content: "deploys happen on Tuesdays".into(), ..Default::default() }, IngestionMethod::Rest)?;
+//! let found = engine.search("default", &SearchRequest { query: "deploy tuesday".into(), ..Default::default() })?;
+//! # Ok::<(), memhub_types::Error>(())
+//! ```
+
+mod engine;
+pub mod index;
+mod prepare;
+pub mod store;
+
+pub use engine::{Engine, ImportReport, Page, Stats, Stored};
+pub use prepare::content_hash;
+pub use store::OpenMode;
+
+/// Engine settings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Dimension every stored and query embedding must have.
+    pub embedding_dim: usize,
+    /// Model name recorded for client-supplied embeddings that name none.
+    pub embedding_model: String,
+    /// Longest `content` accepted, in bytes.
+    pub max_content_bytes: usize,
+    /// Most memories in one batch.
+    pub max_batch: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            embedding_dim: 384,
+            embedding_model: "all-MiniLM-L6-v2".into(),
+            max_content_bytes: 1024 * 1024,
+            max_batch: 1000,
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! Turning what a client sent into a valid [`Memory`], or a field-naming error.
+//! Nothing reaches the store without passing through here.
+
+use memhub_types::memory::IngestionMethod;
+use memhub_types::schema::SchemaRegistry;
+use memhub_types::{
+    Error, ErrorCode, Memory, NewMemory, Result, DEFAULT_SYSTEM_ID, DEFAULT_TENANT,
+};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::EngineConfig;
+
+/// A validated memory ready to be written. `created_at_given` says whether the
+/// client chose the event time (if not, a re-push keeps the stored one).
+pub(crate) struct Prepared {
+    pub memory: Memory,
+    pub created_at_given: bool,
+}
+
+/// SHA-256 of the content, lowercase hex.
+pub fn content_hash(content: &str) -> String {
+    hex::encode(Sha256::digest(content.as_bytes()))
+}
+
+/// Hash of everything a client can change: equal hashes mean a re-push is a no-op.
+pub(crate) fn revision_hash(m: &Memory) -> String {
+    let mut h = Sha256::new();
+    let fields = serde_json::json!([
+        m.kind,
+        m.schema_version,
+        m.content_hash,
+        m.attributes,
+        m.metadata,
+        m.tags,
+        m.user_id,
+        m.agent_id,
+        m.session_id,
+        m.project,
+        m.created_at,
+        m.expires_at,
+        m.embedding_model,
+    ]);
+    h.update(fields.to_string().as_bytes());
+    if let Some(v) = &m.embedding {
+        for x in v {
+            h.update(x.to_le_bytes());
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+fn check_text(field: &str, value: &str, max_chars: usize) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::field(
+            ErrorCode::InvalidField,
+            field,
+            "must not be empty",
+        ));
+    }
+    if value.chars().count() > max_chars {
+        return Err(Error::field(
+            ErrorCode::InvalidField,
+            field,
+            format!("longer than {max_chars} characters"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::field(
+            ErrorCode::InvalidField,
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn opt_text(field: &str, value: Option<String>) -> Result<Option<String>> {
+    match value {
+        Some(v) => check_text(field, &v, 256).map(|_| Some(v)),
+        None => Ok(None),
+    }
+}
+
+/// Check an embedding's dimension and values.
+pub(crate) fn check_embedding(field: &str, v: &[f32], dim: usize) -> Result<()> {
+    if v.len() != dim {
+        return Err(Error::field(
+            ErrorCode::InvalidEmbeddingDimension,
+            field,
+            format!("expected {dim} floats, got {}", v.len()),
+        ));
+    }
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::field(
+            ErrorCode::InvalidField,
+            format!("{field}[{i}]"),
+            "must be a finite number",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_content(content: &str, max_bytes: usize) -> Result<()> {
+    if content.trim().is_empty() {
+        return Err(Error::field(
+            ErrorCode::InvalidField,
+            "content",
+            "must not be empty",
+        ));
+    }
+    if content.len() > max_bytes {
+        return Err(Error::field(
+            ErrorCode::ContentTooLong,
+            "content",
+            format!(
+                "{} bytes is over the limit of {max_bytes} bytes",
+                content.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_tags(tags: Vec<String>) -> Result<Vec<String>> {
+    if tags.len() > 64 {
+        return Err(Error::field(
+            ErrorCode::InvalidField,
+            "tags",
+            format!("{} tags; at most 64 are allowed", tags.len()),
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(tags.len());
+    for (i, tag) in tags.into_iter().enumerate() {
+        check_text(&format!("tags[{i}]"), &tag, 128)?;
+        if !out.contains(&tag) {
+            out.push(tag);
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn check_attributes(attributes: Option<Value>) -> Result<Value> {
+    match attributes {
+        None | Some(Value::Null) => Ok(Value::Object(Map::new())),
+        Some(v @ Value::Object(_)) => Ok(v),
+        Some(_) => Err(Error::field(
+            ErrorCode::InvalidField,
+            "attributes",
+            "must be a JSON object",
+        )),
+    }
+}
+
+/// Validate a client's memory and build the record to store.
+pub(crate) fn prepare(
+    new: NewMemory,
+    method: IngestionMethod,
+    config: &EngineConfig,
+    registry: &SchemaRegistry,
+    now: i64,
+) -> Result<Prepared> {
+    let id = Uuid::now_v7();
+    let tenant = new.tenant.unwrap_or_else(|| DEFAULT_TENANT.to_string());
+    check_text("tenant", &tenant, 128)?;
+    let system_id = new
+        .system_id
+        .unwrap_or_else(|| DEFAULT_SYSTEM_ID.to_string());
+    check_text("system_id", &system_id, 256)?;
+    let memory_id = new.memory_id.unwrap_or_else(|| id.to_string());
+    check_text("memory_id", &memory_id, 512)?;
+    check_content(&new.content, config.max_content_bytes)?;
+    let kind = new.kind.unwrap_or_else(|| "note".to_string());
+    let attributes = check_attributes(new.attributes)?;
+    let schema_version = registry.validate(&kind, new.schema_version, &attributes)?;
+    let tags = check_tags(new.tags)?;
+    if let Some(v) = &new.embedding {
+        check_embedding("embedding", v, config.embedding_dim)?;
+    }
+    let embedding_model = match (&new.embedding, new.embedding_model) {
+        (None, _) => None,
+        (Some(_), Some(m)) => {
+            check_text("embedding_model", &m, 128)?;
+            Some(m)
+        }
+        (Some(_), None) => Some(config.embedding_model.clone()),
+    };
+    let memory = Memory {
+        id,
+        tenant,
+        system_id,
+        memory_id,
+        kind,
+        schema_version,
+        content_hash: content_hash(&new.content),
+        content: new.content,
+        attributes,
+        metadata: new.metadata.unwrap_or_default(),
+        tags,
+        user_id: opt_text("user_id", new.user_id)?,
+        agent_id: opt_text("agent_id", new.agent_id)?,
+        session_id: opt_text("session_id", new.session_id)?,
+        project: opt_text("project", new.project)?,
+        created_at: new.created_at.unwrap_or(now),
+        ingested_at: now,
+        updated_at: now,
+        expires_at: new.expires_at,
+        embedding: new.embedding,
+        embedding_model,
+        version: 1,
+        ingestion_method: method,
+    };
+    Ok(Prepared {
+        memory,
+        created_at_given: new.created_at.is_some(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> EngineConfig {
+        EngineConfig {
+            embedding_dim: 4,
+            ..EngineConfig::default()
+        }
+    }
+
+    fn new(content: &str) -> NewMemory {
+        NewMemory {
+            content: content.into(),
+            ..Default::default()
+        }
+    }
+
+    fn err(n: NewMemory) -> Error {
+        match prepare(
+            n,
+            IngestionMethod::Rest,
+            &config(),
+            &SchemaRegistry::with_builtins(),
+            0,
+        ) {
+            Err(e) => e,
+            Ok(_) => panic!("expected an error"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_filled() {
+        let p = prepare(
+            new("hi"),
+            IngestionMethod::Mcp,
+            &config(),
+            &SchemaRegistry::with_builtins(),
+            7,
+        )
+        .unwrap();
+        let m = p.memory;
+        assert_eq!(
+            (m.tenant.as_str(), m.system_id.as_str(), m.kind.as_str()),
+            ("default", "unknown", "note")
+        );
+        assert_eq!(m.memory_id, m.id.to_string());
+        assert_eq!((m.created_at, m.version), (7, 1));
+        assert!(!p.created_at_given);
+        assert_eq!(m.content_hash, content_hash("hi"));
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        assert_eq!(err(new("  ")).field.as_deref(), Some("content"));
+        let e = err(NewMemory {
+            embedding: Some(vec![1.0; 3]),
+            ..new("x")
+        });
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidEmbeddingDimension, Some("embedding"))
+        );
+        let e = err(NewMemory {
+            embedding: Some(vec![1.0, f32::NAN, 0.0, 0.0]),
+            ..new("x")
+        });
+        assert_eq!(e.field.as_deref(), Some("embedding[1]"));
+        let e = err(NewMemory {
+            tags: vec!["ok".into(), "".into()],
+            ..new("x")
+        });
+        assert_eq!(e.field.as_deref(), Some("tags[1]"));
+        let e = err(NewMemory {
+            kind: Some("insight".into()),
+            ..new("x")
+        });
+        assert_eq!(e.code, ErrorCode::SchemaValidationFailed);
+        let e = err(NewMemory {
+            attributes: Some(serde_json::json!([1])),
+            ..new("x")
+        });
+        assert_eq!(e.field.as_deref(), Some("attributes"));
+        let e = err(NewMemory {
+            system_id: Some("a\nb".into()),
+            ..new("x")
+        });
+        assert_eq!(e.field.as_deref(), Some("system_id"));
+        let e = err(new(&"x".repeat(config().max_content_bytes + 1)));
+        assert_eq!(e.code, ErrorCode::ContentTooLong);
+    }
+
+    #[test]
+    fn revision_hash_tracks_every_client_field() {
+        let p = prepare(
+            new("hi"),
+            IngestionMethod::Mcp,
+            &config(),
+            &SchemaRegistry::with_builtins(),
+            7,
+        )
+        .unwrap();
+        let base = revision_hash(&p.memory);
+        let mut m = p.memory.clone();
+        m.ingested_at += 1;
+        m.id = Uuid::now_v7();
+        assert_eq!(revision_hash(&m), base, "server-side fields do not count");
+        m.metadata.insert("k".into(), Value::Bool(true));
+        assert_ne!(revision_hash(&m), base);
+        let mut m = p.memory.clone();
+        m.embedding = Some(vec![0.0; 4]);
+        assert_ne!(revision_hash(&m), base);
+    }
+}

@@ -1,0 +1,195 @@
+//! Configuration: a TOML file, then `MEMHUB_*` environment variables, then
+//! command-line flags, each overriding the one before.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use memhub_engine::EngineConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything a memhub server is configured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listen address. Default `127.0.0.1:8682`.
+    pub addr: SocketAddr,
+    /// Where the store lives. Default: the platform data dir (`~/.local/share/memhub`).
+    pub data_dir: PathBuf,
+    /// Largest request body accepted, in bytes. Default 16 MiB.
+    pub max_body_bytes: usize,
+    /// `Host` header values accepted on `/mcp` (DNS-rebinding protection); `*` allows any.
+    /// Default: localhost, 127.0.0.1, ::1 and the listen address.
+    pub mcp_allowed_hosts: Vec<String>,
+    /// `tracing` filter, e.g. `info` or `memhub=debug`.
+    pub log: String,
+    pub engine: EngineConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8682)),
+            data_dir: default_data_dir(),
+            max_body_bytes: 16 * 1024 * 1024,
+            mcp_allowed_hosts: Vec::new(),
+            log: "info".into(),
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+/// The platform data dir for memhub, e.g. `~/.local/share/memhub` on Linux.
+pub fn default_data_dir() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("memhub")
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid environment variable {name}={value:?}: {reason}")]
+    Env {
+        name: String,
+        value: String,
+        reason: String,
+    },
+}
+
+fn env_value<T: std::str::FromStr>(
+    name: &str,
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match get(name) {
+        None => Ok(None),
+        Some(value) => value
+            .parse()
+            .map(Some)
+            .map_err(|e: T::Err| ConfigError::Env {
+                name: name.into(),
+                reason: e.to_string(),
+                value,
+            }),
+    }
+}
+
+impl Config {
+    /// Load `file` (if given), then apply the environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.into(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.into(),
+                    source: Box::new(source),
+                })?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        Ok(config)
+    }
+
+    /// Apply `MEMHUB_*` variables read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = env_value("MEMHUB_ADDR", &get)? {
+            self.addr = v;
+        }
+        if let Some(v) = get("MEMHUB_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env_value("MEMHUB_MAX_BODY_BYTES", &get)? {
+            self.max_body_bytes = v;
+        }
+        if let Some(v) = get("MEMHUB_MCP_ALLOWED_HOSTS") {
+            self.mcp_allowed_hosts = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        if let Some(v) = get("MEMHUB_LOG") {
+            self.log = v;
+        }
+        if let Some(v) = env_value("MEMHUB_EMBEDDING_DIM", &get)? {
+            self.engine.embedding_dim = v;
+        }
+        if let Some(v) = get("MEMHUB_EMBEDDING_MODEL") {
+            self.engine.embedding_model = v;
+        }
+        if let Some(v) = env_value("MEMHUB_MAX_CONTENT_BYTES", &get)? {
+            self.engine.max_content_bytes = v;
+        }
+        if let Some(v) = env_value("MEMHUB_MAX_BATCH", &get)? {
+            self.engine.max_batch = v;
+        }
+        Ok(())
+    }
+
+    /// The `Host` values `/mcp` accepts.
+    pub fn allowed_hosts(&self) -> Vec<String> {
+        if !self.mcp_allowed_hosts.is_empty() {
+            return self.mcp_allowed_hosts.clone();
+        }
+        let mut hosts: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        if !self.addr.ip().is_unspecified() && !self.addr.ip().is_loopback() {
+            hosts.push(self.addr.ip().to_string());
+        }
+        hosts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memhub.toml");
+        std::fs::write(
+            &path,
+            "addr = \"0.0.0.0:9000\"\nmax_body_bytes = 1000\n[engine]\nembedding_dim = 8\n",
+        )
+        .unwrap();
+        let mut c: Config = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(c.addr.port(), 9000);
+        assert_eq!(c.engine.embedding_dim, 8);
+        assert_eq!(c.engine.max_batch, 1000, "unset keys keep their defaults");
+        c.apply_env(|k| match k {
+            "MEMHUB_ADDR" => Some("127.0.0.1:7000".into()),
+            "MEMHUB_EMBEDDING_DIM" => Some("16".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!((c.addr.port(), c.engine.embedding_dim), (7000, 16));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut c = Config::default();
+        let e = c
+            .apply_env(|k| (k == "MEMHUB_MAX_BATCH").then(|| "lots".to_string()))
+            .unwrap_err();
+        assert!(e.to_string().contains("MEMHUB_MAX_BATCH"), "{e}");
+        let e = toml::from_str::<Config>("adr = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("adr"), "{e}");
+    }
+}

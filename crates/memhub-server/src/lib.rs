@@ -1,0 +1,127 @@
+//! memhub's transports: the REST API, MCP over streamable HTTP and stdio, and the
+//! compatibility paths of the Akosha / Session-Buddy clients. All of them call the
+//! same [`memhub_engine::Engine`]; none holds data of its own.
+
+pub mod config;
+pub mod mcp;
+pub mod openapi;
+pub mod rest;
+pub mod tools;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, get, post};
+use axum::Router;
+use memhub_engine::Engine;
+use memhub_types::{Error, ErrorCode};
+use tower_http::trace::TraceLayer;
+
+pub use config::Config;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub config: Arc<Config>,
+    pub mcp: mcp::McpService,
+}
+
+impl AppState {
+    pub fn new(engine: Arc<Engine>, config: Config) -> Self {
+        let mcp = mcp::http_service(
+            engine.clone(),
+            &config.allowed_hosts(),
+            config.max_body_bytes,
+        );
+        AppState {
+            engine,
+            config: Arc::new(config),
+            mcp,
+        }
+    }
+}
+
+/// Run blocking engine work (SQLite, fsync) off the async runtime.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(Error::new(
+            ErrorCode::InternalError,
+            format!("internal error: worker failed: {e}"),
+        ))
+    })
+}
+
+async fn not_found() -> rest::ApiError {
+    rest::ApiError(Error::new(
+        ErrorCode::NotFound,
+        "no such route; see /openapi.json",
+    ))
+}
+
+/// Every route memhub serves.
+pub fn router(state: AppState) -> Router {
+    use rest::*;
+    let memory_v2 = Router::new()
+        .route("/store", post(create_memory))
+        .route("/retrieve", post(retrieve))
+        .route("/search", post(search))
+        .route("/stats", get(stats))
+        .route("/health", get(health))
+        .route(
+            "/{id}",
+            get(get_memory).patch(patch_memory).delete(delete_memory),
+        );
+    Router::new()
+        .route("/v1/memories", post(create_memory).get(list_memories))
+        .route("/v1/memories/batch", post(create_batch))
+        .route(
+            "/v1/memories/{id}",
+            get(get_memory).patch(patch_memory).delete(delete_memory),
+        )
+        .route("/v1/memories/{id}/history", get(memory_history))
+        .route("/v1/search", post(search))
+        .route("/v1/schemas", get(list_schemas).post(register_schema))
+        .route("/v1/stats", get(stats))
+        .route("/memory/store", post(create_memory))
+        .route("/memory/retrieve", post(retrieve))
+        .route("/memory/search", post(search))
+        .nest("/api/v2/memory", memory_v2)
+        .route("/mcp", any(mcp::mcp_endpoint))
+        .route("/mcp/mcp/v1", any(mcp::mcp_endpoint))
+        .route("/mcp/store_memory", post(raw_store_memory))
+        .route("/mcp/status", get(status))
+        .route("/status", get(status))
+        .route("/health", get(health))
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serve on `listener` until `shutdown` resolves, then drain in-flight requests
+/// and checkpoint the store.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let engine = state.engine.clone();
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    if let Err(e) = tokio::task::spawn_blocking(move || engine.checkpoint())
+        .await
+        .unwrap_or(Ok(()))
+    {
+        tracing::warn!(error = %e, "checkpoint on shutdown failed");
+    }
+    Ok(())
+}

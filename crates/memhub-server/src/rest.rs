@@ -1,0 +1,550 @@
+//! The REST API (`/v1/...`) and its Memory V2 aliases. Handlers are thin: parse,
+//! call the engine on a blocking thread, shape the answer. Errors map once, in
+//! [`ApiError`].
+
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use memhub_engine::Stored;
+use memhub_types::memory::IngestionMethod;
+use memhub_types::time::{format_micros, now_micros, parse_timestamp};
+use memhub_types::{
+    Error, ErrorCode, KindSchema, Memory, MemoryFilter, MemoryPatch, NewMemory, SearchRequest,
+    SearchResponse, DEFAULT_TENANT,
+};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::{blocking, AppState};
+
+/// The one mapping from the error catalogue to HTTP: status from the code, body
+/// `{"error":{"code","type","message","field"}}`.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(code = %self.0.code, error = %self.0, "request failed");
+        }
+        (status, Json(self.0.to_json())).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// A JSON body whose errors go through the catalogue and name the bad field
+/// (`memories[3].embedding`), unlike axum's plain-text rejections.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError(Error::new(
+                        ErrorCode::PayloadTooLarge,
+                        "request body is over the size limit",
+                    ))
+                } else {
+                    ApiError(Error::new(
+                        ErrorCode::InvalidJson,
+                        format!("cannot read the request body: {rejection}"),
+                    ))
+                }
+            })?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de)
+            .map(ApiJson)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let code = if inner.is_syntax() || inner.is_eof() {
+                    ErrorCode::InvalidJson
+                } else {
+                    ErrorCode::InvalidField
+                };
+                ApiError(if path == "." || code == ErrorCode::InvalidJson {
+                    Error::new(code, format!("invalid JSON body: {inner}"))
+                } else {
+                    Error::field(code, path, inner.to_string())
+                })
+            })
+    }
+}
+
+/// The tenant a request reads or writes: `X-Memhub-Tenant`, else `default`.
+/// (The governance layer replaces this with the caller's principal.)
+fn tenant(headers: &HeaderMap) -> String {
+    headers
+        .get("x-memhub-tenant")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .unwrap_or(DEFAULT_TENANT)
+        .to_string()
+}
+
+fn parse_id(id: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(id).map_err(|_| {
+        ApiError(Error::field(
+            ErrorCode::InvalidField,
+            "id",
+            format!("{id:?} is not a memory id (UUID)"),
+        ))
+    })
+}
+
+fn public(mut m: Memory, include_embedding: bool) -> Memory {
+    if !include_embedding {
+        m.embedding = None;
+    }
+    m
+}
+
+/// The answer to a store: what happened and the memory as stored.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct StoreResponse {
+    /// `created`, `updated` or `unchanged`.
+    pub status: memhub_types::StoreOutcome,
+    pub memory: Memory,
+}
+
+fn store_response(s: Stored) -> (StatusCode, Json<StoreResponse>) {
+    let status = if s.outcome == memhub_types::StoreOutcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(StoreResponse {
+            status: s.outcome,
+            memory: public(s.memory, false),
+        }),
+    )
+}
+
+/// Store one memory.
+#[utoipa::path(post, path = "/v1/memories", request_body = NewMemory,
+    responses((status = 201, body = StoreResponse, description = "created"), (status = 200, body = StoreResponse, description = "updated or unchanged"),
+              (status = 400, description = "invalid field"), (status = 413, description = "too large"), (status = 422, description = "schema validation failed")))]
+pub async fn create_memory(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(mut new): ApiJson<NewMemory>,
+) -> ApiResult<impl IntoResponse> {
+    new.tenant.get_or_insert_with(|| tenant(&headers));
+    let engine = state.engine.clone();
+    let stored = blocking(move || engine.store_memory(new, IngestionMethod::Rest)).await?;
+    Ok(store_response(stored))
+}
+
+/// A batch of memories.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct BatchRequest {
+    /// Up to 1000 memories; each is validated on its own.
+    #[schema(value_type = Vec<NewMemory>)]
+    pub memories: Vec<Value>,
+}
+
+/// Store up to 1000 memories in one durable transaction; invalid items are reported, not stored.
+#[utoipa::path(post, path = "/v1/memories/batch", request_body = BatchRequest,
+    responses((status = 200, description = "{status, total, stored, failed, errors[], results[], stored_at}"), (status = 413, description = "batch too large")))]
+pub async fn create_batch(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(batch): ApiJson<BatchRequest>,
+) -> ApiResult<Json<Value>> {
+    let max = state.engine.config().max_batch;
+    let total = batch.memories.len();
+    if total > max {
+        return Err(ApiError(Error::field(
+            ErrorCode::BatchTooLarge,
+            "memories",
+            format!("Batch size exceeds maximum of {max} memories (got {total})"),
+        )));
+    }
+    let tenant = tenant(&headers);
+    let engine = state.engine.clone();
+    let (results, parse_errors) = blocking(move || {
+        let mut news = Vec::new();
+        let mut positions = Vec::new();
+        let mut parse_errors = Vec::new();
+        for (i, item) in batch.memories.into_iter().enumerate() {
+            match serde_path_to_error::deserialize::<_, NewMemory>(item) {
+                Ok(mut n) => {
+                    n.tenant.get_or_insert_with(|| tenant.clone());
+                    news.push(n);
+                    positions.push(i);
+                }
+                Err(e) => {
+                    let path = e.path().to_string();
+                    let err = if path == "." {
+                        Error::new(ErrorCode::InvalidField, e.into_inner().to_string())
+                    } else {
+                        Error::field(ErrorCode::InvalidField, path, e.into_inner().to_string())
+                    };
+                    parse_errors.push((i, err.within(&format!("memories[{i}]"))));
+                }
+            }
+        }
+        let results = engine.store_batch(news, IngestionMethod::Rest)?;
+        Ok((
+            positions.into_iter().zip(results).collect::<Vec<_>>(),
+            parse_errors,
+        ))
+    })
+    .await?;
+    let mut errors: Vec<(usize, Value)> = parse_errors
+        .into_iter()
+        .map(|(i, e)| (i, json!({"index": i, "memory_id": null, "code": e.code.as_str(), "error": e.message()})))
+        .collect();
+    let mut items = Vec::new();
+    for (i, r) in results {
+        match r {
+            Ok(s) => items.push(json!({"index": i, "id": s.memory.id, "memory_id": s.memory.memory_id, "status": s.outcome})),
+            Err(e) => {
+                let e = match e.field.as_deref() {
+                    Some(f) if f.starts_with("memories[") => e,
+                    _ => e.within(&format!("memories[{i}]")),
+                };
+                errors.push((i, json!({"index": i, "code": e.code.as_str(), "error": e.message()})))
+            }
+        }
+    }
+    errors.sort_by_key(|(i, _)| *i);
+    let (stored, failed) = (items.len(), errors.len());
+    let status = if failed == 0 {
+        "completed"
+    } else if stored > 0 {
+        "partial"
+    } else {
+        "failed"
+    };
+    Ok(Json(json!({
+        "status": status, "total": total, "stored": stored, "failed": failed,
+        "errors": errors.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
+        "results": items, "stored_at": format_micros(now_micros()),
+    })))
+}
+
+/// Options for reading a memory.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+pub struct GetQuery {
+    /// Include the embedding vector.
+    #[serde(default)]
+    pub include_embedding: bool,
+}
+
+/// Fetch one memory.
+#[utoipa::path(get, path = "/v1/memories/{id}", params(("id" = String, Path, description = "server id"), GetQuery),
+    responses((status = 200, body = Memory), (status = 404, description = "memory_not_found")))]
+pub async fn get_memory(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<GetQuery>,
+) -> ApiResult<Json<Memory>> {
+    let id = parse_id(&id)?;
+    let tenant = tenant(&headers);
+    let engine = state.engine.clone();
+    let m = blocking(move || engine.get(&tenant, &id)).await?;
+    Ok(Json(public(m, q.include_embedding)))
+}
+
+/// Change some fields of a memory: a new version, the old one kept in history.
+#[utoipa::path(patch, path = "/v1/memories/{id}", request_body = MemoryPatch, params(("id" = String, Path)),
+    responses((status = 200, body = StoreResponse), (status = 404, description = "memory_not_found")))]
+pub async fn patch_memory(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiJson(patch): ApiJson<MemoryPatch>,
+) -> ApiResult<impl IntoResponse> {
+    let id = parse_id(&id)?;
+    let tenant = tenant(&headers);
+    let engine = state.engine.clone();
+    let stored = blocking(move || engine.update(&tenant, &id, patch)).await?;
+    Ok((
+        StatusCode::OK,
+        Json(StoreResponse {
+            status: stored.outcome,
+            memory: public(stored.memory, false),
+        }),
+    ))
+}
+
+/// Delete a memory and its history.
+#[utoipa::path(delete, path = "/v1/memories/{id}", params(("id" = String, Path)),
+    responses((status = 200, description = "{status: deleted, id}"), (status = 404, description = "memory_not_found")))]
+pub async fn delete_memory(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_id(&id)?;
+    let tenant = tenant(&headers);
+    let engine = state.engine.clone();
+    let m = blocking(move || engine.delete(&tenant, &id)).await?;
+    Ok(Json(
+        json!({"status": "deleted", "id": m.id, "memory_id": m.memory_id, "system_id": m.system_id}),
+    ))
+}
+
+/// Every version of a memory, newest first.
+#[utoipa::path(get, path = "/v1/memories/{id}/history", params(("id" = String, Path)),
+    responses((status = 200, description = "{id, versions: [Memory]}"), (status = 404, description = "memory_not_found")))]
+pub async fn memory_history(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_id(&id)?;
+    let tenant = tenant(&headers);
+    let engine = state.engine.clone();
+    let versions = blocking(move || engine.history(&tenant, &id)).await?;
+    let versions: Vec<Memory> = versions.into_iter().map(|m| public(m, false)).collect();
+    Ok(Json(json!({"id": id, "versions": versions})))
+}
+
+/// Filters for `GET /v1/memories` (tags comma-separated).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+pub struct ListQuery {
+    pub system_id: Option<String>,
+    pub kind: Option<String>,
+    pub user_id: Option<String>,
+    pub agent_id: Option<String>,
+    pub session_id: Option<String>,
+    pub project: Option<String>,
+    /// Comma-separated: any of these tags.
+    pub tags: Option<String>,
+    /// Comma-separated: all of these tags.
+    pub tags_all: Option<String>,
+    /// ISO-8601.
+    pub since: Option<String>,
+    /// ISO-8601.
+    pub until: Option<String>,
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+fn time_param(name: &str, v: Option<String>) -> ApiResult<Option<i64>> {
+    v.map(|s| {
+        parse_timestamp(&s).ok_or_else(|| {
+            ApiError(Error::field(
+                ErrorCode::InvalidField,
+                name,
+                format!("{s:?} is not an ISO-8601 time"),
+            ))
+        })
+    })
+    .transpose()
+}
+
+fn split_tags(v: Option<String>) -> Vec<String> {
+    v.map(|s| {
+        s.split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The answer to a listing.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct ListResponse {
+    pub memories: Vec<Memory>,
+    pub next_cursor: Option<String>,
+}
+
+/// List memories newest first, filtered, one page at a time.
+#[utoipa::path(get, path = "/v1/memories", params(ListQuery), responses((status = 200, body = ListResponse), (status = 400, description = "invalid filter or cursor")))]
+pub async fn list_memories(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<ListResponse>> {
+    let filter = MemoryFilter {
+        system_id: q.system_id,
+        kind: q.kind,
+        user_id: q.user_id,
+        agent_id: q.agent_id,
+        session_id: q.session_id,
+        project: q.project,
+        tags: split_tags(q.tags),
+        tags_all: split_tags(q.tags_all),
+        since: time_param("since", q.since)?,
+        until: time_param("until", q.until)?,
+        metadata: None,
+    };
+    let tenant = tenant(&headers);
+    let engine = state.engine.clone();
+    let page =
+        blocking(move || engine.list(&tenant, &filter, q.limit, q.cursor.as_deref())).await?;
+    Ok(Json(ListResponse {
+        memories: page.memories,
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// Hybrid search within filters.
+#[utoipa::path(post, path = "/v1/search", request_body = SearchRequest, responses((status = 200, body = SearchResponse), (status = 400, description = "invalid request")))]
+pub async fn search(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<SearchRequest>,
+) -> ApiResult<Json<SearchResponse>> {
+    let tenant = tenant(&headers);
+    let engine = state.engine.clone();
+    Ok(Json(blocking(move || engine.search(&tenant, &req)).await?))
+}
+
+/// A schema registration.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterSchema {
+    pub kind: String,
+    /// Defaults to the next version of the kind.
+    #[serde(default)]
+    pub version: Option<u32>,
+    #[serde(default)]
+    pub description: String,
+    /// A JSON Schema for the kind's `attributes`.
+    #[schema(value_type = Object)]
+    pub schema: Value,
+}
+
+/// The registered kinds and versions.
+#[utoipa::path(get, path = "/v1/schemas", responses((status = 200, description = "{schemas: [KindSchema]}")))]
+pub async fn list_schemas(State(state): State<AppState>) -> Json<Value> {
+    let schemas: Vec<KindSchema> = state.engine.schemas();
+    Json(json!({ "schemas": schemas }))
+}
+
+/// Register a new kind, or a new version of a kind. Old versions stay valid.
+#[utoipa::path(post, path = "/v1/schemas", request_body = RegisterSchema,
+    responses((status = 201, body = KindSchema), (status = 200, body = KindSchema, description = "identical version existed"), (status = 409, description = "schema_version_exists")))]
+pub async fn register_schema(
+    State(state): State<AppState>,
+    ApiJson(r): ApiJson<RegisterSchema>,
+) -> ApiResult<impl IntoResponse> {
+    let engine = state.engine.clone();
+    let (schema, is_new) =
+        blocking(move || engine.register_schema(&r.kind, r.version, r.description, r.schema))
+            .await?;
+    Ok((
+        if is_new {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        Json(schema),
+    ))
+}
+
+/// Counts per kind and system, history size, store size.
+#[utoipa::path(get, path = "/v1/stats", responses((status = 200, description = "counts")))]
+pub async fn stats(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+    let tenant = tenant(&headers);
+    let engine = state.engine.clone();
+    let s = blocking(move || engine.stats(&tenant)).await?;
+    Ok(Json(serde_json::to_value(s).map_err(Error::internal)?))
+}
+
+/// Memory V2 `retrieve`: by `id`, by `memory_id` (+`system_id`), or a filtered page.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RetrieveRequest {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub memory_id: Option<String>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub cursor: Option<String>,
+    #[serde(flatten)]
+    pub filter: MemoryFilter,
+}
+
+/// Retrieve by id or by filters (Memory V2).
+#[utoipa::path(post, path = "/memory/retrieve", request_body = RetrieveRequest, responses((status = 200, description = "{memory} or {memories, next_cursor}"), (status = 404, description = "memory_not_found")))]
+pub async fn retrieve(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(r): ApiJson<RetrieveRequest>,
+) -> ApiResult<Json<Value>> {
+    let tenant = tenant(&headers);
+    let engine = state.engine.clone();
+    let out = blocking(move || {
+        if let Some(id) = &r.id {
+            let id = Uuid::parse_str(id).map_err(|_| Error::field(ErrorCode::InvalidField, "id", "not a UUID"))?;
+            return Ok(json!({"memory": public(engine.get(&tenant, &id)?, false)}));
+        }
+        if let Some(mid) = &r.memory_id {
+            return Ok(json!({"memory": public(engine.get_by_memory_id(&tenant, r.filter.system_id.as_deref(), mid)?, false)}));
+        }
+        let page = engine.list(&tenant, &r.filter, r.limit, r.cursor.as_deref())?;
+        Ok(json!({"memories": page.memories, "next_cursor": page.next_cursor}))
+    })
+    .await?;
+    Ok(Json(out))
+}
+
+/// `GET /health`.
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "{status: ok, service: memhub, version}")))]
+pub async fn health() -> Json<Value> {
+    Json(json!({"status": "ok", "service": "memhub", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// `GET /healthz`.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /status` and `/mcp/status`.
+pub async fn status(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "status": "ok", "service": "memhub", "version": env!("CARGO_PKG_VERSION"),
+        "transport": "streamable-http", "mcp_endpoint": "/mcp",
+        "embedding_dim": state.engine.config().embedding_dim,
+    }))
+}
+
+/// `POST /mcp/store_memory`: the raw Akosha push, `{id|memory_id, text, embedding, metadata}`.
+pub async fn raw_store_memory(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Value>,
+) -> Response {
+    let Value::Object(args) = body else {
+        return ApiError(Error::new(
+            ErrorCode::InvalidField,
+            "the body must be a JSON object",
+        ))
+        .into_response();
+    };
+    match crate::tools::call_tool(&state.engine, "store_memory", args).await {
+        Ok(out) => Json(out.value).into_response(),
+        Err(unknown) => ApiError(Error::internal(format!(
+            "tool {:?} is missing from the catalogue",
+            unknown.0
+        )))
+        .into_response(),
+    }
+}

@@ -1,0 +1,673 @@
+//! The MCP tool catalogue: names, descriptions and input schemas, and one
+//! dispatcher used by every MCP path (rmcp over streamable HTTP, rmcp over stdio,
+//! and the bare compatibility POSTs). The argument and result fields of
+//! `store_memory`, `batch_store_memories` and `search_all_systems` are the Akosha /
+//! Session-Buddy wire contract: do not rename them.
+
+use std::sync::Arc;
+
+use memhub_engine::{Engine, Stored};
+use memhub_types::memory::IngestionMethod;
+use memhub_types::time::{format_micros, now_micros, parse_timestamp};
+use memhub_types::{
+    Error, ErrorCode, Memory, MemoryFilter, NewEntity, NewMemory, NewRelation, SearchRequest,
+    DEFAULT_SYSTEM_ID, DEFAULT_TENANT,
+};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::blocking;
+
+/// A tool's result: the JSON object (sent as text content and as
+/// `structuredContent`) and whether it reports a failure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolOutput {
+    pub value: Value,
+    pub is_error: bool,
+}
+
+impl ToolOutput {
+    fn ok(value: Value) -> Self {
+        ToolOutput {
+            value,
+            is_error: false,
+        }
+    }
+
+    fn failed(value: Value) -> Self {
+        ToolOutput {
+            value,
+            is_error: true,
+        }
+    }
+
+    /// A failure from the error catalogue: `{"status":"failed","error",...}`.
+    fn error(e: &Error) -> Self {
+        let mut v = json!({"status": "failed", "error": e.message(), "code": e.code.as_str()});
+        if let Some(f) = &e.field {
+            v["field"] = json!(f);
+        }
+        ToolOutput::failed(v)
+    }
+}
+
+/// A tool name that is not in the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownTool(pub String);
+
+/// Static description of one tool.
+pub struct ToolSpec {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub input_schema: Value,
+}
+
+const FILTER_PROPS: &[(&str, &str)] = &[
+    ("system_id", "Only memories from this source system."),
+    ("kind", "Only this kind (chat, event, insight, decision, context, conversation, reflection, note, ...)."),
+    ("user_id", "Only memories of this user."),
+    ("agent_id", "Only memories of this agent."),
+    ("session_id", "Only memories of this session."),
+    ("project", "Only memories of this project."),
+    ("since", "Only memories created at or after this ISO-8601 time."),
+    ("until", "Only memories created before this ISO-8601 time."),
+];
+
+fn filter_properties(props: &mut Map<String, Value>) {
+    for (name, description) in FILTER_PROPS {
+        props.insert(
+            (*name).into(),
+            json!({"type": "string", "description": description}),
+        );
+    }
+    props.insert("tags".into(), json!({"type": "array", "items": {"type": "string"}, "description": "Memories with at least one of these tags."}));
+    props.insert("tags_all".into(), json!({"type": "array", "items": {"type": "string"}, "description": "Memories with all of these tags."}));
+    props.insert("metadata".into(), json!({"type": "object", "description": "Equality on top-level metadata keys, e.g. {\"speaker\": \"Ann\"}."}));
+}
+
+fn object_schema(required: &[&str], props: Map<String, Value>) -> Value {
+    json!({"type": "object", "properties": props, "required": required})
+}
+
+fn props(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+fn embedding_prop(what: &str) -> Value {
+    json!({"type": ["array", "null"], "items": {"type": "number"}, "description": format!("{what} (384 floats by default), or null to store without a vector.")})
+}
+
+/// Every tool memhub serves, in a stable order.
+pub fn tool_specs() -> Vec<ToolSpec> {
+    let memory_item = json!({
+        "memory_id": {"type": "string", "description": "Your id for this memory; unique within its source system. Re-sending the same id with the same text is a no-op; other text makes a new version."},
+        "text": {"type": "string", "description": "The memory's text."},
+        "embedding": embedding_prop("The text's embedding"),
+        "metadata": {"type": ["object", "null"], "description": "Free metadata, kept whole. `source` names the source system, `type` the kind (session_memory, conversation, reflection, insight, ...), `created_at` the event time (ISO-8601); `user_id`, `session_id`, `agent_id`, `project` and `tags` are also indexed for filters."}
+    });
+    let mut search = props(json!({
+        "query": {"type": "string", "description": "What to look for, in natural language or keywords."},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10, "description": "Most results to return."},
+        "query_embedding": {"type": "array", "items": {"type": "number"}, "description": "Optional query vector; enables semantic (vector) retrieval."},
+        "semantic_ratio": {"type": "number", "minimum": 0, "maximum": 1, "description": "0 = keywords only, 1 = vector only; default 0.5."},
+        "min_score": {"type": "number", "description": "Drop results whose similarity is below this (0..1)."}
+    }));
+    filter_properties(&mut search);
+    let mut list = props(json!({
+        "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50, "description": "Page size."},
+        "cursor": {"type": "string", "description": "The next_cursor of the previous page."}
+    }));
+    filter_properties(&mut list);
+    let address = json!({
+        "id": {"type": "string", "description": "The server id (UUID) of the memory."},
+        "memory_id": {"type": "string", "description": "Your memory_id (used when id is not given)."},
+        "system_id": {"type": "string", "description": "The source system of memory_id; needed only if the same memory_id exists in several systems."}
+    });
+    vec![
+        ToolSpec {
+            name: "store_memory",
+            description: "Store one memory (text plus optional embedding and metadata) durably. Returns status \"stored\" with the time, or status \"failed\" with the reason.",
+            input_schema: object_schema(&["memory_id", "text"], props(memory_item.clone())),
+        },
+        ToolSpec {
+            name: "batch_store_memories",
+            description: "Store up to 1000 memories in one durable transaction. Each item is {memory_id, text, embedding?, metadata?}. Returns counts and a per-item error list; status is completed, partial or failed.",
+            input_schema: json!({"type": "object", "required": ["memories"], "properties": {"memories": {
+                "type": "array", "maxItems": 1000, "items": {"type": "object", "required": ["memory_id", "text"], "properties": memory_item}}}}),
+        },
+        ToolSpec {
+            name: "search_memories",
+            description: "Search memories by meaning and keywords, optionally filtered by source system, kind, user, session, project, tags, metadata and time range. Returns the best matches with scores.",
+            input_schema: object_schema(&["query"], search),
+        },
+        ToolSpec {
+            name: "search_all_systems",
+            description: "Search across every source system at once (Akosha-compatible). Returns {query, total_results, results:[{system_id, conversation_id, content, similarity, timestamp}], mode}; results below `threshold` similarity are dropped.",
+            input_schema: object_schema(&["query"], props(json!({
+                "query": {"type": "string", "description": "What to look for."},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+                "threshold": {"type": "number", "default": 0.7, "description": "Minimum similarity (0..1). Without a query_embedding, similarity is the share of query words found."},
+                "system_id": {"type": "string", "description": "Only this source system."},
+                "query_embedding": {"type": "array", "items": {"type": "number"}, "description": "Optional query vector for semantic search."}
+            }))),
+        },
+        ToolSpec {
+            name: "get_memory",
+            description: "Fetch one memory by its server id, or by memory_id (and system_id when ambiguous).",
+            input_schema: json!({"type": "object", "properties": address}),
+        },
+        ToolSpec {
+            name: "delete_memory",
+            description: "Delete one memory and its whole version history, by server id or memory_id.",
+            input_schema: json!({"type": "object", "properties": address}),
+        },
+        ToolSpec {
+            name: "list_memories",
+            description: "List memories newest first, filtered like search_memories, one page at a time (pass next_cursor back as cursor).",
+            input_schema: object_schema(&[], list),
+        },
+        ToolSpec {
+            name: "store_reflection",
+            description: "Store a reflection (an insight an agent recorded about its work) as a memory of kind reflection (Session-Buddy-compatible).",
+            input_schema: object_schema(&["reflection_id", "content"], props(json!({
+                "reflection_id": {"type": "string", "description": "Your id for this reflection."},
+                "content": {"type": "string", "description": "The reflection's text."},
+                "embedding": embedding_prop("The content's embedding"),
+                "metadata": {"type": ["object", "null"], "description": "Free metadata; `source` names the source system, `tags` are indexed."}
+            }))),
+        },
+        ToolSpec {
+            name: "create_entity",
+            description: "Create or update a knowledge-graph entity, keyed by name and entity_type (Session-Buddy-compatible). Returns its id.",
+            input_schema: object_schema(&["name", "entity_type"], props(json!({
+                "name": {"type": "string"}, "entity_type": {"type": "string"},
+                "observations": {"type": "array", "items": {"type": "string"}},
+                "properties": {"type": ["object", "null"]}, "metadata": {"type": ["object", "null"]}
+            }))),
+        },
+        ToolSpec {
+            name: "create_relation",
+            description: "Create or update a knowledge-graph relation between two entities (Session-Buddy-compatible). Returns its id.",
+            input_schema: object_schema(&["from_entity", "to_entity", "relation_type"], props(json!({
+                "from_entity": {"type": "string"}, "to_entity": {"type": "string"}, "relation_type": {"type": "string"},
+                "properties": {"type": ["object", "null"]}, "metadata": {"type": ["object", "null"]}
+            }))),
+        },
+    ]
+}
+
+/// The arguments of `store_memory` and of each `batch_store_memories` item.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreArgs {
+    #[serde(alias = "id")]
+    memory_id: String,
+    text: String,
+    #[serde(default)]
+    embedding: Option<Vec<f32>>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+}
+
+fn parse<T: DeserializeOwned>(args: Value) -> Result<T, Error> {
+    serde_path_to_error::deserialize(args).map_err(|e| {
+        let path = e.path().to_string();
+        let detail = e.into_inner().to_string();
+        if path == "." {
+            Error::new(ErrorCode::InvalidField, detail)
+        } else {
+            Error::field(ErrorCode::InvalidField, path, detail)
+        }
+    })
+}
+
+fn meta_str(meta: &Map<String, Value>, key: &str) -> Option<String> {
+    meta.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// Map the Akosha `metadata.type` to a registered kind (unknown types become `note`;
+/// the original stays in metadata, which is kept whole).
+fn kind_for(engine: &Engine, ty: Option<&str>) -> String {
+    match ty {
+        Some("session_memory") | None => "note".into(),
+        Some(t) if engine.schemas().iter().any(|s| s.kind == t) => t.into(),
+        Some(_) => "note".into(),
+    }
+}
+
+/// Build a memory from Akosha-style `(id, text, embedding, metadata)`.
+fn akosha_memory(
+    engine: &Engine,
+    id: String,
+    text: String,
+    embedding: Option<Vec<f32>>,
+    metadata: Option<Map<String, Value>>,
+    kind: Option<&str>,
+) -> Result<NewMemory, Error> {
+    let metadata = metadata.unwrap_or_default();
+    let created_at = match metadata.get("created_at") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(parse_timestamp(s).ok_or_else(|| {
+            Error::field(
+                ErrorCode::InvalidField,
+                "metadata.created_at",
+                format!("{s:?} is not an ISO-8601 time"),
+            )
+        })?),
+        Some(_) => {
+            return Err(Error::field(
+                ErrorCode::InvalidField,
+                "metadata.created_at",
+                "must be an ISO-8601 string",
+            ))
+        }
+    };
+    let kind = kind
+        .map(str::to_owned)
+        .unwrap_or_else(|| kind_for(engine, metadata.get("type").and_then(Value::as_str)));
+    // Attributes: the metadata keys the kind's schema declares.
+    let attributes = engine
+        .schemas()
+        .into_iter()
+        .filter(|s| s.kind == kind)
+        .last()
+        .and_then(|s| {
+            s.schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .cloned()
+        })
+        .map(|declared| {
+            metadata
+                .iter()
+                .filter(|(k, _)| declared.contains_key(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Map<_, _>>()
+        })
+        .unwrap_or_default();
+    let tags = match metadata.get("tags") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(NewMemory {
+        tenant: None,
+        system_id: Some(meta_str(&metadata, "source").unwrap_or_else(|| DEFAULT_SYSTEM_ID.into())),
+        memory_id: Some(id),
+        kind: Some(kind),
+        schema_version: None,
+        content: text,
+        attributes: Some(Value::Object(attributes)),
+        user_id: meta_str(&metadata, "user_id"),
+        agent_id: meta_str(&metadata, "agent_id"),
+        session_id: meta_str(&metadata, "session_id"),
+        project: meta_str(&metadata, "project"),
+        tags,
+        created_at,
+        expires_at: None,
+        embedding,
+        embedding_model: meta_str(&metadata, "embedding_model"),
+        metadata: Some(metadata),
+    })
+}
+
+fn stored_result(s: &Stored) -> Value {
+    json!({
+        "status": "stored",
+        "memory_id": s.memory.memory_id,
+        "stored_at": format_micros(s.memory.updated_at),
+        "embedding_dim": s.memory.embedding.as_ref().map_or(0, Vec::len),
+        "source": s.memory.system_id,
+    })
+}
+
+/// Strip the embedding for responses (it is large and agents rarely need it).
+fn public(mut m: Memory) -> Value {
+    m.embedding = None;
+    serde_json::to_value(m).expect("memories serialize")
+}
+
+/// Find a memory from `{id}` or `{memory_id, system_id?}`.
+#[derive(Debug, Deserialize)]
+struct Address {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    memory_id: Option<String>,
+    #[serde(default)]
+    system_id: Option<String>,
+}
+
+fn resolve(engine: &Engine, tenant: &str, a: &Address) -> Result<Memory, Error> {
+    match (&a.id, &a.memory_id) {
+        (Some(id), _) => {
+            let id = Uuid::parse_str(id)
+                .map_err(|_| Error::field(ErrorCode::InvalidField, "id", "not a UUID"))?;
+            engine.get(tenant, &id)
+        }
+        (None, Some(mid)) => engine.get_by_memory_id(tenant, a.system_id.as_deref(), mid),
+        (None, None) => Err(Error::new(ErrorCode::InvalidField, "give id or memory_id")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListArgs {
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(flatten)]
+    filter: MemoryFilter,
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchAllArgs {
+    query: String,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    threshold: Option<f32>,
+    #[serde(default)]
+    system_id: Option<String>,
+    #[serde(default)]
+    query_embedding: Option<Vec<f32>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReflectionArgs {
+    reflection_id: String,
+    content: String,
+    #[serde(default)]
+    embedding: Option<Vec<f32>>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+}
+
+fn null_to_empty(args: &mut Map<String, Value>, keys: &[&str]) {
+    for k in keys {
+        if args.get(*k).is_some_and(Value::is_null) {
+            args.remove(*k);
+        }
+    }
+}
+
+/// Run a tool. `Err` only for a tool name not in the catalogue.
+pub async fn call_tool(
+    engine: &Arc<Engine>,
+    name: &str,
+    args: Map<String, Value>,
+) -> Result<ToolOutput, UnknownTool> {
+    let tenant = DEFAULT_TENANT;
+    let engine = engine.clone();
+    let out = match name {
+        "store_memory" => {
+            let memory_id = args
+                .get("memory_id")
+                .or(args.get("id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let failed = |e: Error| {
+                ToolOutput::failed(
+                    json!({"status": "failed", "memory_id": memory_id, "error": e.message(), "code": e.code.as_str()}),
+                )
+            };
+            let result = blocking(move || {
+                let a: StoreArgs = parse(Value::Object(args))?;
+                let new =
+                    akosha_memory(&engine, a.memory_id, a.text, a.embedding, a.metadata, None)?;
+                engine.store_memory(new, IngestionMethod::HttpPush)
+            })
+            .await;
+            match result {
+                Ok(s) => ToolOutput::ok(stored_result(&s)),
+                Err(e) => failed(e),
+            }
+        }
+        "batch_store_memories" => batch_store(engine, args).await,
+        "search_memories" => {
+            let result = blocking(move || {
+                let req: SearchRequest = parse(Value::Object(args))?;
+                engine.search(tenant, &req)
+            })
+            .await;
+            match result {
+                Ok(r) => ToolOutput::ok(serde_json::to_value(r).expect("serializes")),
+                Err(e) => ToolOutput::error(&e),
+            }
+        }
+        "search_all_systems" => {
+            let result = blocking(move || {
+                let a: SearchAllArgs = parse(Value::Object(args))?;
+                let req = SearchRequest {
+                    query: a.query,
+                    query_embedding: a.query_embedding,
+                    limit: a.limit,
+                    min_score: Some(a.threshold.unwrap_or(0.7)),
+                    filter: MemoryFilter {
+                        system_id: a.system_id,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                engine.search(tenant, &req)
+            })
+            .await;
+            match result {
+                Ok(r) => ToolOutput::ok(json!({
+                    "query": r.query,
+                    "total_results": r.total_results,
+                    "results": r.results.iter().map(|h| json!({
+                        "system_id": h.memory.system_id,
+                        "conversation_id": h.memory.memory_id,
+                        "content": h.memory.content,
+                        "similarity": h.similarity,
+                        "timestamp": format_micros(h.memory.created_at),
+                    })).collect::<Vec<_>>(),
+                    "mode": r.mode,
+                })),
+                Err(e) => ToolOutput::error(&e),
+            }
+        }
+        "get_memory" => {
+            let result = blocking(move || {
+                let a: Address = parse(Value::Object(args))?;
+                resolve(&engine, tenant, &a)
+            })
+            .await;
+            match result {
+                Ok(m) => ToolOutput::ok(json!({"status": "found", "memory": public(m)})),
+                Err(e) => ToolOutput::error(&e),
+            }
+        }
+        "delete_memory" => {
+            let result = blocking(move || {
+                let a: Address = parse(Value::Object(args))?;
+                let m = resolve(&engine, tenant, &a)?;
+                engine.delete(tenant, &m.id)
+            })
+            .await;
+            match result {
+                Ok(m) => ToolOutput::ok(
+                    json!({"status": "deleted", "id": m.id, "memory_id": m.memory_id, "system_id": m.system_id}),
+                ),
+                Err(e) => ToolOutput::error(&e),
+            }
+        }
+        "list_memories" => {
+            let result = blocking(move || {
+                let a: ListArgs = parse(Value::Object(args))?;
+                engine.list(tenant, &a.filter, a.limit, a.cursor.as_deref())
+            })
+            .await;
+            match result {
+                Ok(page) => ToolOutput::ok(json!({
+                    "count": page.memories.len(),
+                    "memories": page.memories.into_iter().map(public).collect::<Vec<_>>(),
+                    "next_cursor": page.next_cursor,
+                })),
+                Err(e) => ToolOutput::error(&e),
+            }
+        }
+        "store_reflection" => {
+            let reflection_id = args
+                .get("reflection_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let result = blocking(move || {
+                let a: ReflectionArgs = parse(Value::Object(args))?;
+                let new = akosha_memory(
+                    &engine,
+                    a.reflection_id,
+                    a.content,
+                    a.embedding,
+                    a.metadata,
+                    Some("reflection"),
+                )?;
+                engine.store_memory(new, IngestionMethod::Mcp)
+            })
+            .await;
+            match result {
+                Ok(s) => {
+                    let mut v = stored_result(&s);
+                    v["reflection_id"] = json!(s.memory.memory_id);
+                    v["id"] = json!(s.memory.id);
+                    ToolOutput::ok(v)
+                }
+                Err(e) => ToolOutput::failed(
+                    json!({"status": "failed", "reflection_id": reflection_id, "error": e.message(), "code": e.code.as_str()}),
+                ),
+            }
+        }
+        "create_entity" => {
+            let mut args = args;
+            null_to_empty(&mut args, &["observations", "properties", "metadata"]);
+            let result = blocking(move || {
+                let e: NewEntity = parse(Value::Object(args))?;
+                engine.store_entity(tenant, e)
+            })
+            .await;
+            match result {
+                Ok(e) => ToolOutput::ok(
+                    json!({"status": "created", "id": e.id, "name": e.entity.name, "entity_type": e.entity.entity_type}),
+                ),
+                Err(e) => ToolOutput::error(&e),
+            }
+        }
+        "create_relation" => {
+            let mut args = args;
+            null_to_empty(&mut args, &["properties", "metadata"]);
+            let result = blocking(move || {
+                let r: NewRelation = parse(Value::Object(args))?;
+                engine.store_relation(tenant, r)
+            })
+            .await;
+            match result {
+                Ok(r) => ToolOutput::ok(json!({
+                    "status": "created", "id": r.id, "from_entity": r.relation.from_entity,
+                    "to_entity": r.relation.to_entity, "relation_type": r.relation.relation_type,
+                })),
+                Err(e) => ToolOutput::error(&e),
+            }
+        }
+        other => return Err(UnknownTool(other.to_string())),
+    };
+    Ok(out)
+}
+
+async fn batch_store(engine: Arc<Engine>, args: Map<String, Value>) -> ToolOutput {
+    let max = engine.config().max_batch;
+    let items = match args.get("memories") {
+        Some(Value::Array(items)) => items.clone(),
+        _ => {
+            let e = Error::field(
+                ErrorCode::InvalidField,
+                "memories",
+                "must be a list of {memory_id, text, embedding?, metadata?}",
+            );
+            return ToolOutput::failed(
+                json!({"status": "failed", "total": 0, "stored": 0, "failed": 0, "errors": [], "error": e.message()}),
+            );
+        }
+    };
+    let total = items.len();
+    if total > max {
+        return ToolOutput::failed(json!({
+            "status": "failed", "total": total, "stored": 0, "failed": total,
+            "error": format!("Batch size exceeds maximum of {max} memories"),
+        }));
+    }
+    let result = blocking(move || {
+        // Items that do not parse fail alone; the rest go to the store in one transaction.
+        let mut ids = Vec::with_capacity(total);
+        let mut errors: Vec<(usize, Error)> = Vec::new();
+        let mut news = Vec::new();
+        let mut positions = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            ids.push(
+                item.get("memory_id")
+                    .or(item.get("id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+            );
+            let built = parse::<StoreArgs>(item)
+                .and_then(|a| {
+                    akosha_memory(&engine, a.memory_id, a.text, a.embedding, a.metadata, None)
+                })
+                .map_err(|e| e.within(&format!("memories[{i}]")));
+            match built {
+                Ok(n) => {
+                    news.push(n);
+                    positions.push(i);
+                }
+                Err(e) => errors.push((i, e)),
+            }
+        }
+        let results = engine.store_batch(news, IngestionMethod::HttpPush)?;
+        let mut stored = 0;
+        for (pos, r) in positions.into_iter().zip(results) {
+            match r {
+                Ok(_) => stored += 1,
+                Err(e) => errors.push((pos, e.within(&format!("memories[{pos}]")))),
+            }
+        }
+        errors.sort_by_key(|(i, _)| *i);
+        Ok::<_, Error>((stored, errors, ids))
+    })
+    .await;
+    match result {
+        Ok((stored, errors, ids)) => {
+            let failed = errors.len();
+            let status = if failed == 0 {
+                "completed"
+            } else if stored > 0 {
+                "partial"
+            } else {
+                "failed"
+            };
+            let errors: Vec<Value> = errors
+                .into_iter()
+                .map(|(i, e)| json!({"memory_id": ids[i], "error": e.message()}))
+                .collect();
+            let out = json!({
+                "status": status, "total": total, "stored": stored, "failed": failed,
+                "errors": errors, "stored_at": format_micros(now_micros()),
+            });
+            if status == "failed" && total > 0 {
+                ToolOutput::failed(out)
+            } else {
+                ToolOutput::ok(out)
+            }
+        }
+        Err(e) => ToolOutput::failed(json!({
+            "status": "failed", "total": total, "stored": 0, "failed": total, "errors": [], "error": e.message(),
+        })),
+    }
+}

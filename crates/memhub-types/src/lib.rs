@@ -1,0 +1,18 @@
+//! Shared types for memhub: the memory data model, the schema registry of memory
+//! kinds, and the one catalogue of user-facing errors.
+//!
+//! Every other memhub crate speaks in these types. Nothing here knows about HTTP,
+//! MCP or storage; the transports map [`Error`] to their wire formats once.
+
+pub mod error;
+pub mod memory;
+pub mod schema;
+pub mod time;
+
+pub use error::{Error, ErrorCode, Result};
+pub use memory::{
+    BatchItemError, Entity, IngestionMethod, Memory, MemoryFilter, MemoryPatch, NewEntity,
+    NewMemory, NewRelation, Relation, SearchHit, SearchRequest, SearchResponse, StoreOutcome,
+    DEFAULT_SYSTEM_ID, DEFAULT_TENANT,
+};
+pub use schema::{KindSchema, SchemaRegistry};

@@ -1,0 +1,344 @@
+//! The memory data model: what clients send ([`NewMemory`]), what the store keeps
+//! ([`Memory`]), and the shapes of filters and searches.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::time::{serde_micros, Micros};
+
+/// Tenant used when a request names none.
+pub const DEFAULT_TENANT: &str = "default";
+/// System id used by the MCP tools when `metadata.source` is absent.
+pub const DEFAULT_SYSTEM_ID: &str = "unknown";
+
+/// How a memory reached the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IngestionMethod {
+    HttpPush,
+    Mcp,
+    Rest,
+    CloudPull,
+    Webhook,
+    Import,
+}
+
+impl IngestionMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IngestionMethod::HttpPush => "http_push",
+            IngestionMethod::Mcp => "mcp",
+            IngestionMethod::Rest => "rest",
+            IngestionMethod::CloudPull => "cloud_pull",
+            IngestionMethod::Webhook => "webhook",
+            IngestionMethod::Import => "import",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "http_push" => IngestionMethod::HttpPush,
+            "mcp" => IngestionMethod::Mcp,
+            "rest" => IngestionMethod::Rest,
+            "cloud_pull" => IngestionMethod::CloudPull,
+            "webhook" => IngestionMethod::Webhook,
+            "import" => IngestionMethod::Import,
+            _ => return None,
+        })
+    }
+}
+
+/// A memory as stored: the single source of truth that every index derives from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Memory {
+    /// Server id (UUIDv7, time-ordered).
+    pub id: Uuid,
+    pub tenant: String,
+    /// The source system (e.g. `slack`, `session-buddy@host`).
+    pub system_id: String,
+    /// The client's id, unique within `(tenant, system_id)`.
+    pub memory_id: String,
+    pub kind: String,
+    pub schema_version: u32,
+    pub content: String,
+    /// Kind-specific typed payload, validated against the kind's JSON Schema.
+    #[schema(value_type = Object)]
+    pub attributes: Value,
+    /// Free-form client metadata, kept whole.
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Event time from the client.
+    #[serde(with = "serde_micros")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Micros,
+    #[serde(with = "serde_micros")]
+    #[schema(value_type = String, format = DateTime)]
+    pub ingested_at: Micros,
+    #[serde(with = "serde_micros")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Micros,
+    #[serde(
+        default,
+        with = "serde_micros::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Micros>,
+    /// Omitted from list and search responses unless asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_model: Option<String>,
+    /// SHA-256 of `content`, lowercase hex.
+    pub content_hash: String,
+    /// 1 for the first write; +1 for every change.
+    pub version: u32,
+    pub ingestion_method: IngestionMethod,
+}
+
+/// A memory as a client submits it. Only `content` is required.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewMemory {
+    /// Defaults to `default`.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Defaults to `unknown`.
+    #[serde(default)]
+    pub system_id: Option<String>,
+    /// Defaults to the server id, so the write is not idempotent.
+    #[serde(default)]
+    pub memory_id: Option<String>,
+    /// A registered kind; defaults to `note`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Defaults to the kind's latest version.
+    #[serde(default)]
+    pub schema_version: Option<u32>,
+    pub content: String,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub attributes: Option<Value>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Event time; defaults to now.
+    #[serde(default, with = "serde_micros::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub created_at: Option<Micros>,
+    #[serde(default, with = "serde_micros::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Micros>,
+    /// Must have the configured dimension (384 by default).
+    #[serde(default)]
+    pub embedding: Option<Vec<f32>>,
+    /// The model that produced `embedding`; defaults to the configured model name.
+    #[serde(default)]
+    pub embedding_model: Option<String>,
+}
+
+/// A partial update (`PATCH /v1/memories/{id}`). Absent fields stay as they are; a
+/// change produces a new version and keeps the old one in history.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryPatch {
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub attributes: Option<Value>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    #[serde(default, with = "serde_micros::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Micros>,
+    #[serde(default)]
+    pub embedding: Option<Vec<f32>>,
+    #[serde(default)]
+    pub embedding_model: Option<String>,
+}
+
+/// What a store call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreOutcome {
+    /// A new `(tenant, system_id, memory_id)`.
+    Created,
+    /// The key existed with other content: a new version, the old one kept in history.
+    Updated,
+    /// The key existed with the same content: nothing was written.
+    Unchanged,
+}
+
+/// One failed item of a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BatchItemError {
+    pub index: usize,
+    pub memory_id: Option<String>,
+    pub code: String,
+    pub error: String,
+}
+
+/// Filters shared by list and search. All given filters must hold (AND).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MemoryFilter {
+    #[serde(default)]
+    pub system_id: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub project: Option<String>,
+    /// The memory has at least one of these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The memory has all of these tags.
+    #[serde(default)]
+    pub tags_all: Vec<String>,
+    /// `created_at >= since`.
+    #[serde(default, with = "serde_micros::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub since: Option<Micros>,
+    /// `created_at < until`.
+    #[serde(default, with = "serde_micros::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub until: Option<Micros>,
+    /// Equality on top-level metadata keys, e.g. `{"speaker": "Caroline"}`.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+/// A search: text, a query vector, or both, within filters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SearchRequest {
+    #[serde(default)]
+    pub query: String,
+    /// A query vector (same dimension and model as the stored ones).
+    #[serde(default, alias = "vector")]
+    pub query_embedding: Option<Vec<f32>>,
+    /// Defaults to 10; at most 1000.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// 0 = keyword only, 1 = vector only; default 0.5.
+    #[serde(default)]
+    pub semantic_ratio: Option<f32>,
+    /// Drop hits whose `similarity` is below this (0..1).
+    #[serde(default, alias = "threshold")]
+    pub min_score: Option<f32>,
+    /// Include each hit's embedding in the response.
+    #[serde(default)]
+    pub include_embedding: bool,
+    #[serde(flatten)]
+    pub filter: MemoryFilter,
+}
+
+/// One search result: the memory plus how it scored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SearchHit {
+    #[serde(flatten)]
+    pub memory: Memory,
+    /// The fused rank score used for ordering.
+    pub score: f32,
+    /// 0..1: cosine similarity when the vector retriever found it, else the share of
+    /// query terms the content contains.
+    pub similarity: f32,
+    /// Which retrievers found it: `vector`, `text`.
+    pub retrievers: Vec<String>,
+}
+
+/// The answer to a search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SearchResponse {
+    pub query: String,
+    pub total_results: usize,
+    pub results: Vec<SearchHit>,
+    /// `keyword`, `vector` or `hybrid`: the retrievers that ran.
+    pub mode: String,
+}
+
+/// A knowledge-graph entity (Session-Buddy's `create_entity`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NewEntity {
+    pub name: String,
+    pub entity_type: String,
+    #[serde(default)]
+    pub observations: Vec<String>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub properties: Map<String, Value>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+}
+
+/// A stored entity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Entity {
+    pub id: Uuid,
+    pub tenant: String,
+    #[serde(flatten)]
+    pub entity: NewEntity,
+    #[serde(with = "serde_micros")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Micros,
+    #[serde(with = "serde_micros")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Micros,
+}
+
+/// A knowledge-graph relation (Session-Buddy's `create_relation`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NewRelation {
+    pub from_entity: String,
+    pub to_entity: String,
+    pub relation_type: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub properties: Map<String, Value>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+}
+
+/// A stored relation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Relation {
+    pub id: Uuid,
+    pub tenant: String,
+    #[serde(flatten)]
+    pub relation: NewRelation,
+    #[serde(with = "serde_micros")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Micros,
+}

@@ -1,0 +1,300 @@
+//! `memhub`: the command-line binary. It parses flags, loads configuration and wires
+//! the engine to the transports; all behaviour lives in the library crates.
+
+mod bench;
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use memhub_engine::{Engine, OpenMode};
+use memhub_server::{AppState, Config};
+use memhub_types::{Memory, MemoryFilter, SearchRequest, DEFAULT_TENANT};
+
+#[derive(Parser)]
+#[command(
+    name = "memhub",
+    version,
+    about = "A self-hosted memory hub for AI agents"
+)]
+struct Cli {
+    /// A TOML config file (see README: Configuration).
+    #[arg(long, global = true, env = "MEMHUB_CONFIG")]
+    config: Option<PathBuf>,
+    /// The data directory (default: the platform data dir; env MEMHUB_DATA_DIR).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: REST, MCP over streamable HTTP at /mcp.
+    Serve {
+        /// Listen address (default 127.0.0.1:8682; env MEMHUB_ADDR).
+        #[arg(long)]
+        addr: Option<std::net::SocketAddr>,
+    },
+    /// Serve MCP over stdin/stdout (for agents that launch memhub themselves).
+    Mcp {
+        /// Use stdio (the only local transport; `memhub serve` serves HTTP).
+        #[arg(long, required = true)]
+        stdio: bool,
+    },
+    /// Import memories from a JSONL file written by `memhub export`.
+    Import {
+        file: PathBuf,
+        /// Records per transaction.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
+    /// Export every memory as JSONL (one record per line; `import` reads it back exactly).
+    Export {
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Only this tenant (default: all).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Search the store directly (read-only; works while a server runs).
+    Search {
+        query: String,
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        #[arg(long, default_value = DEFAULT_TENANT)]
+        tenant: String,
+        #[arg(long)]
+        system_id: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        /// Print the raw JSON response.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks (release build recommended).
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn load_config(cli: &Cli) -> Result<Config, String> {
+    let mut config = Config::load(cli.config.as_deref()).map_err(|e| e.to_string())?;
+    if let Some(d) = &cli.data_dir {
+        config.data_dir = d.clone();
+    }
+    Ok(config)
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr: stdout belongs to `mcp --stdio` and to `export`.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down: draining requests and flushing the store");
+}
+
+fn open_engine(config: &Config, mode: OpenMode) -> Result<Arc<Engine>, String> {
+    Engine::open(&config.data_dir, config.engine.clone(), mode)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+fn progress(len: Option<u64>, what: &str) -> ProgressBar {
+    let bar = match len {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let config = load_config(&cli)?;
+    match cli.command {
+        Command::Serve { addr } => {
+            let mut config = config;
+            if let Some(a) = addr {
+                config.addr = a;
+            }
+            init_logging(&config.log);
+            let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let engine = open_engine(&config, OpenMode::ReadWrite)?;
+                let listener = tokio::net::TcpListener::bind(config.addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+                let local = listener.local_addr().map_err(|e| e.to_string())?;
+                tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "memhub listening (MCP at /mcp, REST at /v1)");
+                memhub_server::serve(listener, AppState::new(engine, config), shutdown_signal())
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }
+        Command::Mcp { stdio: _ } => {
+            init_logging(&config.log);
+            let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let engine = open_engine(&config, OpenMode::ReadWrite)?;
+                let result = memhub_server::mcp::serve_stdio(engine.clone())
+                    .await
+                    .map_err(|e| e.to_string());
+                engine.checkpoint().map_err(|e| e.to_string())?;
+                result
+            })
+        }
+        Command::Import { file, batch } => {
+            let engine = open_engine(&config, OpenMode::ReadWrite)?;
+            let reader = std::io::BufReader::new(
+                std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?,
+            );
+            let size = std::fs::metadata(&file).map(|m| m.len()).ok();
+            let bar = progress(size, "importing");
+            let mut pending: Vec<Memory> = Vec::new();
+            let mut total = memhub_engine::ImportReport::default();
+            let mut flush = |pending: &mut Vec<Memory>| -> Result<(), String> {
+                let r = engine
+                    .import(std::mem::take(pending))
+                    .map_err(|e| e.to_string())?;
+                total.created += r.created;
+                total.updated += r.updated;
+                total.unchanged += r.unchanged;
+                Ok(())
+            };
+            for (i, line) in reader.lines().enumerate() {
+                let line = line.map_err(|e| format!("line {}: {e}", i + 1))?;
+                bar.inc(line.len() as u64 + 1);
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let m: Memory =
+                    serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", i + 1))?;
+                pending.push(m);
+                if pending.len() >= batch.max(1) {
+                    flush(&mut pending)?;
+                }
+            }
+            flush(&mut pending)?;
+            bar.finish_and_clear();
+            println!(
+                "{}",
+                serde_json::to_string(&total).map_err(|e| e.to_string())?
+            );
+            Ok(())
+        }
+        Command::Export { out, tenant } => {
+            let engine = open_engine(&config, OpenMode::ReadOnly)?;
+            let sink: Box<dyn Write> = match &out {
+                Some(p) => {
+                    Box::new(std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?)
+                }
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let mut sink = BufWriter::new(sink);
+            let total = engine
+                .stats(tenant.as_deref().unwrap_or(DEFAULT_TENANT))
+                .map(|s| s.memories as u64)
+                .ok();
+            let bar = progress(if tenant.is_some() { total } else { None }, "exporting");
+            let n = engine
+                .export(tenant.as_deref(), |m| {
+                    serde_json::to_writer(&mut sink, &m).map_err(memhub_types::Error::internal)?;
+                    sink.write_all(b"\n")
+                        .map_err(memhub_types::Error::internal)?;
+                    bar.inc(1);
+                    Ok(())
+                })
+                .map_err(|e| e.to_string())?;
+            sink.flush().map_err(|e| e.to_string())?;
+            bar.finish_and_clear();
+            eprintln!("exported {n} memories");
+            Ok(())
+        }
+        Command::Search {
+            query,
+            limit,
+            tenant,
+            system_id,
+            kind,
+            json,
+        } => {
+            let engine = open_engine(&config, OpenMode::ReadOnly)?;
+            let req = SearchRequest {
+                query,
+                limit: Some(limit),
+                filter: MemoryFilter {
+                    system_id,
+                    kind,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let resp = engine.search(&tenant, &req).map_err(|e| e.to_string())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&resp).map_err(|e| e.to_string())?
+                );
+            } else {
+                for (i, hit) in resp.results.iter().enumerate() {
+                    let text: String = hit.memory.content.chars().take(160).collect();
+                    println!(
+                        "{:>2}. [{:.3}] {} / {} ({}) {}",
+                        i + 1,
+                        hit.similarity,
+                        hit.memory.system_id,
+                        hit.memory.memory_id,
+                        hit.memory.kind,
+                        text.replace('\n', " ")
+                    );
+                }
+                if resp.results.is_empty() {
+                    println!("no results");
+                }
+            }
+            Ok(())
+        }
+        Command::Bench { which } => bench::run(which, &config),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("memhub: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
