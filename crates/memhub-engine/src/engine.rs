@@ -9,8 +9,8 @@ use memhub_types::memory::IngestionMethod;
 use memhub_types::schema::KindSchema;
 use memhub_types::time::now_micros;
 use memhub_types::{
-    Entity, Error, ErrorCode, Memory, MemoryFilter, MemoryPatch, NewEntity, NewMemory, NewRelation,
-    Relation, Result, SchemaRegistry, SearchHit, SearchRequest, SearchResponse, StoreOutcome,
+    Entity, Error, ErrorCode, Memory, MemoryFilter, MemoryPatch, NewEntity, NewMemory, NewRelation, Relation, Result,
+    SchemaRegistry, SearchHit, SearchRequest, SearchResponse, StoreOutcome,
 };
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
@@ -18,9 +18,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::index::{normalized, MemoryIndex, Scope};
-use crate::prepare::{
-    self, check_attributes, check_content, check_embedding, check_tags, revision_hash, Prepared,
-};
+use crate::prepare::{self, check_attributes, check_content, check_embedding, check_tags, revision_hash, Prepared};
 use crate::store::{self, storage, MemoryRow, OpenMode, Store, MEMORY_COLUMNS};
 use crate::EngineConfig;
 
@@ -76,29 +74,34 @@ fn encode_cursor(created_at: i64, seq: i64) -> String {
 fn decode_cursor(s: &str) -> Result<(i64, i64)> {
     s.split_once('_')
         .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-        .ok_or_else(|| {
-            Error::field(
-                ErrorCode::InvalidCursor,
-                "cursor",
-                "not a cursor returned by this server",
-            )
-        })
+        .ok_or_else(|| Error::field(ErrorCode::InvalidCursor, "cursor", "not a cursor returned by this server"))
 }
 
 fn check_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize> {
     match limit.unwrap_or(default) {
-        0 => Err(Error::field(
-            ErrorCode::InvalidField,
-            "limit",
-            "must be at least 1",
-        )),
-        n if n > max => Err(Error::field(
-            ErrorCode::InvalidField,
-            "limit",
-            format!("must be at most {max}"),
-        )),
+        0 => Err(Error::field(ErrorCode::InvalidField, "limit", "must be at least 1")),
+        n if n > max => Err(Error::field(ErrorCode::InvalidField, "limit", format!("must be at most {max}"))),
         n => Ok(n),
     }
+}
+
+/// The reciprocal-rank-fusion constant (Cormack et al.: 60).
+const RRF_K: f32 = 60.0;
+
+/// 1-based ranks of scores sorted best first, equal scores sharing a rank
+/// ("1224" ranking), so ties in one retriever do not decide the fused order.
+fn competition_ranks(sorted_scores: impl Iterator<Item = f32>) -> Vec<usize> {
+    let mut ranks: Vec<usize> = Vec::new();
+    let mut last: Option<f32> = None;
+    for (i, s) in sorted_scores.enumerate() {
+        let rank = match (last, ranks.last()) {
+            (Some(l), Some(&r)) if l == s => r,
+            _ => i + 1,
+        };
+        ranks.push(rank);
+        last = Some(s);
+    }
+    ranks
 }
 
 impl Engine {
@@ -121,11 +124,11 @@ impl Engine {
                 let schema: Value = serde_json::from_str(&schema).map_err(Error::internal)?;
                 registry.add(KindSchema { kind, version, description, schema, builtin: false })?;
             }
-            index.applied_change = conn
-                .query_row("SELECT COALESCE(MAX(seq), 0) FROM change_log", [], |r| r.get(0))
-                .map_err(storage)?;
+            index.applied_change =
+                conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM change_log", [], |r| r.get(0)).map_err(storage)?;
             let mut st = conn.prepare(&format!("SELECT seq, {MEMORY_COLUMNS} FROM memories")).map_err(storage)?;
-            let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, store::memory_from_row(r, 1)?))).map_err(storage)?;
+            let rows =
+                st.query_map([], |r| Ok((r.get::<_, i64>(0)?, store::memory_from_row(r, 1)?))).map_err(storage)?;
             for row in rows {
                 let (seq, memory) = row.map_err(storage)?;
                 index.upsert(seq, &memory);
@@ -133,12 +136,7 @@ impl Engine {
             Ok(())
         })?;
         tracing::info!(memories = index.len(), path = %store.path().display(), "store opened");
-        Ok(Engine {
-            store,
-            index: RwLock::new(index),
-            registry: RwLock::new(registry),
-            config,
-        })
+        Ok(Engine { store, index: RwLock::new(index), registry: RwLock::new(registry), config })
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -166,61 +164,25 @@ impl Engine {
 
     /// Write one prepared memory inside `tx`: insert, replace (new version) or no-op.
     fn write_prepared(tx: &Transaction<'_>, prepared: Prepared) -> Result<(i64, Stored)> {
-        let Prepared {
-            mut memory,
-            created_at_given,
-        } = prepared;
-        let existing =
-            store::find_by_key(tx, &memory.tenant, &memory.system_id, &memory.memory_id)?;
+        let Prepared { mut memory, created_at_given } = prepared;
+        let existing = store::find_by_key(tx, &memory.tenant, &memory.system_id, &memory.memory_id)?;
         let Some((seq, old_revision, old)) = existing else {
             let rev = revision_hash(&memory);
-            let seq = store::insert_memory(
-                tx,
-                &MemoryRow {
-                    memory: &memory,
-                    revision_hash: &rev,
-                },
-            )?;
-            return Ok((
-                seq,
-                Stored {
-                    outcome: StoreOutcome::Created,
-                    memory,
-                },
-            ));
+            let seq = store::insert_memory(tx, &MemoryRow { memory: &memory, revision_hash: &rev })?;
+            return Ok((seq, Stored { outcome: StoreOutcome::Created, memory }));
         };
         if !created_at_given {
             memory.created_at = old.created_at;
         }
         let rev = revision_hash(&memory);
         if rev == old_revision {
-            return Ok((
-                seq,
-                Stored {
-                    outcome: StoreOutcome::Unchanged,
-                    memory: old,
-                },
-            ));
+            return Ok((seq, Stored { outcome: StoreOutcome::Unchanged, memory: old }));
         }
         memory.id = old.id;
         memory.ingested_at = old.ingested_at;
         memory.version = old.version + 1;
-        store::replace_memory(
-            tx,
-            seq,
-            &MemoryRow {
-                memory: &memory,
-                revision_hash: &rev,
-            },
-            memory.updated_at,
-        )?;
-        Ok((
-            seq,
-            Stored {
-                outcome: StoreOutcome::Updated,
-                memory,
-            },
-        ))
+        store::replace_memory(tx, seq, &MemoryRow { memory: &memory, revision_hash: &rev }, memory.updated_at)?;
+        Ok((seq, Stored { outcome: StoreOutcome::Updated, memory }))
     }
 
     fn changed(written: &[(i64, Stored)]) -> Vec<(i64, Option<&Memory>)> {
@@ -248,19 +210,12 @@ impl Engine {
     /// Store many memories in one durable transaction. Items that fail validation
     /// are reported (by position) and skipped; the others are all written or, if
     /// the store fails, none is.
-    pub fn store_batch(
-        &self,
-        items: Vec<NewMemory>,
-        method: IngestionMethod,
-    ) -> Result<Vec<Result<Stored>>> {
+    pub fn store_batch(&self, items: Vec<NewMemory>, method: IngestionMethod) -> Result<Vec<Result<Stored>>> {
         if items.len() > self.config.max_batch {
             return Err(Error::field(
                 ErrorCode::BatchTooLarge,
                 "memories",
-                format!(
-                    "Batch size exceeds maximum of {} memories",
-                    self.config.max_batch
-                ),
+                format!("Batch size exceeds maximum of {} memories", self.config.max_batch),
             ));
         }
         let now = now_micros();
@@ -302,10 +257,7 @@ impl Engine {
                 results[i] = Some(Ok(stored));
             }
         }
-        Ok(results
-            .into_iter()
-            .map(|r| r.expect("every item has a result"))
-            .collect())
+        Ok(results.into_iter().map(|r| r.expect("every item has a result")).collect())
     }
 
     /// A memory by server id, if visible in `tenant` (expired ones are not).
@@ -320,12 +272,7 @@ impl Engine {
 
     /// A memory by the client's `memory_id`. Without `system_id`, the id must be
     /// unique in the tenant.
-    pub fn get_by_memory_id(
-        &self,
-        tenant: &str,
-        system_id: Option<&str>,
-        memory_id: &str,
-    ) -> Result<Memory> {
+    pub fn get_by_memory_id(&self, tenant: &str, system_id: Option<&str>, memory_id: &str) -> Result<Memory> {
         let now = now_micros();
         let found: Vec<Memory> = self.store.read(|c| {
             let sql = format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant = ?1 AND memory_id = ?2 AND (?3 IS NULL OR system_id = ?3) LIMIT 2");
@@ -333,14 +280,9 @@ impl Engine {
             let rows = st.query_map(params![tenant, memory_id, system_id], |r| store::memory_from_row(r, 0)).map_err(storage)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
         })?;
-        let mut found: Vec<Memory> = found
-            .into_iter()
-            .filter(|m| m.expires_at.is_none_or(|t| t > now))
-            .collect();
+        let mut found: Vec<Memory> = found.into_iter().filter(|m| m.expires_at.is_none_or(|t| t > now)).collect();
         match found.len() {
-            0 => Err(Error::not_found(format!(
-                "no memory with memory_id {memory_id:?}"
-            ))),
+            0 => Err(Error::not_found(format!("no memory with memory_id {memory_id:?}"))),
             1 => Ok(found.pop().expect("one")),
             _ => Err(Error::field(
                 ErrorCode::AmbiguousMemoryId,
@@ -404,7 +346,8 @@ impl Engine {
                     "SELECT {MEMORY_COLUMNS} FROM memory_history WHERE id = ?1 AND tenant = ?2 ORDER BY version DESC"
                 ))
                 .map_err(storage)?;
-            let rows = st.query_map(params![id.to_string(), tenant], |r| store::memory_from_row(r, 0)).map_err(storage)?;
+            let rows =
+                st.query_map(params![id.to_string(), tenant], |r| store::memory_from_row(r, 0)).map_err(storage)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
         })?;
         versions.extend(old);
@@ -421,30 +364,15 @@ impl Engine {
     ) -> Result<Page> {
         let limit = check_limit(limit, 50, 1000)?;
         let after = cursor.map(decode_cursor).transpose()?;
-        let scope = Scope {
-            tenant,
-            filter,
-            now: now_micros(),
-        };
+        let scope = Scope { tenant, filter, now: now_micros() };
         let keys = self.index().list(scope, after, limit + 1);
         let more = keys.len() > limit;
         let keys = &keys[..keys.len().min(limit)];
         let seqs: Vec<i64> = keys.iter().map(|k| k.1).collect();
-        let memories: Vec<Memory> = self
-            .store
-            .read(|c| store::load_by_seq(c, &seqs))?
-            .into_iter()
-            .map(|(_, m)| m)
-            .collect();
-        let next_cursor = if more {
-            keys.last().map(|k| encode_cursor(k.0, k.1))
-        } else {
-            None
-        };
-        Ok(Page {
-            memories,
-            next_cursor,
-        })
+        let memories: Vec<Memory> =
+            self.store.read(|c| store::load_by_seq(c, &seqs))?.into_iter().map(|(_, m)| m).collect();
+        let next_cursor = if more { keys.last().map(|k| encode_cursor(k.0, k.1)) } else { None };
+        Ok(Page { memories, next_cursor })
     }
 
     /// Hybrid search: BM25 and exact vector scan, fused by reciprocal rank.
@@ -452,31 +380,19 @@ impl Engine {
         let limit = check_limit(req.limit, 10, 1000)?;
         let ratio = req.semantic_ratio.unwrap_or(0.5);
         if !(0.0..=1.0).contains(&ratio) {
-            return Err(Error::field(
-                ErrorCode::InvalidField,
-                "semantic_ratio",
-                "must be between 0 and 1",
-            ));
+            return Err(Error::field(ErrorCode::InvalidField, "semantic_ratio", "must be between 0 and 1"));
         }
         let query_vector = match &req.query_embedding {
             Some(v) => {
                 check_embedding("query_embedding", v, self.config.embedding_dim)?;
                 Some(normalized(v).ok_or_else(|| {
-                    Error::field(
-                        ErrorCode::InvalidField,
-                        "query_embedding",
-                        "must not be the zero vector",
-                    )
+                    Error::field(ErrorCode::InvalidField, "query_embedding", "must not be the zero vector")
                 })?)
             }
             None => None,
         };
         if req.query.trim().is_empty() && query_vector.is_none() {
-            return Err(Error::field(
-                ErrorCode::InvalidField,
-                "query",
-                "give a query text or a query_embedding",
-            ));
+            return Err(Error::field(ErrorCode::InvalidField, "query", "give a query text or a query_embedding"));
         }
         let use_text = !req.query.trim().is_empty() && (ratio < 1.0 || query_vector.is_none());
         let use_vector = query_vector.is_some() && (ratio > 0.0 || !use_text);
@@ -486,11 +402,7 @@ impl Engine {
             _ => "keyword",
         };
         let candidates = (limit * 4).max(100);
-        let scope = Scope {
-            tenant,
-            filter: &req.filter,
-            now: now_micros(),
-        };
+        let scope = Scope { tenant, filter: &req.filter, now: now_micros() };
 
         // seq -> (fused score, similarity, retrievers, content hash)
         let mut fused: HashMap<i64, (f32, f32, Vec<&'static str>)> = HashMap::new();
@@ -499,27 +411,21 @@ impl Engine {
             let index = self.index();
             if use_text {
                 let w = if use_vector { 1.0 - ratio } else { 1.0 };
-                for (rank, hit) in index
-                    .text_search(&req.query, scope, candidates)
-                    .into_iter()
-                    .enumerate()
-                {
-                    let e = fused
-                        .entry(hit.seq)
-                        .or_insert((0.0, hit.coverage, Vec::new()));
-                    e.0 += w / (60.0 + rank as f32 + 1.0);
+                let hits = index.text_search(&req.query, scope, candidates);
+                let ranks = competition_ranks(hits.iter().map(|h| h.bm25));
+                for (hit, rank) in hits.into_iter().zip(ranks) {
+                    let e = fused.entry(hit.seq).or_insert((0.0, hit.coverage, Vec::new()));
+                    e.0 += w / (RRF_K + rank as f32);
                     e.2.push("text");
                 }
             }
             if let Some(q) = query_vector.as_deref().filter(|_| use_vector) {
                 let w = if use_text { ratio } else { 1.0 };
-                for (rank, (seq, cos)) in index
-                    .vector_search(q, &self.config.embedding_model, scope, candidates)
-                    .into_iter()
-                    .enumerate()
-                {
+                let hits = index.vector_search(q, &self.config.embedding_model, scope, candidates);
+                let ranks = competition_ranks(hits.iter().map(|h| h.1));
+                for ((seq, cos), rank) in hits.into_iter().zip(ranks) {
                     let e = fused.entry(seq).or_insert((0.0, cos, Vec::new()));
-                    e.0 += w / (60.0 + rank as f32 + 1.0);
+                    e.0 += w / (RRF_K + rank as f32);
                     e.1 = cos;
                     e.2.push("vector");
                 }
@@ -531,21 +437,15 @@ impl Engine {
             }
         }
         let min = req.min_score.unwrap_or(f32::MIN);
-        let mut ranked: Vec<(i64, (f32, f32, Vec<&'static str>))> = fused
-            .into_iter()
-            .filter(|(_, (_, sim, _))| *sim >= min)
-            .collect();
+        let mut ranked: Vec<(i64, (f32, f32, Vec<&'static str>))> =
+            fused.into_iter().filter(|(_, (_, sim, _))| *sim >= min).collect();
         ranked.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0).then(b.0.cmp(&a.0)));
         let mut seen = HashSet::new();
         ranked.retain(|(seq, _)| hashes.get(seq).is_none_or(|h| seen.insert(h.clone())));
         ranked.truncate(limit);
 
         let seqs: Vec<i64> = ranked.iter().map(|r| r.0).collect();
-        let mut loaded: HashMap<i64, Memory> = self
-            .store
-            .read(|c| store::load_by_seq(c, &seqs))?
-            .into_iter()
-            .collect();
+        let mut loaded: HashMap<i64, Memory> = self.store.read(|c| store::load_by_seq(c, &seqs))?.into_iter().collect();
         let results: Vec<SearchHit> = ranked
             .into_iter()
             .filter_map(|(seq, (score, similarity, retrievers))| {
@@ -561,12 +461,7 @@ impl Engine {
                 })
             })
             .collect();
-        Ok(SearchResponse {
-            query: req.query.clone(),
-            total_results: results.len(),
-            results,
-            mode: mode.into(),
-        })
+        Ok(SearchResponse { query: req.query.clone(), total_results: results.len(), results, mode: mode.into() })
     }
 
     /// Every registered schema version.
@@ -602,11 +497,7 @@ impl Engine {
     pub fn store_entity(&self, tenant: &str, e: NewEntity) -> Result<Entity> {
         let field = |name: &str, v: &str| {
             if v.trim().is_empty() {
-                Err(Error::field(
-                    ErrorCode::InvalidField,
-                    name,
-                    "must not be empty",
-                ))
+                Err(Error::field(ErrorCode::InvalidField, name, "must not be empty"))
             } else {
                 Ok(())
             }
@@ -644,28 +535,16 @@ impl Engine {
             Ok(id)
         })?;
         let id = Uuid::parse_str(&id).map_err(Error::internal)?;
-        Ok(Entity {
-            id,
-            tenant: tenant.into(),
-            entity: e,
-            created_at: now,
-            updated_at: now,
-        })
+        Ok(Entity { id, tenant: tenant.into(), entity: e, created_at: now, updated_at: now })
     }
 
     /// Store a knowledge-graph relation keyed by `(tenant, from, to, type)`.
     pub fn store_relation(&self, tenant: &str, r: NewRelation) -> Result<Relation> {
-        for (name, v) in [
-            ("from_entity", &r.from_entity),
-            ("to_entity", &r.to_entity),
-            ("relation_type", &r.relation_type),
-        ] {
+        for (name, v) in
+            [("from_entity", &r.from_entity), ("to_entity", &r.to_entity), ("relation_type", &r.relation_type)]
+        {
             if v.trim().is_empty() {
-                return Err(Error::field(
-                    ErrorCode::InvalidField,
-                    name,
-                    "must not be empty",
-                ));
+                return Err(Error::field(ErrorCode::InvalidField, name, "must not be empty"));
             }
         }
         let now = now_micros();
@@ -698,23 +577,16 @@ impl Engine {
             Ok(id)
         })?;
         let id = Uuid::parse_str(&id).map_err(Error::internal)?;
-        Ok(Relation {
-            id,
-            tenant: tenant.into(),
-            relation: r,
-            created_at: now,
-        })
+        Ok(Relation { id, tenant: tenant.into(), relation: r, created_at: now })
     }
 
     /// Call `f` for every stored memory (of `tenant`, or all), oldest write first.
-    pub fn export(
-        &self,
-        tenant: Option<&str>,
-        mut f: impl FnMut(Memory) -> Result<()>,
-    ) -> Result<usize> {
+    pub fn export(&self, tenant: Option<&str>, mut f: impl FnMut(Memory) -> Result<()>) -> Result<usize> {
         self.store.read(|c| {
             let mut st = c
-                .prepare(&format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE (?1 IS NULL OR tenant = ?1) ORDER BY seq"))
+                .prepare(&format!(
+                    "SELECT {MEMORY_COLUMNS} FROM memories WHERE (?1 IS NULL OR tenant = ?1) ORDER BY seq"
+                ))
                 .map_err(storage)?;
             let mut rows = st.query(params![tenant]).map_err(storage)?;
             let mut n = 0;
@@ -735,18 +607,12 @@ impl Engine {
             check_content(&m.content, self.config.max_content_bytes).map_err(at)?;
             check_tags(m.tags.clone()).map_err(at)?;
             check_attributes(Some(m.attributes.clone())).map_err(at)?;
-            registry
-                .validate(&m.kind, Some(m.schema_version), &m.attributes)
-                .map_err(at)?;
+            registry.validate(&m.kind, Some(m.schema_version), &m.attributes).map_err(at)?;
             if let Some(v) = &m.embedding {
                 check_embedding("embedding", v, self.config.embedding_dim).map_err(at)?;
             }
             if m.content_hash != prepare::content_hash(&m.content) {
-                return Err(at(Error::field(
-                    ErrorCode::InvalidField,
-                    "content_hash",
-                    "does not match content",
-                )));
+                return Err(at(Error::field(ErrorCode::InvalidField, "content_hash", "does not match content")));
             }
         }
         drop(registry);
@@ -759,13 +625,7 @@ impl Engine {
                         let rev = revision_hash(&m);
                         match store::find_by_key(tx, &m.tenant, &m.system_id, &m.memory_id)? {
                             None => {
-                                let seq = store::insert_memory(
-                                    tx,
-                                    &MemoryRow {
-                                        memory: &m,
-                                        revision_hash: &rev,
-                                    },
-                                )?;
+                                let seq = store::insert_memory(tx, &MemoryRow { memory: &m, revision_hash: &rev })?;
                                 report.created += 1;
                                 applied.push((seq, m));
                             }
@@ -774,10 +634,7 @@ impl Engine {
                                 store::replace_memory(
                                     tx,
                                     seq,
-                                    &MemoryRow {
-                                        memory: &m,
-                                        revision_hash: &rev,
-                                    },
+                                    &MemoryRow { memory: &m, revision_hash: &rev },
                                     now_micros(),
                                 )?;
                                 report.updated += 1;
@@ -787,14 +644,7 @@ impl Engine {
                     }
                     Ok((report, applied))
                 },
-                |(_, applied)| {
-                    self.apply(
-                        &applied
-                            .iter()
-                            .map(|(s, m)| (*s, Some(m)))
-                            .collect::<Vec<_>>(),
-                    )
-                },
+                |(_, applied)| self.apply(&applied.iter().map(|(s, m)| (*s, Some(m))).collect::<Vec<_>>()),
             )
             .map(|(report, _)| report)
     }
@@ -802,11 +652,7 @@ impl Engine {
     /// Counts for a tenant.
     pub fn stats(&self, tenant: &str) -> Result<Stats> {
         let filter = MemoryFilter::default();
-        let scope = Scope {
-            tenant,
-            filter: &filter,
-            now: now_micros(),
-        };
+        let scope = Scope { tenant, filter: &filter, now: now_micros() };
         let mut stats = Stats {
             memories: 0,
             with_embedding: 0,
@@ -823,12 +669,8 @@ impl Engine {
             *stats.by_kind.entry(d.kind.clone()).or_default() += 1;
             *stats.by_system.entry(d.system_id.clone()).or_default() += 1;
         }
-        let count = |sql: &str| {
-            self.store.read(|c| {
-                c.query_row(sql, params![tenant], |r| r.get::<_, i64>(0))
-                    .map_err(storage)
-            })
-        };
+        let count =
+            |sql: &str| self.store.read(|c| c.query_row(sql, params![tenant], |r| r.get::<_, i64>(0)).map_err(storage));
         stats.history_versions = count("SELECT COUNT(*) FROM memory_history WHERE tenant = ?1")?;
         stats.entities = count("SELECT COUNT(*) FROM kg_entities WHERE tenant = ?1")?;
         stats.relations = count("SELECT COUNT(*) FROM kg_relations WHERE tenant = ?1")?;
@@ -844,5 +686,17 @@ impl Engine {
     /// Flush the write-ahead log into the database file (graceful shutdown).
     pub fn checkpoint(&self) -> Result<()> {
         self.store.checkpoint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::competition_ranks;
+
+    #[test]
+    fn tied_scores_share_a_rank() {
+        assert_eq!(competition_ranks([3.0, 2.0, 2.0, 1.0].into_iter()), vec![1, 2, 2, 4]);
+        assert_eq!(competition_ranks([5.0, 5.0, 5.0].into_iter()), vec![1, 1, 1]);
+        assert_eq!(competition_ranks(std::iter::empty()), Vec::<usize>::new());
     }
 }

@@ -109,10 +109,9 @@ impl Scope<'_> {
             && f.until.is_none_or(|u| d.created_at < u)
             && (f.tags.is_empty() || f.tags.iter().any(|t| d.tags.contains(t)))
             && f.tags_all.iter().all(|t| d.tags.contains(t))
-            && f.metadata.as_ref().is_none_or(|want| {
-                want.iter()
-                    .all(|(k, v)| d.metadata.iter().any(|(dk, dv)| dk == k && dv == v))
-            })
+            && f.metadata
+                .as_ref()
+                .is_none_or(|want| want.iter().all(|(k, v)| d.metadata.iter().any(|(dk, dv)| dk == k && dv == v)))
     }
 }
 
@@ -152,10 +151,7 @@ impl MemoryIndex {
         self.remove(seq);
         let doc = IndexedDoc::from_memory(memory);
         for (term, tf) in &doc.terms {
-            self.postings
-                .entry(term.clone())
-                .or_default()
-                .insert(seq, *tf);
+            self.postings.entry(term.clone()).or_default().insert(seq, *tf);
         }
         self.total_len += u64::from(doc.len);
         self.docs.insert(seq, doc);
@@ -179,10 +175,7 @@ impl MemoryIndex {
     pub fn text_search(&self, query: &str, scope: Scope<'_>, n: usize) -> Vec<TextHit> {
         let terms: Vec<String> = {
             let mut seen = HashSet::new();
-            tokenize(query)
-                .into_iter()
-                .filter(|t| seen.insert(t.clone()))
-                .collect()
+            tokenize(query).into_iter().filter(|t| seen.insert(t.clone())).collect()
         };
         if terms.is_empty() || self.docs.is_empty() {
             return Vec::new();
@@ -198,9 +191,7 @@ impl MemoryIndex {
             let df = posting.len() as f32;
             let idf = (1.0 + (n_docs - df + 0.5) / (df + 0.5)).ln();
             for (&seq, &tf) in posting {
-                let ok = *in_scope
-                    .entry(seq)
-                    .or_insert_with(|| scope.matches(&self.docs[&seq]));
+                let ok = *in_scope.entry(seq).or_insert_with(|| scope.matches(&self.docs[&seq]));
                 if !ok {
                     continue;
                 }
@@ -214,31 +205,20 @@ impl MemoryIndex {
         }
         let mut hits: Vec<TextHit> = scores
             .into_iter()
-            .map(|(seq, (bm25, matched))| TextHit {
-                seq,
-                bm25,
-                coverage: matched as f32 / terms.len() as f32,
-            })
+            .map(|(seq, (bm25, matched))| TextHit { seq, bm25, coverage: matched as f32 / terms.len() as f32 })
             .collect();
         top_n(&mut hits, n, |h| (h.bm25, h.seq));
         hits
     }
 
     /// Exact cosine scan over docs in scope whose vector came from `model`.
-    pub fn vector_search(
-        &self,
-        query: &[f32],
-        model: &str,
-        scope: Scope<'_>,
-        n: usize,
-    ) -> Vec<(i64, f32)> {
+    pub fn vector_search(&self, query: &[f32], model: &str, scope: Scope<'_>, n: usize) -> Vec<(i64, f32)> {
         let mut hits: Vec<(i64, f32)> = self
             .docs
             .iter()
             .filter_map(|(&seq, d)| {
                 let v = d.vector.as_ref()?;
-                if d.model.as_deref() != Some(model) || v.len() != query.len() || !scope.matches(d)
-                {
+                if d.model.as_deref() != Some(model) || v.len() != query.len() || !scope.matches(d) {
                     return None;
                 }
                 Some((seq, v.iter().zip(query).map(|(a, b)| a * b).sum::<f32>()))
@@ -307,10 +287,7 @@ mod tests {
             schema_version: 1,
             content: content.into(),
             attributes: json!({}),
-            metadata: json!({"speaker": "Ann", "nested": {"x": 1}})
-                .as_object()
-                .unwrap()
-                .clone(),
+            metadata: json!({"speaker": "Ann", "nested": {"x": 1}}).as_object().unwrap().clone(),
             tags: vec!["a".into(), "b".into()],
             user_id: Some("u1".into()),
             agent_id: None,
@@ -342,59 +319,17 @@ mod tests {
         let mut m = memory("t1", "slack", "hello", 100);
         let d = IndexedDoc::from_memory(&m);
         let all = MemoryFilter::default();
-        assert!(Scope {
-            tenant: "t1",
-            filter: &all,
-            now: 0
-        }
-        .matches(&d));
-        assert!(!Scope {
-            tenant: "t2",
-            filter: &all,
-            now: 0
-        }
-        .matches(&d));
-        let f = |f: MemoryFilter| {
-            Scope {
-                tenant: "t1",
-                filter: &f,
-                now: 0,
-            }
-            .matches(&d)
-        };
-        assert!(f(MemoryFilter {
-            system_id: Some("slack".into()),
-            ..Default::default()
-        }));
-        assert!(!f(MemoryFilter {
-            system_id: Some("github".into()),
-            ..Default::default()
-        }));
-        assert!(f(MemoryFilter {
-            user_id: Some("u1".into()),
-            ..Default::default()
-        }));
-        assert!(!f(MemoryFilter {
-            session_id: Some("s".into()),
-            ..Default::default()
-        }));
-        assert!(f(MemoryFilter {
-            tags: vec!["zz".into(), "b".into()],
-            ..Default::default()
-        }));
-        assert!(!f(MemoryFilter {
-            tags_all: vec!["a".into(), "zz".into()],
-            ..Default::default()
-        }));
-        assert!(f(MemoryFilter {
-            since: Some(100),
-            until: Some(101),
-            ..Default::default()
-        }));
-        assert!(!f(MemoryFilter {
-            until: Some(100),
-            ..Default::default()
-        }));
+        assert!(Scope { tenant: "t1", filter: &all, now: 0 }.matches(&d));
+        assert!(!Scope { tenant: "t2", filter: &all, now: 0 }.matches(&d));
+        let f = |f: MemoryFilter| Scope { tenant: "t1", filter: &f, now: 0 }.matches(&d);
+        assert!(f(MemoryFilter { system_id: Some("slack".into()), ..Default::default() }));
+        assert!(!f(MemoryFilter { system_id: Some("github".into()), ..Default::default() }));
+        assert!(f(MemoryFilter { user_id: Some("u1".into()), ..Default::default() }));
+        assert!(!f(MemoryFilter { session_id: Some("s".into()), ..Default::default() }));
+        assert!(f(MemoryFilter { tags: vec!["zz".into(), "b".into()], ..Default::default() }));
+        assert!(!f(MemoryFilter { tags_all: vec!["a".into(), "zz".into()], ..Default::default() }));
+        assert!(f(MemoryFilter { since: Some(100), until: Some(101), ..Default::default() }));
+        assert!(!f(MemoryFilter { until: Some(100), ..Default::default() }));
         let meta = |v: Value| MemoryFilter {
             metadata: Some(json!({"speaker": v}).as_object().unwrap().clone()),
             ..Default::default()
@@ -403,18 +338,8 @@ mod tests {
         assert!(!f(meta(json!("Bob"))));
         m.expires_at = Some(50);
         let d = IndexedDoc::from_memory(&m);
-        assert!(Scope {
-            tenant: "t1",
-            filter: &all,
-            now: 49
-        }
-        .matches(&d));
-        assert!(!Scope {
-            tenant: "t1",
-            filter: &all,
-            now: 50
-        }
-        .matches(&d));
+        assert!(Scope { tenant: "t1", filter: &all, now: 49 }.matches(&d));
+        assert!(!Scope { tenant: "t1", filter: &all, now: 50 }.matches(&d));
     }
 
     #[test]
@@ -425,16 +350,9 @@ mod tests {
         idx.upsert(3, &memory("t", "other", "a dog", 3));
         idx.upsert(4, &memory("u", "s", "cat", 4));
         let all = MemoryFilter::default();
-        let scope = Scope {
-            tenant: "t",
-            filter: &all,
-            now: 0,
-        };
+        let scope = Scope { tenant: "t", filter: &all, now: 0 };
         let hits = idx.text_search("cat dog", scope, 10);
-        assert_eq!(
-            hits.iter().map(|h| h.seq).collect::<Vec<_>>(),
-            vec![3, 2, 1]
-        );
+        assert_eq!(hits.iter().map(|h| h.seq).collect::<Vec<_>>(), vec![3, 2, 1]);
         assert_eq!(hits[1].coverage, 0.5);
         idx.remove(2);
         idx.upsert(1, &memory("t", "s", "now about birds", 1));
@@ -445,27 +363,14 @@ mod tests {
     #[test]
     fn vector_search_is_exact_cosine_within_model_and_scope() {
         let mut idx = MemoryIndex::default();
-        for (seq, v, model) in [
-            (1, [1.0, 0.0], "m"),
-            (2, [0.6, 0.8], "m"),
-            (3, [1.0, 0.1], "other"),
-        ] {
+        for (seq, v, model) in [(1, [1.0, 0.0], "m"), (2, [0.6, 0.8], "m"), (3, [1.0, 0.1], "other")] {
             let mut m = memory("t", "s", "x", seq);
             m.embedding = Some(v.to_vec());
             m.embedding_model = Some(model.into());
             idx.upsert(seq, &m);
         }
         let all = MemoryFilter::default();
-        let hits = idx.vector_search(
-            &[0.0, 1.0],
-            "m",
-            Scope {
-                tenant: "t",
-                filter: &all,
-                now: 0,
-            },
-            10,
-        );
+        let hits = idx.vector_search(&[0.0, 1.0], "m", Scope { tenant: "t", filter: &all, now: 0 }, 10);
         assert_eq!(hits.len(), 2);
         assert_eq!(hits[0].0, 2);
         assert!((hits[0].1 - 0.8).abs() < 1e-6);
@@ -478,16 +383,9 @@ mod tests {
             idx.upsert(seq, &memory("t", "s", "x", seq * 10));
         }
         let all = MemoryFilter::default();
-        let scope = Scope {
-            tenant: "t",
-            filter: &all,
-            now: 0,
-        };
+        let scope = Scope { tenant: "t", filter: &all, now: 0 };
         let page = idx.list(scope, None, 2);
         assert_eq!(page, vec![(50, 5), (40, 4)]);
-        assert_eq!(
-            idx.list(scope, Some(page[1]), 10),
-            vec![(30, 3), (20, 2), (10, 1)]
-        );
+        assert_eq!(idx.list(scope, Some(page[1]), 10), vec![(30, 3), (20, 2), (10, 1)]);
     }
 }

@@ -3,9 +3,7 @@
 
 use memhub_types::memory::IngestionMethod;
 use memhub_types::schema::SchemaRegistry;
-use memhub_types::{
-    Error, ErrorCode, Memory, NewMemory, Result, DEFAULT_SYSTEM_ID, DEFAULT_TENANT,
-};
+use memhub_types::{Error, ErrorCode, Memory, NewMemory, Result, DEFAULT_SYSTEM_ID, DEFAULT_TENANT};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -53,25 +51,13 @@ pub(crate) fn revision_hash(m: &Memory) -> String {
 
 fn check_text(field: &str, value: &str, max_chars: usize) -> Result<()> {
     if value.is_empty() {
-        return Err(Error::field(
-            ErrorCode::InvalidField,
-            field,
-            "must not be empty",
-        ));
+        return Err(Error::field(ErrorCode::InvalidField, field, "must not be empty"));
     }
     if value.chars().count() > max_chars {
-        return Err(Error::field(
-            ErrorCode::InvalidField,
-            field,
-            format!("longer than {max_chars} characters"),
-        ));
+        return Err(Error::field(ErrorCode::InvalidField, field, format!("longer than {max_chars} characters")));
     }
     if value.chars().any(char::is_control) {
-        return Err(Error::field(
-            ErrorCode::InvalidField,
-            field,
-            "must not contain control characters",
-        ));
+        return Err(Error::field(ErrorCode::InvalidField, field, "must not contain control characters"));
     }
     Ok(())
 }
@@ -93,31 +79,20 @@ pub(crate) fn check_embedding(field: &str, v: &[f32], dim: usize) -> Result<()> 
         ));
     }
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(Error::field(
-            ErrorCode::InvalidField,
-            format!("{field}[{i}]"),
-            "must be a finite number",
-        ));
+        return Err(Error::field(ErrorCode::InvalidField, format!("{field}[{i}]"), "must be a finite number"));
     }
     Ok(())
 }
 
 pub(crate) fn check_content(content: &str, max_bytes: usize) -> Result<()> {
     if content.trim().is_empty() {
-        return Err(Error::field(
-            ErrorCode::InvalidField,
-            "content",
-            "must not be empty",
-        ));
+        return Err(Error::field(ErrorCode::InvalidField, "content", "must not be empty"));
     }
     if content.len() > max_bytes {
         return Err(Error::field(
             ErrorCode::ContentTooLong,
             "content",
-            format!(
-                "{} bytes is over the limit of {max_bytes} bytes",
-                content.len()
-            ),
+            format!("{} bytes is over the limit of {max_bytes} bytes", content.len()),
         ));
     }
     Ok(())
@@ -145,11 +120,7 @@ pub(crate) fn check_attributes(attributes: Option<Value>) -> Result<Value> {
     match attributes {
         None | Some(Value::Null) => Ok(Value::Object(Map::new())),
         Some(v @ Value::Object(_)) => Ok(v),
-        Some(_) => Err(Error::field(
-            ErrorCode::InvalidField,
-            "attributes",
-            "must be a JSON object",
-        )),
+        Some(_) => Err(Error::field(ErrorCode::InvalidField, "attributes", "must be a JSON object")),
     }
 }
 
@@ -164,9 +135,7 @@ pub(crate) fn prepare(
     let id = Uuid::now_v7();
     let tenant = new.tenant.unwrap_or_else(|| DEFAULT_TENANT.to_string());
     check_text("tenant", &tenant, 128)?;
-    let system_id = new
-        .system_id
-        .unwrap_or_else(|| DEFAULT_SYSTEM_ID.to_string());
+    let system_id = new.system_id.unwrap_or_else(|| DEFAULT_SYSTEM_ID.to_string());
     check_text("system_id", &system_id, 256)?;
     let memory_id = new.memory_id.unwrap_or_else(|| id.to_string());
     check_text("memory_id", &memory_id, 512)?;
@@ -211,10 +180,7 @@ pub(crate) fn prepare(
         version: 1,
         ingestion_method: method,
     };
-    Ok(Prepared {
-        memory,
-        created_at_given: new.created_at.is_some(),
-    })
+    Ok(Prepared { memory, created_at_given: new.created_at.is_some() })
 }
 
 #[cfg(test)]
@@ -222,27 +188,15 @@ mod tests {
     use super::*;
 
     fn config() -> EngineConfig {
-        EngineConfig {
-            embedding_dim: 4,
-            ..EngineConfig::default()
-        }
+        EngineConfig { embedding_dim: 4, ..EngineConfig::default() }
     }
 
     fn new(content: &str) -> NewMemory {
-        NewMemory {
-            content: content.into(),
-            ..Default::default()
-        }
+        NewMemory { content: content.into(), ..Default::default() }
     }
 
     fn err(n: NewMemory) -> Error {
-        match prepare(
-            n,
-            IngestionMethod::Rest,
-            &config(),
-            &SchemaRegistry::with_builtins(),
-            0,
-        ) {
+        match prepare(n, IngestionMethod::Rest, &config(), &SchemaRegistry::with_builtins(), 0) {
             Err(e) => e,
             Ok(_) => panic!("expected an error"),
         }
@@ -250,19 +204,9 @@ mod tests {
 
     #[test]
     fn defaults_are_filled() {
-        let p = prepare(
-            new("hi"),
-            IngestionMethod::Mcp,
-            &config(),
-            &SchemaRegistry::with_builtins(),
-            7,
-        )
-        .unwrap();
+        let p = prepare(new("hi"), IngestionMethod::Mcp, &config(), &SchemaRegistry::with_builtins(), 7).unwrap();
         let m = p.memory;
-        assert_eq!(
-            (m.tenant.as_str(), m.system_id.as_str(), m.kind.as_str()),
-            ("default", "unknown", "note")
-        );
+        assert_eq!((m.tenant.as_str(), m.system_id.as_str(), m.kind.as_str()), ("default", "unknown", "note"));
         assert_eq!(m.memory_id, m.id.to_string());
         assert_eq!((m.created_at, m.version), (7, 1));
         assert!(!p.created_at_given);
@@ -272,38 +216,17 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         assert_eq!(err(new("  ")).field.as_deref(), Some("content"));
-        let e = err(NewMemory {
-            embedding: Some(vec![1.0; 3]),
-            ..new("x")
-        });
-        assert_eq!(
-            (e.code, e.field.as_deref()),
-            (ErrorCode::InvalidEmbeddingDimension, Some("embedding"))
-        );
-        let e = err(NewMemory {
-            embedding: Some(vec![1.0, f32::NAN, 0.0, 0.0]),
-            ..new("x")
-        });
+        let e = err(NewMemory { embedding: Some(vec![1.0; 3]), ..new("x") });
+        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidEmbeddingDimension, Some("embedding")));
+        let e = err(NewMemory { embedding: Some(vec![1.0, f32::NAN, 0.0, 0.0]), ..new("x") });
         assert_eq!(e.field.as_deref(), Some("embedding[1]"));
-        let e = err(NewMemory {
-            tags: vec!["ok".into(), "".into()],
-            ..new("x")
-        });
+        let e = err(NewMemory { tags: vec!["ok".into(), "".into()], ..new("x") });
         assert_eq!(e.field.as_deref(), Some("tags[1]"));
-        let e = err(NewMemory {
-            kind: Some("insight".into()),
-            ..new("x")
-        });
+        let e = err(NewMemory { kind: Some("insight".into()), ..new("x") });
         assert_eq!(e.code, ErrorCode::SchemaValidationFailed);
-        let e = err(NewMemory {
-            attributes: Some(serde_json::json!([1])),
-            ..new("x")
-        });
+        let e = err(NewMemory { attributes: Some(serde_json::json!([1])), ..new("x") });
         assert_eq!(e.field.as_deref(), Some("attributes"));
-        let e = err(NewMemory {
-            system_id: Some("a\nb".into()),
-            ..new("x")
-        });
+        let e = err(NewMemory { system_id: Some("a\nb".into()), ..new("x") });
         assert_eq!(e.field.as_deref(), Some("system_id"));
         let e = err(new(&"x".repeat(config().max_content_bytes + 1)));
         assert_eq!(e.code, ErrorCode::ContentTooLong);
@@ -311,14 +234,7 @@ mod tests {
 
     #[test]
     fn revision_hash_tracks_every_client_field() {
-        let p = prepare(
-            new("hi"),
-            IngestionMethod::Mcp,
-            &config(),
-            &SchemaRegistry::with_builtins(),
-            7,
-        )
-        .unwrap();
+        let p = prepare(new("hi"), IngestionMethod::Mcp, &config(), &SchemaRegistry::with_builtins(), 7).unwrap();
         let base = revision_hash(&p.memory);
         let mut m = p.memory.clone();
         m.ingested_at += 1;

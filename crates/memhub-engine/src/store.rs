@@ -109,8 +109,7 @@ CREATE TABLE IF NOT EXISTS kg_relations (
 "#;
 
 /// The columns of `memories` (and `memory_history`) in the order [`memory_from_row`] reads.
-pub(crate) const MEMORY_COLUMNS: &str =
-    "id, tenant, system_id, memory_id, kind, schema_version, content, \
+pub(crate) const MEMORY_COLUMNS: &str = "id, tenant, system_id, memory_id, kind, schema_version, content, \
     attributes, metadata, tags, user_id, agent_id, session_id, project, created_at, ingested_at, \
     updated_at, expires_at, embedding, embedding_model, content_hash, version, ingestion_method";
 
@@ -140,9 +139,8 @@ fn json_text(v: &impl serde::Serialize) -> String {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(idx: usize, s: String) -> rusqlite::Result<T> {
-    serde_json::from_str(&s).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
-    })
+    serde_json::from_str(&s)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 pub(crate) fn embedding_to_blob(v: &[f32]) -> Vec<u8> {
@@ -150,9 +148,7 @@ pub(crate) fn embedding_to_blob(v: &[f32]) -> Vec<u8> {
 }
 
 pub(crate) fn embedding_from_blob(b: &[u8]) -> Vec<f32> {
-    b.chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 /// Read a memory from a row selected with [`MEMORY_COLUMNS`] (starting at column `o`).
@@ -160,9 +156,8 @@ pub(crate) fn memory_from_row(row: &Row<'_>, o: usize) -> rusqlite::Result<Memor
     let id: String = row.get(o)?;
     let method: String = row.get(o + 22)?;
     Ok(Memory {
-        id: Uuid::parse_str(&id).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(o, rusqlite::types::Type::Text, Box::new(e))
-        })?,
+        id: Uuid::parse_str(&id)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(o, rusqlite::types::Type::Text, Box::new(e)))?,
         tenant: row.get(o + 1)?,
         system_id: row.get(o + 2)?,
         memory_id: row.get(o + 3)?,
@@ -180,9 +175,7 @@ pub(crate) fn memory_from_row(row: &Row<'_>, o: usize) -> rusqlite::Result<Memor
         ingested_at: row.get(o + 15)?,
         updated_at: row.get(o + 16)?,
         expires_at: row.get(o + 17)?,
-        embedding: row
-            .get::<_, Option<Vec<u8>>>(o + 18)?
-            .map(|b| embedding_from_blob(&b)),
+        embedding: row.get::<_, Option<Vec<u8>>>(o + 18)?.map(|b| embedding_from_blob(&b)),
         embedding_model: row.get(o + 19)?,
         content_hash: row.get(o + 20)?,
         version: row.get(o + 21)?,
@@ -206,21 +199,15 @@ impl Store {
         let path = data_dir.join("memhub.db");
         let lock = match mode {
             OpenMode::ReadWrite => {
-                std::fs::create_dir_all(data_dir).map_err(|e| {
-                    Error::storage(format!(
-                        "cannot create data dir {}: {e}",
-                        data_dir.display()
-                    ))
-                })?;
+                std::fs::create_dir_all(data_dir)
+                    .map_err(|e| Error::storage(format!("cannot create data dir {}: {e}", data_dir.display())))?;
                 let lock_path = data_dir.join("memhub.lock");
                 let file = File::options()
                     .create(true)
                     .truncate(false)
                     .write(true)
                     .open(&lock_path)
-                    .map_err(|e| {
-                        Error::storage(format!("cannot open {}: {e}", lock_path.display()))
-                    })?;
+                    .map_err(|e| Error::storage(format!("cannot open {}: {e}", lock_path.display())))?;
                 file.try_lock().map_err(|_| {
                     Error::new(
                         ErrorCode::DataDirLocked,
@@ -234,10 +221,7 @@ impl Store {
             }
             OpenMode::ReadOnly => {
                 if !path.exists() {
-                    return Err(Error::storage(format!(
-                        "no memhub store at {}",
-                        path.display()
-                    )));
+                    return Err(Error::storage(format!("no memhub store at {}", path.display())));
                 }
                 None
             }
@@ -245,29 +229,20 @@ impl Store {
         let writer = match mode {
             OpenMode::ReadWrite => {
                 let conn = Connection::open(&path).map_err(storage)?;
-                conn.pragma_update(None, "journal_mode", "WAL")
-                    .map_err(storage)?;
+                conn.pragma_update(None, "journal_mode", "WAL").map_err(storage)?;
                 configure(&conn).map_err(storage)?;
                 conn.execute_batch(SCHEMA).map_err(storage)?;
                 conn
             }
             OpenMode::ReadOnly => Self::open_reader(&path)?,
         };
-        Ok(Store {
-            path,
-            mode,
-            writer: Mutex::new(writer),
-            readers: Mutex::new(Vec::new()),
-            _lock: lock,
-        })
+        Ok(Store { path, mode, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()), _lock: lock })
     }
 
     fn open_reader(path: &Path) -> Result<Connection> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(storage)?;
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(storage)?;
         configure(&conn).map_err(storage)?;
         Ok(conn)
     }
@@ -287,9 +262,7 @@ impl Store {
             return Err(Error::storage("the store is open read-only"));
         }
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(storage)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(storage)?;
         let out = f(&tx)?;
         tx.commit().map_err(storage)?;
         Ok(out)
@@ -297,18 +270,12 @@ impl Store {
 
     /// Like [`write`](Self::write) but also runs `after` while the writer is still
     /// held, so derived indexes are applied in commit order.
-    pub fn write_then<T>(
-        &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T>,
-        after: impl FnOnce(&T),
-    ) -> Result<T> {
+    pub fn write_then<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>, after: impl FnOnce(&T)) -> Result<T> {
         if self.mode == OpenMode::ReadOnly {
             return Err(Error::storage("the store is open read-only"));
         }
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(storage)?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(storage)?;
         let out = f(&tx)?;
         tx.commit().map_err(storage)?;
         after(&out);
@@ -336,8 +303,7 @@ impl Store {
             return Ok(());
         }
         let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .map_err(storage)
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(storage)
     }
 }
 
@@ -390,12 +356,7 @@ pub(crate) fn insert_memory(tx: &Transaction<'_>, row: &MemoryRow<'_>) -> Result
 }
 
 /// Move the current row of `seq` into history, then overwrite it with `row`.
-pub(crate) fn replace_memory(
-    tx: &Transaction<'_>,
-    seq: i64,
-    row: &MemoryRow<'_>,
-    now: i64,
-) -> Result<()> {
+pub(crate) fn replace_memory(tx: &Transaction<'_>, seq: i64, row: &MemoryRow<'_>, now: i64) -> Result<()> {
     tx.prepare_cached(&format!(
         "INSERT OR REPLACE INTO memory_history ({MEMORY_COLUMNS}, revision_hash, superseded_at) \
          SELECT {MEMORY_COLUMNS}, revision_hash, ?2 FROM memories WHERE seq = ?1"
@@ -441,13 +402,8 @@ pub(crate) fn replace_memory(
 
 /// Remove a memory and its whole history.
 pub(crate) fn delete_memory(tx: &Transaction<'_>, seq: i64, id: &Uuid) -> Result<()> {
-    tx.execute("DELETE FROM memories WHERE seq = ?1", params![seq])
-        .map_err(storage)?;
-    tx.execute(
-        "DELETE FROM memory_history WHERE id = ?1",
-        params![id.to_string()],
-    )
-    .map_err(storage)?;
+    tx.execute("DELETE FROM memories WHERE seq = ?1", params![seq]).map_err(storage)?;
+    tx.execute("DELETE FROM memory_history WHERE id = ?1", params![id.to_string()]).map_err(storage)?;
     log_change(tx, seq, "delete")
 }
 
@@ -476,37 +432,21 @@ pub(crate) fn find_by_key(
 }
 
 /// `(seq, memory)` by server id within a tenant.
-pub(crate) fn find_by_id(
-    conn: &Connection,
-    tenant: &str,
-    id: &Uuid,
-) -> Result<Option<(i64, Memory)>> {
-    conn.prepare_cached(&format!(
-        "SELECT seq, {MEMORY_COLUMNS} FROM memories WHERE id = ?1 AND tenant = ?2"
-    ))
-    .and_then(|mut st| {
-        st.query_row(params![id.to_string(), tenant], |r| {
-            Ok((r.get(0)?, memory_from_row(r, 1)?))
+pub(crate) fn find_by_id(conn: &Connection, tenant: &str, id: &Uuid) -> Result<Option<(i64, Memory)>> {
+    conn.prepare_cached(&format!("SELECT seq, {MEMORY_COLUMNS} FROM memories WHERE id = ?1 AND tenant = ?2"))
+        .and_then(|mut st| {
+            st.query_row(params![id.to_string(), tenant], |r| Ok((r.get(0)?, memory_from_row(r, 1)?))).optional()
         })
-        .optional()
-    })
-    .map_err(storage)
+        .map_err(storage)
 }
 
 /// Memories by store sequence number, in the order asked for (missing ones skipped).
 pub(crate) fn load_by_seq(conn: &Connection, seqs: &[i64]) -> Result<Vec<(i64, Memory)>> {
-    let mut st = conn
-        .prepare_cached(&format!(
-            "SELECT seq, {MEMORY_COLUMNS} FROM memories WHERE seq = ?1"
-        ))
-        .map_err(storage)?;
+    let mut st =
+        conn.prepare_cached(&format!("SELECT seq, {MEMORY_COLUMNS} FROM memories WHERE seq = ?1")).map_err(storage)?;
     let mut out = Vec::with_capacity(seqs.len());
     for seq in seqs {
-        if let Some(m) = st
-            .query_row(params![seq], |r| memory_from_row(r, 1))
-            .optional()
-            .map_err(storage)?
-        {
+        if let Some(m) = st.query_row(params![seq], |r| memory_from_row(r, 1)).optional().map_err(storage)? {
             out.push((*seq, m));
         }
     }

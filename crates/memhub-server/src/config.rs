@@ -40,49 +40,31 @@ impl Default for Config {
 
 /// The platform data dir for memhub, e.g. `~/.local/share/memhub` on Linux.
 pub fn default_data_dir() -> PathBuf {
-    dirs::data_dir()
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join("memhub")
+    dirs::data_dir().unwrap_or_else(|| PathBuf::from(".")).join("memhub")
 }
 
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: Box<toml::de::Error>,
-    },
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
     #[error("invalid environment variable {name}={value:?}: {reason}")]
-    Env {
-        name: String,
-        value: String,
-        reason: String,
-    },
+    Env { name: String, value: String, reason: String },
 }
 
-fn env_value<T: std::str::FromStr>(
-    name: &str,
-    get: &impl Fn(&str) -> Option<String>,
-) -> Result<Option<T>, ConfigError>
+fn env_value<T: std::str::FromStr>(name: &str, get: &impl Fn(&str) -> Option<String>) -> Result<Option<T>, ConfigError>
 where
     T::Err: std::fmt::Display,
 {
     match get(name) {
         None => Ok(None),
-        Some(value) => value
-            .parse()
-            .map(Some)
-            .map_err(|e: T::Err| ConfigError::Env {
-                name: name.into(),
-                reason: e.to_string(),
-                value,
-            }),
+        Some(value) => value.parse().map(Some).map_err(|e: T::Err| ConfigError::Env {
+            name: name.into(),
+            reason: e.to_string(),
+            value,
+        }),
     }
 }
 
@@ -91,14 +73,10 @@ impl Config {
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut config = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.into(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                    path: path.into(),
-                    source: Box::new(source),
-                })?
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                toml::from_str(&text)
+                    .map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })?
             }
             None => Config::default(),
         };
@@ -118,12 +96,7 @@ impl Config {
             self.max_body_bytes = v;
         }
         if let Some(v) = get("MEMHUB_MCP_ALLOWED_HOSTS") {
-            self.mcp_allowed_hosts = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
+            self.mcp_allowed_hosts = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
         }
         if let Some(v) = get("MEMHUB_LOG") {
             self.log = v;
@@ -164,11 +137,7 @@ mod tests {
     fn file_then_env_override_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("memhub.toml");
-        std::fs::write(
-            &path,
-            "addr = \"0.0.0.0:9000\"\nmax_body_bytes = 1000\n[engine]\nembedding_dim = 8\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "addr = \"0.0.0.0:9000\"\nmax_body_bytes = 1000\n[engine]\nembedding_dim = 8\n").unwrap();
         let mut c: Config = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(c.addr.port(), 9000);
         assert_eq!(c.engine.embedding_dim, 8);
@@ -185,9 +154,7 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let mut c = Config::default();
-        let e = c
-            .apply_env(|k| (k == "MEMHUB_MAX_BATCH").then(|| "lots".to_string()))
-            .unwrap_err();
+        let e = c.apply_env(|k| (k == "MEMHUB_MAX_BATCH").then(|| "lots".to_string())).unwrap_err();
         assert!(e.to_string().contains("MEMHUB_MAX_BATCH"), "{e}");
         let e = toml::from_str::<Config>("adr = \"x\"").unwrap_err();
         assert!(e.to_string().contains("adr"), "{e}");

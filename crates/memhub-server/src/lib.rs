@@ -31,36 +31,20 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(engine: Arc<Engine>, config: Config) -> Self {
-        let mcp = mcp::http_service(
-            engine.clone(),
-            &config.allowed_hosts(),
-            config.max_body_bytes,
-        );
-        AppState {
-            engine,
-            config: Arc::new(config),
-            mcp,
-        }
+        let mcp = mcp::http_service(engine.clone(), &config.allowed_hosts(), config.max_body_bytes);
+        AppState { engine, config: Arc::new(config), mcp }
     }
 }
 
 /// Run blocking engine work (SQLite, fsync) off the async runtime.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(Error::new(
-            ErrorCode::InternalError,
-            format!("internal error: worker failed: {e}"),
-        ))
-    })
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(Error::new(ErrorCode::InternalError, format!("internal error: worker failed: {e}"))))
 }
 
 async fn not_found() -> rest::ApiError {
-    rest::ApiError(Error::new(
-        ErrorCode::NotFound,
-        "no such route; see /openapi.json",
-    ))
+    rest::ApiError(Error::new(ErrorCode::NotFound, "no such route; see /openapi.json"))
 }
 
 /// Every route memhub serves.
@@ -72,17 +56,11 @@ pub fn router(state: AppState) -> Router {
         .route("/search", post(search))
         .route("/stats", get(stats))
         .route("/health", get(health))
-        .route(
-            "/{id}",
-            get(get_memory).patch(patch_memory).delete(delete_memory),
-        );
+        .route("/{id}", get(get_memory).patch(patch_memory).delete(delete_memory));
     Router::new()
         .route("/v1/memories", post(create_memory).get(list_memories))
         .route("/v1/memories/batch", post(create_batch))
-        .route(
-            "/v1/memories/{id}",
-            get(get_memory).patch(patch_memory).delete(delete_memory),
-        )
+        .route("/v1/memories/{id}", get(get_memory).patch(patch_memory).delete(delete_memory))
         .route("/v1/memories/{id}/history", get(memory_history))
         .route("/v1/search", post(search))
         .route("/v1/schemas", get(list_schemas).post(register_schema))
@@ -114,13 +92,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let engine = state.engine.clone();
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    if let Err(e) = tokio::task::spawn_blocking(move || engine.checkpoint())
-        .await
-        .unwrap_or(Ok(()))
-    {
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    if let Err(e) = tokio::task::spawn_blocking(move || engine.checkpoint()).await.unwrap_or(Ok(())) {
         tracing::warn!(error = %e, "checkpoint on shutdown failed");
     }
     Ok(())

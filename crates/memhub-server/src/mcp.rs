@@ -20,8 +20,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use memhub_engine::Engine;
 use memhub_types::{Error, ErrorCode};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -48,10 +48,7 @@ impl McpHandler {
                 Tool::new(s.name, s.description, Arc::new(schema))
             })
             .collect();
-        McpHandler {
-            engine,
-            tools: Arc::new(tools),
-        }
+        McpHandler { engine, tools: Arc::new(tools) }
     }
 }
 
@@ -94,10 +91,7 @@ impl ServerHandler for McpHandler {
         let args = request.arguments.unwrap_or_default();
         match call_tool(&self.engine, &request.name, args).await {
             Ok(out) => Ok(CallToolResponse::Complete(to_call_result(out))),
-            Err(unknown) => Err(McpError::invalid_params(
-                format!("unknown tool {:?}", unknown.0),
-                None,
-            )),
+            Err(unknown) => Err(McpError::invalid_params(format!("unknown tool {:?}", unknown.0), None)),
         }
     }
 }
@@ -121,22 +115,14 @@ pub fn http_service(engine: Arc<Engine>, allowed_hosts: &[String], max_body: usi
 }
 
 /// Serve MCP over stdin/stdout until the client closes it.
-pub async fn serve_stdio(
-    engine: Arc<Engine>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let service = McpHandler::new(engine)
-        .serve(rmcp::transport::stdio())
-        .await?;
+pub async fn serve_stdio(engine: Arc<Engine>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let service = McpHandler::new(engine).serve(rmcp::transport::stdio()).await?;
     service.waiting().await?;
     Ok(())
 }
 
 fn wants_sse(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("text/event-stream"))
+    headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("text/event-stream"))
 }
 
 /// The tool result as the compatibility JSON-RPC answer expects it: the tool's keys
@@ -146,10 +132,7 @@ fn flattened_result(out: &ToolOutput) -> Value {
         Value::Object(m) => m.clone(),
         other => Map::from_iter([("value".to_string(), other.clone())]),
     };
-    result.insert(
-        "content".into(),
-        json!([ContentBlock::text(out.value.to_string())]),
-    );
+    result.insert("content".into(), json!([ContentBlock::text(out.value.to_string())]));
     result.insert("structuredContent".into(), out.value.clone());
     result.insert("isError".into(), json!(out.is_error));
     Value::Object(result)
@@ -168,24 +151,12 @@ fn call_params(body: &Value) -> Result<(String, Map<String, Value>), Error> {
     let name = params
         .get("name")
         .and_then(Value::as_str)
-        .ok_or_else(|| {
-            Error::field(
-                ErrorCode::InvalidField,
-                "params.name",
-                "the tool name is required",
-            )
-        })?
+        .ok_or_else(|| Error::field(ErrorCode::InvalidField, "params.name", "the tool name is required"))?
         .to_string();
     let args = match params.get("arguments") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m.clone(),
-        Some(_) => {
-            return Err(Error::field(
-                ErrorCode::InvalidField,
-                "params.arguments",
-                "must be an object",
-            ))
-        }
+        Some(_) => return Err(Error::field(ErrorCode::InvalidField, "params.arguments", "must be an object")),
     };
     Ok((name, args))
 }
@@ -196,18 +167,12 @@ pub async fn mcp_endpoint(State(state): State<AppState>, req: Request<Body>) -> 
         return forward(&state, req).await;
     }
     let (parts, body) = req.into_parts();
-    let bytes = match Limited::new(body, state.config.max_body_bytes)
-        .collect()
-        .await
-    {
+    let bytes = match Limited::new(body, state.config.max_body_bytes).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => {
             return ApiError(Error::new(
                 ErrorCode::PayloadTooLarge,
-                format!(
-                    "request body is over the limit of {} bytes",
-                    state.config.max_body_bytes
-                ),
+                format!("request body is over the limit of {} bytes", state.config.max_body_bytes),
             ))
             .into_response()
         }
@@ -220,11 +185,7 @@ pub async fn mcp_endpoint(State(state): State<AppState>, req: Request<Body>) -> 
         if !is_jsonrpc && matches!(method, "tools/call" | "tools/list") {
             return bare_call(&state, method, body).await;
         }
-        if is_jsonrpc
-            && !has_session
-            && !wants_sse(&parts.headers)
-            && matches!(method, "tools/call" | "tools/list")
-        {
+        if is_jsonrpc && !has_session && !wants_sse(&parts.headers) && matches!(method, "tools/call" | "tools/list") {
             if let Some(id) = body.get("id").cloned() {
                 return stateless_jsonrpc(&state, method, id, body).await;
             }
@@ -243,30 +204,25 @@ async fn bare_call(state: &AppState, method: &str, body: &Value) -> Response {
     };
     match call_tool(&state.engine, &name, args).await {
         Ok(out) => Json(out.value).into_response(),
-        Err(unknown) => ApiError(Error::new(
-            ErrorCode::NotFound,
-            format!("unknown tool {:?}", unknown.0),
-        ))
-        .into_response(),
+        Err(unknown) => {
+            ApiError(Error::new(ErrorCode::NotFound, format!("unknown tool {:?}", unknown.0))).into_response()
+        }
     }
 }
 
 async fn stateless_jsonrpc(state: &AppState, method: &str, id: Value, body: &Value) -> Response {
     let rpc_error = |code: i64, message: String| {
-        Json(json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}))
-            .into_response()
+        Json(json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})).into_response()
     };
     if method == "tools/list" {
-        return Json(json!({"jsonrpc": "2.0", "id": id, "result": tools_list_value()}))
-            .into_response();
+        return Json(json!({"jsonrpc": "2.0", "id": id, "result": tools_list_value()})).into_response();
     }
     let (name, args) = match call_params(body) {
         Ok(p) => p,
         Err(e) => return rpc_error(-32602, e.message()),
     };
     match call_tool(&state.engine, &name, args).await {
-        Ok(out) => Json(json!({"jsonrpc": "2.0", "id": id, "result": flattened_result(&out)}))
-            .into_response(),
+        Ok(out) => Json(json!({"jsonrpc": "2.0", "id": id, "result": flattened_result(&out)})).into_response(),
         Err(unknown) => rpc_error(-32602, format!("unknown tool {:?}", unknown.0)),
     }
 }
@@ -274,10 +230,7 @@ async fn stateless_jsonrpc(state: &AppState, method: &str, id: Value, body: &Val
 async fn forward(state: &AppState, req: Request<Body>) -> Response {
     use tower::ServiceExt as _;
     let (parts, body) = req.into_parts();
-    let bytes = match Limited::new(body, state.config.max_body_bytes)
-        .collect()
-        .await
-    {
+    let bytes = match Limited::new(body, state.config.max_body_bytes).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
     };

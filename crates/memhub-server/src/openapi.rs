@@ -7,10 +7,7 @@ use crate::rest;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(
-        title = "memhub",
-        description = "A self-hosted memory hub for AI agents. MCP tools are served at /mcp."
-    ),
+    info(title = "memhub", description = "A self-hosted memory hub for AI agents. MCP tools are served at /mcp."),
     paths(
         rest::create_memory,
         rest::create_batch,

@@ -10,8 +10,8 @@ use memhub_engine::Stored;
 use memhub_types::memory::IngestionMethod;
 use memhub_types::time::{format_micros, now_micros, parse_timestamp};
 use memhub_types::{
-    Error, ErrorCode, KindSchema, Memory, MemoryFilter, MemoryPatch, NewMemory, SearchRequest,
-    SearchResponse, DEFAULT_TENANT,
+    Error, ErrorCode, KindSchema, Memory, MemoryFilter, MemoryPatch, NewMemory, SearchRequest, SearchResponse,
+    DEFAULT_TENANT,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -34,8 +34,7 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         if status.is_server_error() {
             tracing::error!(code = %self.0.code, error = %self.0, "request failed");
         }
@@ -53,38 +52,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError(Error::new(
-                        ErrorCode::PayloadTooLarge,
-                        "request body is over the size limit",
-                    ))
-                } else {
-                    ApiError(Error::new(
-                        ErrorCode::InvalidJson,
-                        format!("cannot read the request body: {rejection}"),
-                    ))
-                }
-            })?;
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError(Error::new(ErrorCode::PayloadTooLarge, "request body is over the size limit"))
+            } else {
+                ApiError(Error::new(ErrorCode::InvalidJson, format!("cannot read the request body: {rejection}")))
+            }
+        })?;
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de)
-            .map(ApiJson)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let inner = e.into_inner();
-                let code = if inner.is_syntax() || inner.is_eof() {
-                    ErrorCode::InvalidJson
-                } else {
-                    ErrorCode::InvalidField
-                };
-                ApiError(if path == "." || code == ErrorCode::InvalidJson {
-                    Error::new(code, format!("invalid JSON body: {inner}"))
-                } else {
-                    Error::field(code, path, inner.to_string())
-                })
+        serde_path_to_error::deserialize(de).map(ApiJson).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let code =
+                if inner.is_syntax() || inner.is_eof() { ErrorCode::InvalidJson } else { ErrorCode::InvalidField };
+            ApiError(if path == "." || code == ErrorCode::InvalidJson {
+                Error::new(code, format!("invalid JSON body: {inner}"))
+            } else {
+                Error::field(code, path, inner.to_string())
             })
+        })
     }
 }
 
@@ -100,13 +86,8 @@ fn tenant(headers: &HeaderMap) -> String {
 }
 
 fn parse_id(id: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(id).map_err(|_| {
-        ApiError(Error::field(
-            ErrorCode::InvalidField,
-            "id",
-            format!("{id:?} is not a memory id (UUID)"),
-        ))
-    })
+    Uuid::parse_str(id)
+        .map_err(|_| ApiError(Error::field(ErrorCode::InvalidField, "id", format!("{id:?} is not a memory id (UUID)"))))
 }
 
 fn public(mut m: Memory, include_embedding: bool) -> Memory {
@@ -125,18 +106,8 @@ pub struct StoreResponse {
 }
 
 fn store_response(s: Stored) -> (StatusCode, Json<StoreResponse>) {
-    let status = if s.outcome == memhub_types::StoreOutcome::Created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    (
-        status,
-        Json(StoreResponse {
-            status: s.outcome,
-            memory: public(s.memory, false),
-        }),
-    )
+    let status = if s.outcome == memhub_types::StoreOutcome::Created { StatusCode::CREATED } else { StatusCode::OK };
+    (status, Json(StoreResponse { status: s.outcome, memory: public(s.memory, false) }))
 }
 
 /// Store one memory.
@@ -204,10 +175,7 @@ pub async fn create_batch(
             }
         }
         let results = engine.store_batch(news, IngestionMethod::Rest)?;
-        Ok((
-            positions.into_iter().zip(results).collect::<Vec<_>>(),
-            parse_errors,
-        ))
+        Ok((positions.into_iter().zip(results).collect::<Vec<_>>(), parse_errors))
     })
     .await?;
     let mut errors: Vec<(usize, Value)> = parse_errors
@@ -217,7 +185,9 @@ pub async fn create_batch(
     let mut items = Vec::new();
     for (i, r) in results {
         match r {
-            Ok(s) => items.push(json!({"index": i, "id": s.memory.id, "memory_id": s.memory.memory_id, "status": s.outcome})),
+            Ok(s) => {
+                items.push(json!({"index": i, "id": s.memory.id, "memory_id": s.memory.memory_id, "status": s.outcome}))
+            }
             Err(e) => {
                 let e = match e.field.as_deref() {
                     Some(f) if f.starts_with("memories[") => e,
@@ -280,13 +250,7 @@ pub async fn patch_memory(
     let tenant = tenant(&headers);
     let engine = state.engine.clone();
     let stored = blocking(move || engine.update(&tenant, &id, patch)).await?;
-    Ok((
-        StatusCode::OK,
-        Json(StoreResponse {
-            status: stored.outcome,
-            memory: public(stored.memory, false),
-        }),
-    ))
+    Ok((StatusCode::OK, Json(StoreResponse { status: stored.outcome, memory: public(stored.memory, false) })))
 }
 
 /// Delete a memory and its history.
@@ -301,9 +265,7 @@ pub async fn delete_memory(
     let tenant = tenant(&headers);
     let engine = state.engine.clone();
     let m = blocking(move || engine.delete(&tenant, &id)).await?;
-    Ok(Json(
-        json!({"status": "deleted", "id": m.id, "memory_id": m.memory_id, "system_id": m.system_id}),
-    ))
+    Ok(Json(json!({"status": "deleted", "id": m.id, "memory_id": m.memory_id, "system_id": m.system_id})))
 }
 
 /// Every version of a memory, newest first.
@@ -346,25 +308,14 @@ pub struct ListQuery {
 fn time_param(name: &str, v: Option<String>) -> ApiResult<Option<i64>> {
     v.map(|s| {
         parse_timestamp(&s).ok_or_else(|| {
-            ApiError(Error::field(
-                ErrorCode::InvalidField,
-                name,
-                format!("{s:?} is not an ISO-8601 time"),
-            ))
+            ApiError(Error::field(ErrorCode::InvalidField, name, format!("{s:?} is not an ISO-8601 time")))
         })
     })
     .transpose()
 }
 
 fn split_tags(v: Option<String>) -> Vec<String> {
-    v.map(|s| {
-        s.split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned)
-            .collect()
-    })
-    .unwrap_or_default()
+    v.map(|s| s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
 }
 
 /// The answer to a listing.
@@ -396,12 +347,8 @@ pub async fn list_memories(
     };
     let tenant = tenant(&headers);
     let engine = state.engine.clone();
-    let page =
-        blocking(move || engine.list(&tenant, &filter, q.limit, q.cursor.as_deref())).await?;
-    Ok(Json(ListResponse {
-        memories: page.memories,
-        next_cursor: page.next_cursor,
-    }))
+    let page = blocking(move || engine.list(&tenant, &filter, q.limit, q.cursor.as_deref())).await?;
+    Ok(Json(ListResponse { memories: page.memories, next_cursor: page.next_cursor }))
 }
 
 /// Hybrid search within filters.
@@ -447,16 +394,8 @@ pub async fn register_schema(
 ) -> ApiResult<impl IntoResponse> {
     let engine = state.engine.clone();
     let (schema, is_new) =
-        blocking(move || engine.register_schema(&r.kind, r.version, r.description, r.schema))
-            .await?;
-    Ok((
-        if is_new {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        Json(schema),
-    ))
+        blocking(move || engine.register_schema(&r.kind, r.version, r.description, r.schema)).await?;
+    Ok((if is_new { StatusCode::CREATED } else { StatusCode::OK }, Json(schema)))
 }
 
 /// Counts per kind and system, history size, store size.
@@ -498,7 +437,9 @@ pub async fn retrieve(
             return Ok(json!({"memory": public(engine.get(&tenant, &id)?, false)}));
         }
         if let Some(mid) = &r.memory_id {
-            return Ok(json!({"memory": public(engine.get_by_memory_id(&tenant, r.filter.system_id.as_deref(), mid)?, false)}));
+            return Ok(
+                json!({"memory": public(engine.get_by_memory_id(&tenant, r.filter.system_id.as_deref(), mid)?, false)}),
+            );
         }
         let page = engine.list(&tenant, &r.filter, r.limit, r.cursor.as_deref())?;
         Ok(json!({"memories": page.memories, "next_cursor": page.next_cursor}))
@@ -528,23 +469,14 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `POST /mcp/store_memory`: the raw Akosha push, `{id|memory_id, text, embedding, metadata}`.
-pub async fn raw_store_memory(
-    State(state): State<AppState>,
-    ApiJson(body): ApiJson<Value>,
-) -> Response {
+pub async fn raw_store_memory(State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Response {
     let Value::Object(args) = body else {
-        return ApiError(Error::new(
-            ErrorCode::InvalidField,
-            "the body must be a JSON object",
-        ))
-        .into_response();
+        return ApiError(Error::new(ErrorCode::InvalidField, "the body must be a JSON object")).into_response();
     };
     match crate::tools::call_tool(&state.engine, "store_memory", args).await {
         Ok(out) => Json(out.value).into_response(),
-        Err(unknown) => ApiError(Error::internal(format!(
-            "tool {:?} is missing from the catalogue",
-            unknown.0
-        )))
-        .into_response(),
+        Err(unknown) => {
+            ApiError(Error::internal(format!("tool {:?} is missing from the catalogue", unknown.0))).into_response()
+        }
     }
 }

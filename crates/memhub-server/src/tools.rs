@@ -10,8 +10,8 @@ use memhub_engine::{Engine, Stored};
 use memhub_types::memory::IngestionMethod;
 use memhub_types::time::{format_micros, now_micros, parse_timestamp};
 use memhub_types::{
-    Error, ErrorCode, Memory, MemoryFilter, NewEntity, NewMemory, NewRelation, SearchRequest,
-    DEFAULT_SYSTEM_ID, DEFAULT_TENANT,
+    Error, ErrorCode, Memory, MemoryFilter, NewEntity, NewMemory, NewRelation, SearchRequest, DEFAULT_SYSTEM_ID,
+    DEFAULT_TENANT,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -30,17 +30,11 @@ pub struct ToolOutput {
 
 impl ToolOutput {
     fn ok(value: Value) -> Self {
-        ToolOutput {
-            value,
-            is_error: false,
-        }
+        ToolOutput { value, is_error: false }
     }
 
     fn failed(value: Value) -> Self {
-        ToolOutput {
-            value,
-            is_error: true,
-        }
+        ToolOutput { value, is_error: true }
     }
 
     /// A failure from the error catalogue: `{"status":"failed","error",...}`.
@@ -77,14 +71,17 @@ const FILTER_PROPS: &[(&str, &str)] = &[
 
 fn filter_properties(props: &mut Map<String, Value>) {
     for (name, description) in FILTER_PROPS {
-        props.insert(
-            (*name).into(),
-            json!({"type": "string", "description": description}),
-        );
+        props.insert((*name).into(), json!({"type": "string", "description": description}));
     }
     props.insert("tags".into(), json!({"type": "array", "items": {"type": "string"}, "description": "Memories with at least one of these tags."}));
-    props.insert("tags_all".into(), json!({"type": "array", "items": {"type": "string"}, "description": "Memories with all of these tags."}));
-    props.insert("metadata".into(), json!({"type": "object", "description": "Equality on top-level metadata keys, e.g. {\"speaker\": \"Ann\"}."}));
+    props.insert(
+        "tags_all".into(),
+        json!({"type": "array", "items": {"type": "string"}, "description": "Memories with all of these tags."}),
+    );
+    props.insert(
+        "metadata".into(),
+        json!({"type": "object", "description": "Equality on top-level metadata keys, e.g. {\"speaker\": \"Ann\"}."}),
+    );
 }
 
 fn object_schema(required: &[&str], props: Map<String, Value>) -> Value {
@@ -224,10 +221,7 @@ fn parse<T: DeserializeOwned>(args: Value) -> Result<T, Error> {
 }
 
 fn meta_str(meta: &Map<String, Value>, key: &str) -> Option<String> {
-    meta.get(key)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+    meta.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
 /// Map the Akosha `metadata.type` to a registered kind (unknown types become `note`;
@@ -253,35 +247,21 @@ fn akosha_memory(
     let created_at = match metadata.get("created_at") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(parse_timestamp(s).ok_or_else(|| {
-            Error::field(
-                ErrorCode::InvalidField,
-                "metadata.created_at",
-                format!("{s:?} is not an ISO-8601 time"),
-            )
+            Error::field(ErrorCode::InvalidField, "metadata.created_at", format!("{s:?} is not an ISO-8601 time"))
         })?),
         Some(_) => {
-            return Err(Error::field(
-                ErrorCode::InvalidField,
-                "metadata.created_at",
-                "must be an ISO-8601 string",
-            ))
+            return Err(Error::field(ErrorCode::InvalidField, "metadata.created_at", "must be an ISO-8601 string"))
         }
     };
-    let kind = kind
-        .map(str::to_owned)
-        .unwrap_or_else(|| kind_for(engine, metadata.get("type").and_then(Value::as_str)));
+    let kind =
+        kind.map(str::to_owned).unwrap_or_else(|| kind_for(engine, metadata.get("type").and_then(Value::as_str)));
     // Attributes: the metadata keys the kind's schema declares.
     let attributes = engine
         .schemas()
         .into_iter()
         .filter(|s| s.kind == kind)
         .last()
-        .and_then(|s| {
-            s.schema
-                .get("properties")
-                .and_then(Value::as_object)
-                .cloned()
-        })
+        .and_then(|s| s.schema.get("properties").and_then(Value::as_object).cloned())
         .map(|declared| {
             metadata
                 .iter()
@@ -291,11 +271,7 @@ fn akosha_memory(
         })
         .unwrap_or_default();
     let tags = match metadata.get("tags") {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
         _ => Vec::new(),
     };
     Ok(NewMemory {
@@ -349,8 +325,7 @@ struct Address {
 fn resolve(engine: &Engine, tenant: &str, a: &Address) -> Result<Memory, Error> {
     match (&a.id, &a.memory_id) {
         (Some(id), _) => {
-            let id = Uuid::parse_str(id)
-                .map_err(|_| Error::field(ErrorCode::InvalidField, "id", "not a UUID"))?;
+            let id = Uuid::parse_str(id).map_err(|_| Error::field(ErrorCode::InvalidField, "id", "not a UUID"))?;
             engine.get(tenant, &id)
         }
         (None, Some(mid)) => engine.get_by_memory_id(tenant, a.system_id.as_deref(), mid),
@@ -400,20 +375,12 @@ fn null_to_empty(args: &mut Map<String, Value>, keys: &[&str]) {
 }
 
 /// Run a tool. `Err` only for a tool name not in the catalogue.
-pub async fn call_tool(
-    engine: &Arc<Engine>,
-    name: &str,
-    args: Map<String, Value>,
-) -> Result<ToolOutput, UnknownTool> {
+pub async fn call_tool(engine: &Arc<Engine>, name: &str, args: Map<String, Value>) -> Result<ToolOutput, UnknownTool> {
     let tenant = DEFAULT_TENANT;
     let engine = engine.clone();
     let out = match name {
         "store_memory" => {
-            let memory_id = args
-                .get("memory_id")
-                .or(args.get("id"))
-                .and_then(Value::as_str)
-                .map(str::to_owned);
+            let memory_id = args.get("memory_id").or(args.get("id")).and_then(Value::as_str).map(str::to_owned);
             let failed = |e: Error| {
                 ToolOutput::failed(
                     json!({"status": "failed", "memory_id": memory_id, "error": e.message(), "code": e.code.as_str()}),
@@ -421,8 +388,7 @@ pub async fn call_tool(
             };
             let result = blocking(move || {
                 let a: StoreArgs = parse(Value::Object(args))?;
-                let new =
-                    akosha_memory(&engine, a.memory_id, a.text, a.embedding, a.metadata, None)?;
+                let new = akosha_memory(&engine, a.memory_id, a.text, a.embedding, a.metadata, None)?;
                 engine.store_memory(new, IngestionMethod::HttpPush)
             })
             .await;
@@ -451,10 +417,7 @@ pub async fn call_tool(
                     query_embedding: a.query_embedding,
                     limit: a.limit,
                     min_score: Some(a.threshold.unwrap_or(0.7)),
-                    filter: MemoryFilter {
-                        system_id: a.system_id,
-                        ..Default::default()
-                    },
+                    filter: MemoryFilter { system_id: a.system_id, ..Default::default() },
                     ..Default::default()
                 };
                 engine.search(tenant, &req)
@@ -517,20 +480,11 @@ pub async fn call_tool(
             }
         }
         "store_reflection" => {
-            let reflection_id = args
-                .get("reflection_id")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
+            let reflection_id = args.get("reflection_id").and_then(Value::as_str).map(str::to_owned);
             let result = blocking(move || {
                 let a: ReflectionArgs = parse(Value::Object(args))?;
-                let new = akosha_memory(
-                    &engine,
-                    a.reflection_id,
-                    a.content,
-                    a.embedding,
-                    a.metadata,
-                    Some("reflection"),
-                )?;
+                let new =
+                    akosha_memory(&engine, a.reflection_id, a.content, a.embedding, a.metadata, Some("reflection"))?;
                 engine.store_memory(new, IngestionMethod::Mcp)
             })
             .await;
@@ -611,16 +565,9 @@ async fn batch_store(engine: Arc<Engine>, args: Map<String, Value>) -> ToolOutpu
         let mut news = Vec::new();
         let mut positions = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
-            ids.push(
-                item.get("memory_id")
-                    .or(item.get("id"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-            );
+            ids.push(item.get("memory_id").or(item.get("id")).and_then(Value::as_str).map(str::to_owned));
             let built = parse::<StoreArgs>(item)
-                .and_then(|a| {
-                    akosha_memory(&engine, a.memory_id, a.text, a.embedding, a.metadata, None)
-                })
+                .and_then(|a| akosha_memory(&engine, a.memory_id, a.text, a.embedding, a.metadata, None))
                 .map_err(|e| e.within(&format!("memories[{i}]")));
             match built {
                 Ok(n) => {
@@ -652,10 +599,8 @@ async fn batch_store(engine: Arc<Engine>, args: Map<String, Value>) -> ToolOutpu
             } else {
                 "failed"
             };
-            let errors: Vec<Value> = errors
-                .into_iter()
-                .map(|(i, e)| json!({"memory_id": ids[i], "error": e.message()}))
-                .collect();
+            let errors: Vec<Value> =
+                errors.into_iter().map(|(i, e)| json!({"memory_id": ids[i], "error": e.message()})).collect();
             let out = json!({
                 "status": status, "total": total, "stored": stored, "failed": failed,
                 "errors": errors, "stored_at": format_micros(now_micros()),

@@ -84,9 +84,7 @@ impl ErrorCode {
             ErrorCode::SchemaValidationFailed => 422,
             ErrorCode::MemoryNotFound | ErrorCode::NotFound => 404,
             ErrorCode::AmbiguousMemoryId | ErrorCode::SchemaVersionExists => 409,
-            ErrorCode::PayloadTooLarge | ErrorCode::ContentTooLong | ErrorCode::BatchTooLarge => {
-                413
-            }
+            ErrorCode::PayloadTooLarge | ErrorCode::ContentTooLong | ErrorCode::BatchTooLarge => 413,
             ErrorCode::DataDirLocked => 503,
             ErrorCode::StorageError | ErrorCode::InternalError => 500,
         }
@@ -132,20 +130,12 @@ impl std::error::Error for Error {}
 
 impl Error {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Error {
-            code,
-            field: None,
-            detail: detail.into(),
-        }
+        Error { code, field: None, detail: detail.into() }
     }
 
     /// An error blamed on one field.
     pub fn field(code: ErrorCode, field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Error {
-            code,
-            field: Some(field.into()),
-            detail: detail.into(),
-        }
+        Error { code, field: Some(field.into()), detail: detail.into() }
     }
 
     /// Prefix the field path: `embedding` within `memories[3]` is `memories[3].embedding`.
@@ -194,18 +184,11 @@ mod tests {
 
     #[test]
     fn field_errors_name_the_field_and_nest() {
-        let e = Error::field(
-            ErrorCode::InvalidEmbeddingDimension,
-            "embedding",
-            "expected 384 floats, got 3",
-        );
+        let e = Error::field(ErrorCode::InvalidEmbeddingDimension, "embedding", "expected 384 floats, got 3");
         assert_eq!(e.message(), "embedding: expected 384 floats, got 3");
         let e = e.within("memories[2]");
         assert_eq!(e.field.as_deref(), Some("memories[2].embedding"));
-        assert_eq!(
-            e.message(),
-            "memories[2].embedding: expected 384 floats, got 3"
-        );
+        assert_eq!(e.message(), "memories[2].embedding: expected 384 floats, got 3");
         let json = e.to_json();
         assert_eq!(json["error"]["code"], "invalid_embedding_dimension");
         assert_eq!(json["error"]["field"], "memories[2].embedding");
@@ -213,12 +196,9 @@ mod tests {
 
     #[test]
     fn every_code_has_a_client_or_server_status() {
-        for code in [
-            ErrorCode::InvalidJson,
-            ErrorCode::MemoryNotFound,
-            ErrorCode::PayloadTooLarge,
-            ErrorCode::StorageError,
-        ] {
+        for code in
+            [ErrorCode::InvalidJson, ErrorCode::MemoryNotFound, ErrorCode::PayloadTooLarge, ErrorCode::StorageError]
+        {
             assert!((400..600).contains(&code.http_status()), "{code}");
         }
         assert_eq!(ErrorCode::PayloadTooLarge.http_status(), 413);

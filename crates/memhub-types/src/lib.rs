@@ -11,8 +11,7 @@ pub mod time;
 
 pub use error::{Error, ErrorCode, Result};
 pub use memory::{
-    BatchItemError, Entity, IngestionMethod, Memory, MemoryFilter, MemoryPatch, NewEntity,
-    NewMemory, NewRelation, Relation, SearchHit, SearchRequest, SearchResponse, StoreOutcome,
-    DEFAULT_SYSTEM_ID, DEFAULT_TENANT,
+    BatchItemError, Entity, IngestionMethod, Memory, MemoryFilter, MemoryPatch, NewEntity, NewMemory, NewRelation,
+    Relation, SearchHit, SearchRequest, SearchResponse, StoreOutcome, DEFAULT_SYSTEM_ID, DEFAULT_TENANT,
 };
 pub use schema::{KindSchema, SchemaRegistry};

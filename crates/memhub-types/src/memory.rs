@@ -89,11 +89,7 @@ pub struct Memory {
     #[serde(with = "serde_micros")]
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: Micros,
-    #[serde(
-        default,
-        with = "serde_micros::option",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "serde_micros::option", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Micros>,
     /// Omitted from list and search responses unless asked for.

@@ -103,18 +103,11 @@ pub fn builtin_kinds() -> Vec<KindSchema> {
                        "status": {"enum": ["proposed", "accepted", "rejected", "superseded", "deprecated"]}}),
             ),
         ),
-        kind(
-            "context",
-            "Background context for an agent or project.",
-            object(&[], json!({})),
-        ),
+        kind("context", "Background context for an agent or project.", object(&[], json!({}))),
         kind(
             "conversation",
             "A Session-Buddy conversation memory.",
-            object(
-                &[],
-                json!({"category": string(), "importance_score": {"type": "number"}}),
-            ),
+            object(&[], json!({"category": string(), "importance_score": {"type": "number"}})),
         ),
         kind(
             "reflection",
@@ -125,11 +118,7 @@ pub fn builtin_kinds() -> Vec<KindSchema> {
                        "related_entities": strings()}),
             ),
         ),
-        kind(
-            "note",
-            "Free-form text; the default kind.",
-            object(&[], json!({})),
-        ),
+        kind("note", "Free-form text; the default kind.", object(&[], json!({}))),
     ]
 }
 
@@ -143,11 +132,7 @@ fn valid_kind_name(kind: &str) -> bool {
 /// `/recommendations/0` -> `attributes.recommendations[0]`.
 fn attribute_path(pointer: &str, extra: Option<&str>) -> String {
     let mut path = String::from("attributes");
-    let segments = pointer
-        .split('/')
-        .skip(1)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned);
+    let segments = pointer.split('/').skip(1).filter(|s| !s.is_empty()).map(str::to_owned);
     for seg in segments.chain(extra.map(str::to_owned)) {
         if seg.chars().all(|c| c.is_ascii_digit()) {
             path.push_str(&format!("[{seg}]"));
@@ -170,21 +155,10 @@ impl SchemaRegistry {
     }
 
     fn insert(&mut self, schema: KindSchema) -> Result<()> {
-        let validator = jsonschema::validator_for(&schema.schema).map_err(|e| {
-            Error::field(
-                ErrorCode::InvalidSchema,
-                "schema",
-                format!("not a valid JSON Schema: {e}"),
-            )
-        })?;
-        let entry = Arc::new(Entry {
-            schema,
-            validator: Arc::new(validator),
-        });
-        self.kinds
-            .entry(entry.schema.kind.clone())
-            .or_default()
-            .insert(entry.schema.version, entry);
+        let validator = jsonschema::validator_for(&schema.schema)
+            .map_err(|e| Error::field(ErrorCode::InvalidSchema, "schema", format!("not a valid JSON Schema: {e}")))?;
+        let entry = Arc::new(Entry { schema, validator: Arc::new(validator) });
+        self.kinds.entry(entry.schema.kind.clone()).or_default().insert(entry.schema.version, entry);
         Ok(())
     }
 
@@ -206,31 +180,21 @@ impl SchemaRegistry {
             ));
         }
         if !schema.is_object() {
-            return Err(Error::field(
-                ErrorCode::InvalidSchema,
-                "schema",
-                "must be a JSON object",
-            ));
+            return Err(Error::field(ErrorCode::InvalidSchema, "schema", "must be a JSON object"));
         }
         let versions = self.kinds.get(kind);
-        let next = versions
-            .and_then(|v| v.keys().next_back())
-            .map_or(1, |v| v + 1);
+        if version.is_none() {
+            // Registering the latest schema again is a no-op, not a new version.
+            if let Some(latest) = versions.and_then(|v| v.values().next_back()).filter(|e| e.schema.schema == schema) {
+                return Ok((latest.schema.clone(), false));
+            }
+        }
+        let next = versions.and_then(|v| v.keys().next_back()).map_or(1, |v| v + 1);
         let version = version.unwrap_or(next);
         if version == 0 {
-            return Err(Error::field(
-                ErrorCode::InvalidField,
-                "version",
-                "must be 1 or more",
-            ));
+            return Err(Error::field(ErrorCode::InvalidField, "version", "must be 1 or more"));
         }
-        let candidate = KindSchema {
-            kind: kind.into(),
-            version,
-            description,
-            schema,
-            builtin: false,
-        };
+        let candidate = KindSchema { kind: kind.into(), version, description, schema, builtin: false };
         if let Some(existing) = versions.and_then(|v| v.get(&version)) {
             return if existing.schema.schema == candidate.schema {
                 Ok((existing.schema.clone(), false))
@@ -242,13 +206,8 @@ impl SchemaRegistry {
                 ))
             };
         }
-        jsonschema::validator_for(&candidate.schema).map_err(|e| {
-            Error::field(
-                ErrorCode::InvalidSchema,
-                "schema",
-                format!("not a valid JSON Schema: {e}"),
-            )
-        })?;
+        jsonschema::validator_for(&candidate.schema)
+            .map_err(|e| Error::field(ErrorCode::InvalidSchema, "schema", format!("not a valid JSON Schema: {e}")))?;
         Ok((candidate, true))
     }
 
@@ -259,10 +218,7 @@ impl SchemaRegistry {
 
     /// Every version of every kind, sorted by kind then version.
     pub fn list(&self) -> Vec<KindSchema> {
-        self.kinds
-            .values()
-            .flat_map(|v| v.values().map(|e| e.schema.clone()))
-            .collect()
+        self.kinds.values().flat_map(|v| v.values().map(|e| e.schema.clone())).collect()
     }
 
     /// Whether the kind is registered (any version).
@@ -272,10 +228,7 @@ impl SchemaRegistry {
 
     /// The latest version of a kind.
     pub fn latest(&self, kind: &str) -> Option<&KindSchema> {
-        self.kinds
-            .get(kind)
-            .and_then(|v| v.values().next_back())
-            .map(|e| &e.schema)
+        self.kinds.get(kind).and_then(|v| v.values().next_back()).map(|e| &e.schema)
     }
 
     /// Validate `attributes` against `kind` (at `version`, else the latest) and
@@ -286,30 +239,18 @@ impl SchemaRegistry {
             Error::field(
                 ErrorCode::UnknownKind,
                 "kind",
-                format!(
-                    "unknown kind {kind:?}; registered kinds: {}",
-                    known.join(", ")
-                ),
+                format!("unknown kind {kind:?}; registered kinds: {}", known.join(", ")),
             )
         })?;
         let entry = match version {
             Some(v) => versions.get(&v).ok_or_else(|| {
-                Error::field(
-                    ErrorCode::UnknownKind,
-                    "schema_version",
-                    format!("kind {kind:?} has no version {v}"),
-                )
+                Error::field(ErrorCode::UnknownKind, "schema_version", format!("kind {kind:?} has no version {v}"))
             })?,
-            None => versions
-                .values()
-                .next_back()
-                .expect("a registered kind has a version"),
+            None => versions.values().next_back().expect("a registered kind has a version"),
         };
         if let Some(error) = entry.validator.iter_errors(attributes).next() {
             let extra = match error.kind() {
-                jsonschema::error::ValidationErrorKind::Required { property } => {
-                    property.as_str().map(str::to_owned)
-                }
+                jsonschema::error::ValidationErrorKind::Required { property } => property.as_str().map(str::to_owned),
                 _ => None,
             };
             let path = attribute_path(error.instance_path().as_str(), extra.as_deref());
@@ -351,10 +292,7 @@ mod tests {
     #[test]
     fn unknown_kind_and_version_are_refused() {
         let r = SchemaRegistry::with_builtins();
-        assert_eq!(
-            r.validate("nope", None, &json!({})).unwrap_err().code,
-            ErrorCode::UnknownKind
-        );
+        assert_eq!(r.validate("nope", None, &json!({})).unwrap_err().code, ErrorCode::UnknownKind);
         let e = r.validate("note", Some(9), &json!({})).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("schema_version"));
     }
@@ -363,9 +301,7 @@ mod tests {
     fn new_versions_keep_old_ones_readable() {
         let mut r = SchemaRegistry::with_builtins();
         let v2 = json!({"type": "object", "required": ["ticket"], "properties": {"ticket": {"type": "string"}}});
-        let (s, new) = r
-            .prepare("note", None, "notes with tickets".into(), v2.clone())
-            .unwrap();
+        let (s, new) = r.prepare("note", None, "notes with tickets".into(), v2.clone()).unwrap();
         assert!(new);
         assert_eq!(s.version, 2);
         r.add(s).unwrap();
@@ -373,28 +309,19 @@ mod tests {
         assert!(r.validate("note", None, &json!({})).is_err());
         assert_eq!(r.validate("note", Some(1), &json!({})).unwrap(), 1);
         // Idempotent re-registration; a different schema under the same version is a conflict.
-        assert!(!r.prepare("note", Some(2), String::new(), v2).unwrap().1);
-        let e = r
-            .prepare("note", Some(2), String::new(), json!({"type": "object"}))
-            .unwrap_err();
+        assert!(!r.prepare("note", Some(2), String::new(), v2.clone()).unwrap().1);
+        let (same, new) = r.prepare("note", None, String::new(), v2).unwrap();
+        assert_eq!((same.version, new), (2, false));
+        let e = r.prepare("note", Some(2), String::new(), json!({"type": "object"})).unwrap_err();
         assert_eq!(e.code, ErrorCode::SchemaVersionExists);
     }
 
     #[test]
     fn invalid_schemas_and_names_are_refused() {
         let r = SchemaRegistry::with_builtins();
-        let e = r
-            .prepare(
-                "ticket",
-                None,
-                String::new(),
-                json!({"type": "no-such-type"}),
-            )
-            .unwrap_err();
+        let e = r.prepare("ticket", None, String::new(), json!({"type": "no-such-type"})).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidSchema);
-        let e = r
-            .prepare("Bad Kind", None, String::new(), json!({}))
-            .unwrap_err();
+        let e = r.prepare("Bad Kind", None, String::new(), json!({})).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("kind"));
     }
 }

@@ -25,20 +25,12 @@ pub fn parse_timestamp(s: &str) -> Option<Micros> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Some(dt.timestamp_micros());
     }
-    for fmt in [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%d %H:%M",
-    ] {
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
         if let Ok(dt) = NaiveDateTime::parse_from_str(s, fmt) {
             return Some(dt.and_utc().timestamp_micros());
         }
     }
-    if let Some(dt) = s
-        .strip_suffix('Z')
-        .and_then(|x| NaiveDateTime::parse_from_str(x, "%Y-%m-%dT%H:%M:%S%.f").ok())
-    {
+    if let Some(dt) = s.strip_suffix('Z').and_then(|x| NaiveDateTime::parse_from_str(x, "%Y-%m-%dT%H:%M:%S%.f").ok()) {
         return Some(dt.and_utc().timestamp_micros());
     }
     chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
@@ -58,8 +50,7 @@ pub mod serde_micros {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Micros, D::Error> {
         let s = String::deserialize(d)?;
-        parse_timestamp(&s)
-            .ok_or_else(|| D::Error::custom(format!("invalid timestamp {s:?}: expected ISO-8601")))
+        parse_timestamp(&s).ok_or_else(|| D::Error::custom(format!("invalid timestamp {s:?}: expected ISO-8601")))
     }
 
     /// The same for `Option<Micros>`.
@@ -76,9 +67,9 @@ pub mod serde_micros {
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Micros>, D::Error> {
             match Option::<String>::deserialize(d)? {
                 None => Ok(None),
-                Some(s) => parse_timestamp(&s).map(Some).ok_or_else(|| {
-                    D::Error::custom(format!("invalid timestamp {s:?}: expected ISO-8601"))
-                }),
+                Some(s) => parse_timestamp(&s)
+                    .map(Some)
+                    .ok_or_else(|| D::Error::custom(format!("invalid timestamp {s:?}: expected ISO-8601"))),
             }
         }
     }
@@ -103,10 +94,7 @@ mod tests {
         assert_eq!(parse_timestamp("2025-01-02T04:04:05+01:00"), Some(base));
         assert_eq!(parse_timestamp("2025-01-02T03:04:05"), Some(base));
         assert_eq!(parse_timestamp("2025-01-02 03:04:05.000"), Some(base));
-        assert_eq!(
-            parse_timestamp("2025-01-02"),
-            parse_timestamp("2025-01-02T00:00:00Z")
-        );
+        assert_eq!(parse_timestamp("2025-01-02"), parse_timestamp("2025-01-02T00:00:00Z"));
         assert_eq!(parse_timestamp("yesterday"), None);
         assert_eq!(parse_timestamp(""), None);
     }

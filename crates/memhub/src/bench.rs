@@ -67,15 +67,10 @@ const WORDS: &[&str] = &[
 ];
 
 fn memory_json(rng: &mut Rng, i: usize, dim: usize) -> Value {
-    let text: Vec<&str> = (0..12)
-        .map(|_| WORDS[(rng.next() % WORDS.len() as u64) as usize])
-        .collect();
+    let text: Vec<&str> = (0..12).map(|_| WORDS[(rng.next() % WORDS.len() as u64) as usize]).collect();
     let v: Vec<f32> = (0..dim).map(|_| rng.unit()).collect();
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let v: Vec<f64> = v
-        .iter()
-        .map(|x| ((x / norm) as f64 * 1e6).round() / 1e6)
-        .collect();
+    let v: Vec<f64> = v.iter().map(|x| ((x / norm) as f64 * 1e6).round() / 1e6).collect();
     json!({
         "system_id": format!("bench-{}", i % 8),
         "memory_id": format!("m{i}"),
@@ -95,13 +90,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 struct ServerProcess {
@@ -112,10 +101,7 @@ struct ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -129,29 +115,20 @@ impl Drop for ServerProcess {
 
 fn start_server(config: &Config) -> Result<ServerProcess, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let child = Command::new(exe)
         .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(dir.path())
         .env("MEMHUB_LOG", "warn")
-        .env(
-            "MEMHUB_EMBEDDING_DIM",
-            config.engine.embedding_dim.to_string(),
-        )
+        .env("MEMHUB_EMBEDDING_DIM", config.engine.embedding_dim.to_string())
         .stdout(Stdio::null())
         .spawn()
         .map_err(|e| format!("cannot start the server: {e}"))?;
     let base = format!("http://127.0.0.1:{port}");
-    let server = ServerProcess {
-        child,
-        base,
-        _dir: dir,
-    };
+    let server = ServerProcess { child, base, _dir: dir };
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -165,22 +142,13 @@ fn start_server(config: &Config) -> Result<ServerProcess, String> {
 pub fn run(which: Which, config: &Config) -> Result<(), String> {
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     match which {
-        Which::Ingest {
-            count,
-            batch,
-            concurrency,
-            singles,
-        } => rt.block_on(ingest(config, count, batch, concurrency, singles)),
+        Which::Ingest { count, batch, concurrency, singles } => {
+            rt.block_on(ingest(config, count, batch, concurrency, singles))
+        }
     }
 }
 
-async fn ingest(
-    config: &Config,
-    count: usize,
-    batch: usize,
-    concurrency: usize,
-    singles: usize,
-) -> Result<(), String> {
+async fn ingest(config: &Config, count: usize, batch: usize, concurrency: usize, singles: usize) -> Result<(), String> {
     let dim = config.engine.embedding_dim;
     let server = start_server(config)?;
     let client = reqwest::Client::new();
@@ -291,9 +259,6 @@ async fn ingest(
         "store_bytes": stats["store_bytes"],
         "stored": stats["memories"],
     });
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-    );
+    println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
     Ok(())
 }

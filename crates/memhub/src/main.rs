@@ -15,11 +15,7 @@ use memhub_server::{AppState, Config};
 use memhub_types::{Memory, MemoryFilter, SearchRequest, DEFAULT_TENANT};
 
 #[derive(Parser)]
-#[command(
-    name = "memhub",
-    version,
-    about = "A self-hosted memory hub for AI agents"
-)]
+#[command(name = "memhub", version, about = "A self-hosted memory hub for AI agents")]
 struct Cli {
     /// A TOML config file (see README: Configuration).
     #[arg(long, global = true, env = "MEMHUB_CONFIG")]
@@ -92,13 +88,10 @@ fn load_config(cli: &Cli) -> Result<Config, String> {
 }
 
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr: stdout belongs to `mcp --stdio` and to `export`.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 async fn shutdown_signal() {
@@ -121,9 +114,7 @@ async fn shutdown_signal() {
 }
 
 fn open_engine(config: &Config, mode: OpenMode) -> Result<Arc<Engine>, String> {
-    Engine::open(&config.data_dir, config.engine.clone(), mode)
-        .map(Arc::new)
-        .map_err(|e| e.to_string())
+    Engine::open(&config.data_dir, config.engine.clone(), mode).map(Arc::new).map_err(|e| e.to_string())
 }
 
 fn progress(len: Option<u64>, what: &str) -> ProgressBar {
@@ -167,26 +158,21 @@ fn run(cli: Cli) -> Result<(), String> {
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             rt.block_on(async move {
                 let engine = open_engine(&config, OpenMode::ReadWrite)?;
-                let result = memhub_server::mcp::serve_stdio(engine.clone())
-                    .await
-                    .map_err(|e| e.to_string());
+                let result = memhub_server::mcp::serve_stdio(engine.clone()).await.map_err(|e| e.to_string());
                 engine.checkpoint().map_err(|e| e.to_string())?;
                 result
             })
         }
         Command::Import { file, batch } => {
             let engine = open_engine(&config, OpenMode::ReadWrite)?;
-            let reader = std::io::BufReader::new(
-                std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?,
-            );
+            let reader =
+                std::io::BufReader::new(std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?);
             let size = std::fs::metadata(&file).map(|m| m.len()).ok();
             let bar = progress(size, "importing");
             let mut pending: Vec<Memory> = Vec::new();
             let mut total = memhub_engine::ImportReport::default();
             let mut flush = |pending: &mut Vec<Memory>| -> Result<(), String> {
-                let r = engine
-                    .import(std::mem::take(pending))
-                    .map_err(|e| e.to_string())?;
+                let r = engine.import(std::mem::take(pending)).map_err(|e| e.to_string())?;
                 total.created += r.created;
                 total.updated += r.updated;
                 total.unchanged += r.unchanged;
@@ -198,8 +184,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let m: Memory =
-                    serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", i + 1))?;
+                let m: Memory = serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", i + 1))?;
                 pending.push(m);
                 if pending.len() >= batch.max(1) {
                     flush(&mut pending)?;
@@ -207,31 +192,22 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             flush(&mut pending)?;
             bar.finish_and_clear();
-            println!(
-                "{}",
-                serde_json::to_string(&total).map_err(|e| e.to_string())?
-            );
+            println!("{}", serde_json::to_string(&total).map_err(|e| e.to_string())?);
             Ok(())
         }
         Command::Export { out, tenant } => {
             let engine = open_engine(&config, OpenMode::ReadOnly)?;
             let sink: Box<dyn Write> = match &out {
-                Some(p) => {
-                    Box::new(std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?)
-                }
+                Some(p) => Box::new(std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?),
                 None => Box::new(std::io::stdout().lock()),
             };
             let mut sink = BufWriter::new(sink);
-            let total = engine
-                .stats(tenant.as_deref().unwrap_or(DEFAULT_TENANT))
-                .map(|s| s.memories as u64)
-                .ok();
+            let total = engine.stats(tenant.as_deref().unwrap_or(DEFAULT_TENANT)).map(|s| s.memories as u64).ok();
             let bar = progress(if tenant.is_some() { total } else { None }, "exporting");
             let n = engine
                 .export(tenant.as_deref(), |m| {
                     serde_json::to_writer(&mut sink, &m).map_err(memhub_types::Error::internal)?;
-                    sink.write_all(b"\n")
-                        .map_err(memhub_types::Error::internal)?;
+                    sink.write_all(b"\n").map_err(memhub_types::Error::internal)?;
                     bar.inc(1);
                     Ok(())
                 })
@@ -241,31 +217,17 @@ fn run(cli: Cli) -> Result<(), String> {
             eprintln!("exported {n} memories");
             Ok(())
         }
-        Command::Search {
-            query,
-            limit,
-            tenant,
-            system_id,
-            kind,
-            json,
-        } => {
+        Command::Search { query, limit, tenant, system_id, kind, json } => {
             let engine = open_engine(&config, OpenMode::ReadOnly)?;
             let req = SearchRequest {
                 query,
                 limit: Some(limit),
-                filter: MemoryFilter {
-                    system_id,
-                    kind,
-                    ..Default::default()
-                },
+                filter: MemoryFilter { system_id, kind, ..Default::default() },
                 ..Default::default()
             };
             let resp = engine.search(&tenant, &req).map_err(|e| e.to_string())?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&resp).map_err(|e| e.to_string())?
-                );
+                println!("{}", serde_json::to_string_pretty(&resp).map_err(|e| e.to_string())?);
             } else {
                 for (i, hit) in resp.results.iter().enumerate() {
                     let text: String = hit.memory.content.chars().take(160).collect();

@@ -1,0 +1,167 @@
+//! Test helpers: run the real `memhub` binary as a child process on a free
+//! loopback port and talk to it over HTTP.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn memhub_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_memhub")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `memhub serve` child process. Killed (SIGKILL) on drop if still running.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    pub base: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Start on a fresh temporary data dir.
+    pub fn start() -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Server::start_in(tmp.path(), &[]);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Start with extra environment variables.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = Server::start_in(tmp.path(), env);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Start on `data_dir` (kept after the server stops).
+    pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Server {
+        let port = free_port();
+        let mut cmd = Command::new(memhub_bin());
+        cmd.args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data_dir)
+            .env("MEMHUB_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start memhub serve");
+        let server =
+            Server { child, port, base: format!("http://127.0.0.1:{port}"), data_dir: data_dir.into(), _tmp: None };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("memhub did not start listening on {}", self.port);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("memhub did not exit after SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A small HTTP client returning `(status, json)`.
+#[derive(Clone)]
+pub struct Http {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Http {
+    pub fn new(server: &Server) -> Http {
+        Http { client: reqwest::Client::new(), base: server.base.clone() }
+    }
+
+    async fn finish(resp: reqwest::RequestBuilder) -> (u16, Value) {
+        let resp = resp.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let json =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        Self::finish(self.client.get(format!("{}{path}", self.base))).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        Self::finish(self.client.delete(format!("{}{path}", self.base))).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        Self::finish(self.client.post(format!("{}{path}", self.base)).json(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> (u16, Value) {
+        Self::finish(self.client.patch(format!("{}{path}", self.base)).json(body)).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut req = self.client.post(format!("{}{path}", self.base)).body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::finish(req).await
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        Self::finish(req).await
+    }
+}
+
+/// A 384-d vector pointing mostly along axis `i`.
+pub fn axis_vector(i: usize) -> Vec<f32> {
+    let mut v = vec![0.01f32; 384];
+    v[i % 384] = 1.0;
+    v
+}
