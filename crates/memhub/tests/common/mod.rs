@@ -138,6 +138,13 @@ impl Http {
         Self::finish(self.client.post(format!("{}{path}", self.base)).json(body)).await
     }
 
+    /// Like `post`, but a connection failure is an `Err` (for tests that kill the server).
+    pub async fn try_post(&self, path: &str, body: &Value) -> Result<(u16, Value), reqwest::Error> {
+        let resp = self.client.post(format!("{}{path}", self.base)).json(body).send().await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await?))
+    }
+
     pub async fn patch(&self, path: &str, body: &Value) -> (u16, Value) {
         Self::finish(self.client.patch(format!("{}{path}", self.base)).json(body)).await
     }
