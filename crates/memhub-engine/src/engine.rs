@@ -85,6 +85,16 @@ fn check_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize
     }
 }
 
+/// A search candidate while retrievers' results are fused.
+struct Candidate {
+    seq: i64,
+    /// Weighted reciprocal-rank sum.
+    score: f32,
+    similarity: f32,
+    retrievers: Vec<&'static str>,
+    content_hash: String,
+}
+
 /// The reciprocal-rank-fusion constant (Cormack et al.: 60).
 const RRF_K: f32 = 60.0;
 
@@ -404,19 +414,29 @@ impl Engine {
         let candidates = (limit * 4).max(100);
         let scope = Scope { tenant, filter: &req.filter, now: now_micros() };
 
-        // seq -> (fused score, similarity, retrievers, content hash)
-        let mut fused: HashMap<i64, (f32, f32, Vec<&'static str>)> = HashMap::new();
-        let mut hashes: HashMap<i64, String> = HashMap::new();
+        let mut fused: HashMap<i64, Candidate> = HashMap::new();
         {
             let index = self.index();
+            let mut add = |seq: i64, rank: usize, weight: f32, similarity: f32, retriever: &'static str| {
+                let c = fused.entry(seq).or_insert_with(|| Candidate {
+                    seq,
+                    score: 0.0,
+                    similarity,
+                    retrievers: Vec::new(),
+                    content_hash: index.get(seq).map(|d| d.content_hash.clone()).unwrap_or_default(),
+                });
+                c.score += weight / (RRF_K + rank as f32);
+                c.retrievers.push(retriever);
+                if retriever == "vector" {
+                    c.similarity = similarity;
+                }
+            };
             if use_text {
                 let w = if use_vector { 1.0 - ratio } else { 1.0 };
                 let hits = index.text_search(&req.query, scope, candidates);
                 let ranks = competition_ranks(hits.iter().map(|h| h.bm25));
                 for (hit, rank) in hits.into_iter().zip(ranks) {
-                    let e = fused.entry(hit.seq).or_insert((0.0, hit.coverage, Vec::new()));
-                    e.0 += w / (RRF_K + rank as f32);
-                    e.2.push("text");
+                    add(hit.seq, rank, w, hit.coverage, "text");
                 }
             }
             if let Some(q) = query_vector.as_deref().filter(|_| use_vector) {
@@ -424,40 +444,32 @@ impl Engine {
                 let hits = index.vector_search(q, &self.config.embedding_model, scope, candidates);
                 let ranks = competition_ranks(hits.iter().map(|h| h.1));
                 for ((seq, cos), rank) in hits.into_iter().zip(ranks) {
-                    let e = fused.entry(seq).or_insert((0.0, cos, Vec::new()));
-                    e.0 += w / (RRF_K + rank as f32);
-                    e.1 = cos;
-                    e.2.push("vector");
-                }
-            }
-            for seq in fused.keys() {
-                if let Some(d) = index.get(*seq) {
-                    hashes.insert(*seq, d.content_hash.clone());
+                    add(seq, rank, w, cos, "vector");
                 }
             }
         }
         let min = req.min_score.unwrap_or(f32::MIN);
-        let mut ranked: Vec<(i64, (f32, f32, Vec<&'static str>))> =
-            fused.into_iter().filter(|(_, (_, sim, _))| *sim >= min).collect();
-        ranked.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0).then(b.0.cmp(&a.0)));
+        let mut ranked: Vec<Candidate> = fused.into_values().filter(|c| c.similarity >= min).collect();
+        ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.seq.cmp(&a.seq)));
+        // Near-duplicates (same content) collapse to the best-ranked one.
         let mut seen = HashSet::new();
-        ranked.retain(|(seq, _)| hashes.get(seq).is_none_or(|h| seen.insert(h.clone())));
+        ranked.retain(|c| seen.insert(c.content_hash.clone()));
         ranked.truncate(limit);
 
-        let seqs: Vec<i64> = ranked.iter().map(|r| r.0).collect();
+        let seqs: Vec<i64> = ranked.iter().map(|c| c.seq).collect();
         let mut loaded: HashMap<i64, Memory> = self.store.read(|c| store::load_by_seq(c, &seqs))?.into_iter().collect();
         let results: Vec<SearchHit> = ranked
             .into_iter()
-            .filter_map(|(seq, (score, similarity, retrievers))| {
-                let mut memory = loaded.remove(&seq)?;
+            .filter_map(|c| {
+                let mut memory = loaded.remove(&c.seq)?;
                 if !req.include_embedding {
                     memory.embedding = None;
                 }
                 Some(SearchHit {
                     memory,
-                    score,
-                    similarity,
-                    retrievers: retrievers.into_iter().map(String::from).collect(),
+                    score: c.score,
+                    similarity: c.similarity,
+                    retrievers: c.retrievers.into_iter().map(String::from).collect(),
                 })
             })
             .collect();
@@ -467,6 +479,11 @@ impl Engine {
     /// Every registered schema version.
     pub fn schemas(&self) -> Vec<KindSchema> {
         self.registry().list()
+    }
+
+    /// The latest version of a kind, if the kind is registered.
+    pub fn latest_schema(&self, kind: &str) -> Option<KindSchema> {
+        self.registry().latest(kind).cloned()
     }
 
     /// Register a new kind or a new version of one. Returns it and whether it is new.

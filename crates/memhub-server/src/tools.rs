@@ -229,7 +229,7 @@ fn meta_str(meta: &Map<String, Value>, key: &str) -> Option<String> {
 fn kind_for(engine: &Engine, ty: Option<&str>) -> String {
     match ty {
         Some("session_memory") | None => "note".into(),
-        Some(t) if engine.schemas().iter().any(|s| s.kind == t) => t.into(),
+        Some(t) if engine.latest_schema(t).is_some() => t.into(),
         Some(_) => "note".into(),
     }
 }
@@ -256,20 +256,14 @@ fn akosha_memory(
     let kind =
         kind.map(str::to_owned).unwrap_or_else(|| kind_for(engine, metadata.get("type").and_then(Value::as_str)));
     // Attributes: the metadata keys the kind's schema declares.
-    let attributes = engine
-        .schemas()
-        .into_iter()
-        .filter(|s| s.kind == kind)
-        .last()
-        .and_then(|s| s.schema.get("properties").and_then(Value::as_object).cloned())
-        .map(|declared| {
-            metadata
-                .iter()
-                .filter(|(k, _)| declared.contains_key(*k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<Map<_, _>>()
-        })
-        .unwrap_or_default();
+    let declared =
+        engine.latest_schema(&kind).and_then(|s| s.schema.get("properties").and_then(Value::as_object).cloned());
+    let attributes: Map<String, Value> = match declared {
+        Some(declared) => {
+            metadata.iter().filter(|(k, _)| declared.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+        }
+        None => Map::new(),
+    };
     let tags = match metadata.get("tags") {
         Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
         _ => Vec::new(),
