@@ -18,8 +18,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::index::{normalized, MemoryIndex, Scope};
-use crate::prepare::{self, check_attributes, check_content, check_embedding, check_tags, revision_hash, Prepared};
-use crate::store::{self, storage, MemoryRow, OpenMode, Store, MEMORY_COLUMNS};
+use crate::prepare::{self, check_attributes, check_content, check_embedding, check_tags, same_revision, Prepared};
+use crate::store::{self, storage, OpenMode, Store, MEMORY_COLUMNS};
 use crate::EngineConfig;
 
 /// The result of a store: what happened and the memory as it now is.
@@ -176,22 +176,20 @@ impl Engine {
     fn write_prepared(tx: &Transaction<'_>, prepared: Prepared) -> Result<(i64, Stored)> {
         let Prepared { mut memory, created_at_given } = prepared;
         let existing = store::find_by_key(tx, &memory.tenant, &memory.system_id, &memory.memory_id)?;
-        let Some((seq, old_revision, old)) = existing else {
-            let rev = revision_hash(&memory);
-            let seq = store::insert_memory(tx, &MemoryRow { memory: &memory, revision_hash: &rev })?;
+        let Some((seq, old)) = existing else {
+            let seq = store::insert_memory(tx, &memory)?;
             return Ok((seq, Stored { outcome: StoreOutcome::Created, memory }));
         };
         if !created_at_given {
             memory.created_at = old.created_at;
         }
-        let rev = revision_hash(&memory);
-        if rev == old_revision {
+        if same_revision(&memory, &old) {
             return Ok((seq, Stored { outcome: StoreOutcome::Unchanged, memory: old }));
         }
         memory.id = old.id;
         memory.ingested_at = old.ingested_at;
         memory.version = old.version + 1;
-        store::replace_memory(tx, seq, &MemoryRow { memory: &memory, revision_hash: &rev }, memory.updated_at)?;
+        store::replace_memory(tx, seq, &memory, memory.updated_at)?;
         Ok((seq, Stored { outcome: StoreOutcome::Updated, memory }))
     }
 
@@ -481,6 +479,11 @@ impl Engine {
         self.registry().list()
     }
 
+    /// Validate attributes against a kind (at `version`, else its latest); returns the version used.
+    pub fn validate_attributes(&self, kind: &str, version: Option<u32>, attributes: &Value) -> Result<u32> {
+        self.registry().validate(kind, version, attributes)
+    }
+
     /// The latest version of a kind, if the kind is registered.
     pub fn latest_schema(&self, kind: &str) -> Option<KindSchema> {
         self.registry().latest(kind).cloned()
@@ -639,21 +642,15 @@ impl Engine {
                     let mut report = ImportReport::default();
                     let mut applied = Vec::new();
                     for m in memories {
-                        let rev = revision_hash(&m);
                         match store::find_by_key(tx, &m.tenant, &m.system_id, &m.memory_id)? {
                             None => {
-                                let seq = store::insert_memory(tx, &MemoryRow { memory: &m, revision_hash: &rev })?;
+                                let seq = store::insert_memory(tx, &m)?;
                                 report.created += 1;
                                 applied.push((seq, m));
                             }
-                            Some((_, _, old)) if old == m => report.unchanged += 1,
-                            Some((seq, _, _)) => {
-                                store::replace_memory(
-                                    tx,
-                                    seq,
-                                    &MemoryRow { memory: &m, revision_hash: &rev },
-                                    now_micros(),
-                                )?;
+                            Some((_, old)) if old == m => report.unchanged += 1,
+                            Some((seq, _)) => {
+                                store::replace_memory(tx, seq, &m, now_micros())?;
                                 report.updated += 1;
                                 applied.push((seq, m));
                             }

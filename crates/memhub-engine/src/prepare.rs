@@ -22,31 +22,23 @@ pub fn content_hash(content: &str) -> String {
     hex::encode(Sha256::digest(content.as_bytes()))
 }
 
-/// Hash of everything a client can change: equal hashes mean a re-push is a no-op.
-pub(crate) fn revision_hash(m: &Memory) -> String {
-    let mut h = Sha256::new();
-    let fields = serde_json::json!([
-        m.kind,
-        m.schema_version,
-        m.content_hash,
-        m.attributes,
-        m.metadata,
-        m.tags,
-        m.user_id,
-        m.agent_id,
-        m.session_id,
-        m.project,
-        m.created_at,
-        m.expires_at,
-        m.embedding_model,
-    ]);
-    h.update(fields.to_string().as_bytes());
-    if let Some(v) = &m.embedding {
-        for x in v {
-            h.update(x.to_le_bytes());
-        }
-    }
-    hex::encode(h.finalize())
+/// Whether two versions agree on everything a client controls: if so, a re-push
+/// is a no-op. Server-side fields (id, times, version, method) do not count.
+pub(crate) fn same_revision(a: &Memory, b: &Memory) -> bool {
+    a.kind == b.kind
+        && a.schema_version == b.schema_version
+        && a.content == b.content
+        && a.attributes == b.attributes
+        && a.metadata == b.metadata
+        && a.tags == b.tags
+        && a.user_id == b.user_id
+        && a.agent_id == b.agent_id
+        && a.session_id == b.session_id
+        && a.project == b.project
+        && a.created_at == b.created_at
+        && a.expires_at == b.expires_at
+        && a.embedding == b.embedding
+        && a.embedding_model == b.embedding_model
 }
 
 fn check_text(field: &str, value: &str, max_chars: usize) -> Result<()> {
@@ -233,17 +225,32 @@ mod tests {
     }
 
     #[test]
-    fn revision_hash_tracks_every_client_field() {
+    fn same_revision_compares_every_client_field_and_no_server_field() {
         let p = prepare(new("hi"), IngestionMethod::Mcp, &config(), &SchemaRegistry::with_builtins(), 7).unwrap();
-        let base = revision_hash(&p.memory);
-        let mut m = p.memory.clone();
+        let base = p.memory;
+        let mut m = base.clone();
         m.ingested_at += 1;
+        m.updated_at += 1;
+        m.version += 1;
         m.id = Uuid::now_v7();
-        assert_eq!(revision_hash(&m), base, "server-side fields do not count");
-        m.metadata.insert("k".into(), Value::Bool(true));
-        assert_ne!(revision_hash(&m), base);
-        let mut m = p.memory.clone();
-        m.embedding = Some(vec![0.0; 4]);
-        assert_ne!(revision_hash(&m), base);
+        m.ingestion_method = IngestionMethod::Rest;
+        assert!(same_revision(&base, &m), "server-side fields do not count");
+        let changes: Vec<Box<dyn Fn(&mut Memory)>> = vec![
+            Box::new(|m| m.content.push('!')),
+            Box::new(|m| {
+                m.metadata.insert("k".into(), Value::Bool(true));
+            }),
+            Box::new(|m| m.tags.push("t".into())),
+            Box::new(|m| m.embedding = Some(vec![0.0; 4])),
+            Box::new(|m| m.session_id = Some("s".into())),
+            Box::new(|m| m.created_at += 1),
+            Box::new(|m| m.expires_at = Some(1)),
+            Box::new(|m| m.attributes = serde_json::json!({"a": 1})),
+        ];
+        for change in changes {
+            let mut m = base.clone();
+            change(&mut m);
+            assert!(!same_revision(&base, &m), "{m:?}");
+        }
     }
 }

@@ -36,7 +36,6 @@ CREATE TABLE IF NOT EXISTS memories (
     embedding BLOB,
     embedding_model TEXT,
     content_hash TEXT NOT NULL,
-    revision_hash TEXT NOT NULL,
     version INTEGER NOT NULL,
     ingestion_method TEXT NOT NULL,
     UNIQUE (tenant, system_id, memory_id)
@@ -65,7 +64,6 @@ CREATE TABLE IF NOT EXISTS memory_history (
     embedding BLOB,
     embedding_model TEXT,
     content_hash TEXT NOT NULL,
-    revision_hash TEXT NOT NULL,
     ingestion_method TEXT NOT NULL,
     superseded_at INTEGER NOT NULL,
     PRIMARY KEY (id, version)
@@ -307,19 +305,12 @@ impl Store {
     }
 }
 
-/// A memory row as the write path builds it, with its revision hash.
-pub(crate) struct MemoryRow<'a> {
-    pub memory: &'a Memory,
-    pub revision_hash: &'a str,
-}
-
-pub(crate) fn insert_memory(tx: &Transaction<'_>, row: &MemoryRow<'_>) -> Result<i64> {
-    let m = row.memory;
+pub(crate) fn insert_memory(tx: &Transaction<'_>, m: &Memory) -> Result<i64> {
     tx.prepare_cached(
         "INSERT INTO memories (id, tenant, system_id, memory_id, kind, schema_version, content, attributes, \
          metadata, tags, user_id, agent_id, session_id, project, created_at, ingested_at, updated_at, expires_at, \
-         embedding, embedding_model, content_hash, revision_hash, version, ingestion_method) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+         embedding, embedding_model, content_hash, version, ingestion_method) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
     )
     .and_then(|mut st| {
         st.execute(params![
@@ -344,7 +335,6 @@ pub(crate) fn insert_memory(tx: &Transaction<'_>, row: &MemoryRow<'_>) -> Result
             m.embedding.as_deref().map(embedding_to_blob),
             m.embedding_model,
             m.content_hash,
-            row.revision_hash,
             m.version,
             m.ingestion_method.as_str(),
         ])
@@ -356,19 +346,18 @@ pub(crate) fn insert_memory(tx: &Transaction<'_>, row: &MemoryRow<'_>) -> Result
 }
 
 /// Move the current row of `seq` into history, then overwrite it with `row`.
-pub(crate) fn replace_memory(tx: &Transaction<'_>, seq: i64, row: &MemoryRow<'_>, now: i64) -> Result<()> {
+pub(crate) fn replace_memory(tx: &Transaction<'_>, seq: i64, m: &Memory, now: i64) -> Result<()> {
     tx.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO memory_history ({MEMORY_COLUMNS}, revision_hash, superseded_at) \
-         SELECT {MEMORY_COLUMNS}, revision_hash, ?2 FROM memories WHERE seq = ?1"
+        "INSERT OR REPLACE INTO memory_history ({MEMORY_COLUMNS}, superseded_at) \
+         SELECT {MEMORY_COLUMNS}, ?2 FROM memories WHERE seq = ?1"
     ))
     .and_then(|mut st| st.execute(params![seq, now]))
     .map_err(storage)?;
-    let m = row.memory;
     tx.prepare_cached(
         "UPDATE memories SET id = ?2, kind = ?3, schema_version = ?4, content = ?5, attributes = ?6, metadata = ?7, \
          tags = ?8, user_id = ?9, agent_id = ?10, session_id = ?11, project = ?12, created_at = ?13, \
          ingested_at = ?14, updated_at = ?15, expires_at = ?16, embedding = ?17, embedding_model = ?18, \
-         content_hash = ?19, revision_hash = ?20, version = ?21, ingestion_method = ?22 WHERE seq = ?1",
+         content_hash = ?19, version = ?20, ingestion_method = ?21 WHERE seq = ?1",
     )
     .and_then(|mut st| {
         st.execute(params![
@@ -391,7 +380,6 @@ pub(crate) fn replace_memory(tx: &Transaction<'_>, seq: i64, row: &MemoryRow<'_>
             m.embedding.as_deref().map(embedding_to_blob),
             m.embedding_model,
             m.content_hash,
-            row.revision_hash,
             m.version,
             m.ingestion_method.as_str(),
         ])
@@ -414,19 +402,18 @@ fn log_change(tx: &Transaction<'_>, seq: i64, op: &str) -> Result<()> {
     Ok(())
 }
 
-/// `(seq, revision_hash, memory)` of the memory with this key, if any.
+/// `(seq, memory)` of the memory with this key, if any.
 pub(crate) fn find_by_key(
     conn: &Connection,
     tenant: &str,
     system_id: &str,
     memory_id: &str,
-) -> Result<Option<(i64, String, Memory)>> {
+) -> Result<Option<(i64, Memory)>> {
     conn.prepare_cached(&format!(
-        "SELECT seq, revision_hash, {MEMORY_COLUMNS} FROM memories WHERE tenant = ?1 AND system_id = ?2 AND memory_id = ?3"
+        "SELECT seq, {MEMORY_COLUMNS} FROM memories WHERE tenant = ?1 AND system_id = ?2 AND memory_id = ?3"
     ))
     .and_then(|mut st| {
-        st.query_row(params![tenant, system_id, memory_id], |r| Ok((r.get(0)?, r.get(1)?, memory_from_row(r, 2)?)))
-            .optional()
+        st.query_row(params![tenant, system_id, memory_id], |r| Ok((r.get(0)?, memory_from_row(r, 1)?))).optional()
     })
     .map_err(storage)
 }

@@ -22,6 +22,9 @@ pub struct Config {
     pub mcp_allowed_hosts: Vec<String>,
     /// `tracing` filter, e.g. `info` or `memhub=debug`.
     pub log: String,
+    /// memhub has no authentication yet, so it refuses to listen on a non-loopback
+    /// address unless this is set (put it behind an authenticating proxy).
+    pub allow_unauthenticated_public: bool,
     pub engine: EngineConfig,
 }
 
@@ -33,6 +36,7 @@ impl Default for Config {
             max_body_bytes: 16 * 1024 * 1024,
             mcp_allowed_hosts: Vec::new(),
             log: "info".into(),
+            allow_unauthenticated_public: false,
             engine: EngineConfig::default(),
         }
     }
@@ -98,6 +102,9 @@ impl Config {
         if let Some(v) = get("MEMHUB_MCP_ALLOWED_HOSTS") {
             self.mcp_allowed_hosts = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
         }
+        if let Some(v) = env_value("MEMHUB_ALLOW_UNAUTHENTICATED_PUBLIC", &get)? {
+            self.allow_unauthenticated_public = v;
+        }
         if let Some(v) = get("MEMHUB_LOG") {
             self.log = v;
         }
@@ -114,6 +121,19 @@ impl Config {
             self.engine.max_batch = v;
         }
         Ok(())
+    }
+
+    /// Refuse configurations that would expose every memory without authentication.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if self.addr.ip().is_loopback() || self.allow_unauthenticated_public {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to listen on {}: memhub has no authentication yet, so every memory would be readable \
+             and writable from the network. Listen on 127.0.0.1, or put memhub behind an authenticating proxy \
+             and set allow_unauthenticated_public = true (MEMHUB_ALLOW_UNAUTHENTICATED_PUBLIC=true)",
+            self.addr
+        ))
     }
 
     /// The `Host` values `/mcp` accepts.
@@ -149,6 +169,16 @@ mod tests {
         })
         .unwrap();
         assert_eq!((c.addr.port(), c.engine.embedding_dim), (7000, 16));
+    }
+
+    #[test]
+    fn public_addresses_need_an_explicit_opt_in() {
+        let mut c = Config::default();
+        assert!(c.check_exposure().is_ok());
+        c.addr = "0.0.0.0:8682".parse().unwrap();
+        assert!(c.check_exposure().unwrap_err().contains("no authentication"));
+        c.apply_env(|k| (k == "MEMHUB_ALLOW_UNAUTHENTICATED_PUBLIC").then(|| "true".to_string())).unwrap();
+        assert!(c.check_exposure().is_ok());
     }
 
     #[test]

@@ -43,6 +43,24 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + 
         .unwrap_or_else(|e| Err(Error::new(ErrorCode::InternalError, format!("internal error: worker failed: {e}"))))
 }
 
+/// Deserialize JSON (from bytes or a `Value`) so that an error names the field
+/// path (`memories[3].embedding`) and maps into the catalogue.
+pub(crate) fn decode_json<'de, T: serde::Deserialize<'de>>(
+    de: impl serde::Deserializer<'de, Error = serde_json::Error>,
+) -> Result<T, Error> {
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            Error::new(ErrorCode::InvalidJson, format!("invalid JSON body: {inner}"))
+        } else if path == "." {
+            Error::new(ErrorCode::InvalidField, inner.to_string())
+        } else {
+            Error::field(ErrorCode::InvalidField, path, inner.to_string())
+        }
+    })
+}
+
 async fn not_found() -> rest::ApiError {
     rest::ApiError(Error::new(ErrorCode::NotFound, "no such route; see /openapi.json"))
 }

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::{blocking, AppState};
+use crate::{blocking, decode_json, AppState};
 
 /// The one mapping from the error catalogue to HTTP: status from the code, body
 /// `{"error":{"code","type","message","field"}}`.
@@ -52,26 +52,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError(Error::new(ErrorCode::PayloadTooLarge, "request body is over the size limit"))
-            } else {
-                ApiError(Error::new(ErrorCode::InvalidJson, format!("cannot read the request body: {rejection}")))
-            }
-        })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de).map(ApiJson).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let code =
-                if inner.is_syntax() || inner.is_eof() { ErrorCode::InvalidJson } else { ErrorCode::InvalidField };
-            ApiError(if path == "." || code == ErrorCode::InvalidJson {
-                Error::new(code, format!("invalid JSON body: {inner}"))
-            } else {
-                Error::field(code, path, inner.to_string())
-            })
-        })
+        let bytes = read_body(req, state).await?;
+        Ok(ApiJson(decode_json(&mut serde_json::Deserializer::from_slice(&bytes))?))
     }
+}
+
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
+        ApiError(if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::new(ErrorCode::PayloadTooLarge, "request body is over the size limit")
+        } else {
+            Error::new(ErrorCode::InvalidJson, format!("cannot read the request body: {rejection}"))
+        })
+    })
 }
 
 /// The tenant a request reads or writes: `X-Memhub-Tenant`, else `default`.
@@ -136,13 +129,29 @@ pub struct BatchRequest {
 /// Store up to 1000 memories in one durable transaction; invalid items are reported, not stored.
 #[utoipa::path(post, path = "/v1/memories/batch", request_body = BatchRequest,
     responses((status = 200, description = "{status, total, stored, failed, errors[], results[], stored_at}"), (status = 413, description = "batch too large")))]
-pub async fn create_batch(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    ApiJson(batch): ApiJson<BatchRequest>,
-) -> ApiResult<Json<Value>> {
+pub async fn create_batch(State(state): State<AppState>, headers: HeaderMap, req: Request) -> ApiResult<Json<Value>> {
+    let bytes = read_body(req, &state).await?;
+    // Fast path: every item is a valid `NewMemory`. Otherwise parse item by item so
+    // one bad item is reported without refusing the others.
+    #[derive(Deserialize)]
+    struct TypedBatch {
+        memories: Vec<NewMemory>,
+    }
+    let parsed: Vec<Result<NewMemory, Error>> =
+        match decode_json::<TypedBatch>(&mut serde_json::Deserializer::from_slice(&bytes)) {
+            Ok(batch) => batch.memories.into_iter().map(Ok).collect(),
+            Err(_) => {
+                let batch: BatchRequest = decode_json(&mut serde_json::Deserializer::from_slice(&bytes))?;
+                batch
+                    .memories
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| decode_json::<NewMemory>(item).map_err(|e| e.within(&format!("memories[{i}]"))))
+                    .collect()
+            }
+        };
     let max = state.engine.config().max_batch;
-    let total = batch.memories.len();
+    let total = parsed.len();
     if total > max {
         return Err(ApiError(Error::field(
             ErrorCode::BatchTooLarge,
@@ -156,22 +165,14 @@ pub async fn create_batch(
         let mut news = Vec::new();
         let mut positions = Vec::new();
         let mut parse_errors = Vec::new();
-        for (i, item) in batch.memories.into_iter().enumerate() {
-            match serde_path_to_error::deserialize::<_, NewMemory>(item) {
+        for (i, item) in parsed.into_iter().enumerate() {
+            match item {
                 Ok(mut n) => {
                     n.tenant.get_or_insert_with(|| tenant.clone());
                     news.push(n);
                     positions.push(i);
                 }
-                Err(e) => {
-                    let path = e.path().to_string();
-                    let err = if path == "." {
-                        Error::new(ErrorCode::InvalidField, e.into_inner().to_string())
-                    } else {
-                        Error::field(ErrorCode::InvalidField, path, e.into_inner().to_string())
-                    };
-                    parse_errors.push((i, err.within(&format!("memories[{i}]"))));
-                }
+                Err(e) => parse_errors.push((i, e)),
             }
         }
         let results = engine.store_batch(news, IngestionMethod::Rest)?;

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
-use crate::blocking;
+use crate::{blocking, decode_json};
 
 /// A tool's result: the JSON object (sent as text content and as
 /// `structuredContent`) and whether it reports a failure.
@@ -209,15 +209,7 @@ struct StoreArgs {
 }
 
 fn parse<T: DeserializeOwned>(args: Value) -> Result<T, Error> {
-    serde_path_to_error::deserialize(args).map_err(|e| {
-        let path = e.path().to_string();
-        let detail = e.into_inner().to_string();
-        if path == "." {
-            Error::new(ErrorCode::InvalidField, detail)
-        } else {
-            Error::field(ErrorCode::InvalidField, path, detail)
-        }
-    })
+    decode_json(args)
 }
 
 fn meta_str(meta: &Map<String, Value>, key: &str) -> Option<String> {
@@ -241,7 +233,7 @@ fn akosha_memory(
     text: String,
     embedding: Option<Vec<f32>>,
     metadata: Option<Map<String, Value>>,
-    kind: Option<&str>,
+    forced_kind: Option<&str>,
 ) -> Result<NewMemory, Error> {
     let metadata = metadata.unwrap_or_default();
     let created_at = match metadata.get("created_at") {
@@ -253,8 +245,9 @@ fn akosha_memory(
             return Err(Error::field(ErrorCode::InvalidField, "metadata.created_at", "must be an ISO-8601 string"))
         }
     };
-    let kind =
-        kind.map(str::to_owned).unwrap_or_else(|| kind_for(engine, metadata.get("type").and_then(Value::as_str)));
+    let kind = forced_kind
+        .map(str::to_owned)
+        .unwrap_or_else(|| kind_for(engine, metadata.get("type").and_then(Value::as_str)));
     // Attributes: the metadata keys the kind's schema declares.
     let declared =
         engine.latest_schema(&kind).and_then(|s| s.schema.get("properties").and_then(Value::as_object).cloned());
@@ -263,6 +256,18 @@ fn akosha_memory(
             metadata.iter().filter(|(k, _)| declared.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect()
         }
         None => Map::new(),
+    };
+    // Akosha clients cannot send typed attributes: when `metadata.type` names a kind
+    // whose required fields are not in metadata, keep the write as a `note`.
+    let (kind, attributes) = match (
+        forced_kind,
+        engine.validate_attributes(&kind, None, &Value::Object(attributes.clone())),
+    ) {
+        (None, Err(e)) if kind != "note" => {
+            tracing::warn!(kind = %kind, error = %e, "metadata.type names a kind whose fields are missing; storing as note");
+            ("note".to_string(), Map::new())
+        }
+        _ => (kind, attributes),
     };
     let tags = match metadata.get("tags") {
         Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),

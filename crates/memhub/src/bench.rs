@@ -95,48 +95,77 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 struct ServerProcess {
     child: Child,
+    port: u16,
     base: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    dim: usize,
 }
 
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
+impl ServerProcess {
+    /// Start `memhub serve` on a fresh data dir and a free port.
+    fn start(config: &Config) -> Result<ServerProcess, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+        let dim = config.engine.embedding_dim;
+        let child = Self::spawn(dir.path(), port, dim)?;
+        let server = ServerProcess { child, port, base: format!("http://127.0.0.1:{port}"), dir, dim };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn spawn(dir: &std::path::Path, port: u16, dim: usize) -> Result<Child, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        Command::new(exe)
+            .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(dir)
+            .env("MEMHUB_LOG", "warn")
+            .env("MEMHUB_EMBEDDING_DIM", dim.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the server: {e}"))
+    }
+
+    fn wait_ready(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err("the server did not start within 300 s".into())
+    }
+
+    fn stop(&mut self) {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Stop gracefully, start again on the same data dir; seconds until it listens
+    /// (the index is rebuilt from the store before the listener opens).
+    fn restart(&mut self) -> Result<f64, String> {
+        self.stop();
+        let t = Instant::now();
+        self.child = Self::spawn(self.dir.path(), self.port, self.dim)?;
+        self.wait_ready()?;
+        Ok(t.elapsed().as_secs_f64())
     }
 }
 
-fn start_server(config: &Config) -> Result<ServerProcess, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let port =
-        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let child = Command::new(exe)
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("MEMHUB_LOG", "warn")
-        .env("MEMHUB_EMBEDDING_DIM", config.engine.embedding_dim.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start the server: {e}"))?;
-    let base = format!("http://127.0.0.1:{port}");
-    let server = ServerProcess { child, base, _dir: dir };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(server);
-        }
-        std::thread::sleep(Duration::from_millis(50));
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
     }
-    Err("the server did not start within 30 s".into())
 }
 
 pub fn run(which: Which, config: &Config) -> Result<(), String> {
@@ -150,7 +179,7 @@ pub fn run(which: Which, config: &Config) -> Result<(), String> {
 
 async fn ingest(config: &Config, count: usize, batch: usize, concurrency: usize, singles: usize) -> Result<(), String> {
     let dim = config.engine.embedding_dim;
-    let server = start_server(config)?;
+    let mut server = ServerProcess::start(config)?;
     let client = reqwest::Client::new();
     eprintln!("generating {count} memories with {dim}-d vectors ...");
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
@@ -245,6 +274,9 @@ async fn ingest(config: &Config, count: usize, batch: usize, concurrency: usize,
         .await
         .map_err(|e| e.to_string())?;
 
+    let restart_seconds = server.restart()?;
+    let rss_after_restart = rss_kib(server.child.id());
+
     let report = json!({
         "memories": count,
         "batch_size": batch,
@@ -257,6 +289,8 @@ async fn ingest(config: &Config, count: usize, batch: usize, concurrency: usize,
         "single_store_memory_ms_p99": percentile(&single_ms, 0.99),
         "server_rss_mib_after_load": rss.map(|k| (k as f64 / 1024.0 * 10.0).round() / 10.0),
         "store_bytes": stats["store_bytes"],
+        "restart_seconds_with_index_rebuild": (restart_seconds * 1000.0).round() / 1000.0,
+        "server_rss_mib_after_restart": rss_after_restart.map(|k| (k as f64 / 1024.0 * 10.0).round() / 10.0),
         "stored": stats["memories"],
     });
     println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);

@@ -140,6 +140,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 config.addr = a;
             }
             init_logging(&config.log);
+            config.check_exposure()?;
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             rt.block_on(async move {
                 let engine = open_engine(&config, OpenMode::ReadWrite)?;

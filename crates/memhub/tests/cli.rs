@@ -101,3 +101,11 @@ fn import_names_the_bad_line_and_writes_nothing_of_a_bad_batch() {
     let out = memhub(&["--version"]);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("memhub "));
 }
+
+#[test]
+fn serve_refuses_a_public_address_without_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = memhub(&["serve", "--addr", "0.0.0.0:0", "--data-dir", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to listen on 0.0.0.0"));
+}

@@ -253,3 +253,34 @@ async fn search_tools_return_real_ranked_results() {
     let (_, gone) = http.post("/mcp", &call("get_memory", json!({"memory_id": "d3"}))).await;
     assert_eq!(gone["code"], "memory_not_found", "{gone}");
 }
+
+#[tokio::test]
+async fn metadata_type_maps_to_typed_kinds_and_falls_back_to_note() {
+    let server = Server::start();
+    let http = Http::new(&server);
+    let store = |id: &str, metadata: Value| json!({"method": "tools/call", "params": {"name": "store_memory", "arguments": {"memory_id": id, "text": "t", "metadata": metadata}}});
+    let insight = json!({"source": "akosha", "type": "insight", "category": "perf", "confidence": 0.9, "recommendations": ["cache"], "extra": 1});
+    assert_eq!(http.post("/mcp", &store("i1", insight)).await.1["status"], "stored");
+    // `chat` requires message/response/...: Akosha cannot send them, so the write is kept as a note.
+    assert_eq!(
+        http.post("/mcp", &store("c1", json!({"source": "akosha", "type": "chat"}))).await.1["status"],
+        "stored"
+    );
+    assert_eq!(
+        http.post("/mcp", &store("u1", json!({"source": "akosha", "type": "mystery"}))).await.1["status"],
+        "stored"
+    );
+
+    let (_, listed) = http.get("/v1/memories?system_id=akosha").await;
+    let by_id =
+        |id: &str| listed["memories"].as_array().unwrap().iter().find(|m| m["memory_id"] == id).unwrap().clone();
+    let i1 = by_id("i1");
+    assert_eq!(i1["kind"], "insight");
+    assert_eq!(i1["attributes"], json!({"category": "perf", "confidence": 0.9, "recommendations": ["cache"]}));
+    assert_eq!(i1["metadata"]["extra"], 1, "metadata kept whole");
+    assert_eq!((by_id("c1")["kind"].as_str(), by_id("c1")["metadata"]["type"].as_str()), (Some("note"), Some("chat")));
+    assert_eq!(
+        (by_id("u1")["kind"].as_str(), by_id("u1")["metadata"]["type"].as_str()),
+        (Some("note"), Some("mystery"))
+    );
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Run memhub's whole test suite. Installs what the tests need first: the official
+# Python MCP SDK (into .venv), used by the real-client MCP test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/memhub-target}"
+
+if ! .venv/bin/python -c "import mcp" 2>/dev/null; then
+  echo "scripts/test.sh: installing the Python MCP SDK into .venv" >&2
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check "mcp==2.3.0"
+fi
+
+cargo test --workspace --locked "$@"
