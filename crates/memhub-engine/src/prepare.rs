@@ -235,17 +235,17 @@ mod tests {
         m.id = Uuid::now_v7();
         m.ingestion_method = IngestionMethod::Rest;
         assert!(same_revision(&base, &m), "server-side fields do not count");
-        let changes: Vec<Box<dyn Fn(&mut Memory)>> = vec![
-            Box::new(|m| m.content.push('!')),
-            Box::new(|m| {
+        let changes: [fn(&mut Memory); 8] = [
+            |m| m.content.push('!'),
+            |m| {
                 m.metadata.insert("k".into(), Value::Bool(true));
-            }),
-            Box::new(|m| m.tags.push("t".into())),
-            Box::new(|m| m.embedding = Some(vec![0.0; 4])),
-            Box::new(|m| m.session_id = Some("s".into())),
-            Box::new(|m| m.created_at += 1),
-            Box::new(|m| m.expires_at = Some(1)),
-            Box::new(|m| m.attributes = serde_json::json!({"a": 1})),
+            },
+            |m| m.tags.push("t".into()),
+            |m| m.embedding = Some(vec![0.0; 4]),
+            |m| m.session_id = Some("s".into()),
+            |m| m.created_at += 1,
+            |m| m.expires_at = Some(1),
+            |m| m.attributes = serde_json::json!({"a": 1}),
         ];
         for change in changes {
             let mut m = base.clone();
