@@ -3,20 +3,21 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use memhub_types::memory::IngestionMethod;
 use memhub_types::schema::KindSchema;
 use memhub_types::time::now_micros;
 use memhub_types::{
-    Entity, Error, ErrorCode, Memory, MemoryFilter, MemoryPatch, NewEntity, NewMemory, NewRelation, Relation, Result,
-    SchemaRegistry, SearchHit, SearchRequest, SearchResponse, StoreOutcome,
+    Embedder, Entity, Error, ErrorCode, Memory, MemoryFilter, MemoryPatch, NewEntity, NewMemory, NewRelation, Relation,
+    Result, SchemaRegistry, SearchHit, SearchRequest, SearchResponse, StoreOutcome,
 };
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::embedding::EmbeddingQueue;
 use crate::index::{normalized, MemoryIndex, Scope};
 use crate::prepare::{self, check_attributes, check_content, check_embedding, check_tags, same_revision, Prepared};
 use crate::store::{self, storage, OpenMode, Store, MEMORY_COLUMNS};
@@ -45,6 +46,8 @@ pub struct Stats {
     pub by_kind: BTreeMap<String, usize>,
     pub by_system: BTreeMap<String, usize>,
     pub history_versions: i64,
+    /// Memories waiting for a server-side vector (all tenants).
+    pub embedding_backlog: usize,
     pub entities: i64,
     pub relations: i64,
     pub store_bytes: u64,
@@ -64,6 +67,8 @@ pub struct Engine {
     index: RwLock<MemoryIndex>,
     registry: RwLock<SchemaRegistry>,
     config: EngineConfig,
+    embedder: Option<Arc<dyn Embedder>>,
+    embed_queue: EmbeddingQueue,
 }
 
 /// A list cursor: `(created_at, seq)` of the last memory returned.
@@ -117,6 +122,33 @@ fn competition_ranks(sorted_scores: impl Iterator<Item = f32>) -> Vec<usize> {
 impl Engine {
     /// Open the store in `data_dir`, load registered schemas and build the indexes.
     pub fn open(data_dir: &Path, config: EngineConfig, mode: OpenMode) -> Result<Engine> {
+        Self::open_with(data_dir, config, mode, None)
+    }
+
+    /// Open with a server-side embedder: text-only searches are embedded, and
+    /// memories without a vector of its model are queued for background embedding
+    /// (run an [`EmbeddingWorker`](crate::EmbeddingWorker) to drain the queue).
+    pub fn open_with(
+        data_dir: &Path,
+        mut config: EngineConfig,
+        mode: OpenMode,
+        embedder: Option<Arc<dyn Embedder>>,
+    ) -> Result<Engine> {
+        if let Some(e) = &embedder {
+            if e.dim() != config.embedding_dim {
+                return Err(Error::new(
+                    ErrorCode::InvalidField,
+                    format!(
+                        "the embedder {} makes {}-d vectors but embedding_dim is {}; set engine.embedding_dim = {}",
+                        e.model_name(),
+                        e.dim(),
+                        config.embedding_dim,
+                        e.dim()
+                    ),
+                ));
+            }
+            config.embedding_model = e.model_name().to_string();
+        }
         let store = Store::open(data_dir, mode)?;
         let mut registry = SchemaRegistry::with_builtins();
         let mut index = MemoryIndex::default();
@@ -146,7 +178,23 @@ impl Engine {
             Ok(())
         })?;
         tracing::info!(memories = index.len(), path = %store.path().display(), "store opened");
-        Ok(Engine { store, index: RwLock::new(index), registry: RwLock::new(registry), config })
+        let engine = Engine {
+            store,
+            index: RwLock::new(index),
+            registry: RwLock::new(registry),
+            config,
+            embedder,
+            embed_queue: EmbeddingQueue::default(),
+        };
+        if engine.embedder.is_some() && mode == OpenMode::ReadWrite {
+            let index = engine.index();
+            for (seq, doc) in index.docs() {
+                if doc.model.as_deref() != Some(engine.config.embedding_model.as_str()) {
+                    engine.embed_queue.push(*seq);
+                }
+            }
+        }
+        Ok(engine)
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -166,10 +214,76 @@ impl Engine {
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
         for (seq, memory) in changes {
             match memory {
-                Some(m) => index.upsert(*seq, m),
+                Some(m) => {
+                    index.upsert(*seq, m);
+                    if self.embedder.is_some()
+                        && m.embedding_model.as_deref() != Some(self.config.embedding_model.as_str())
+                    {
+                        self.embed_queue.push(*seq);
+                    }
+                }
                 None => index.remove(*seq),
             }
         }
+    }
+
+    /// The server-side embedder, if one is configured.
+    pub fn embedder(&self) -> Option<&Arc<dyn Embedder>> {
+        self.embedder.as_ref()
+    }
+
+    pub(crate) fn embed_queue(&self) -> &EmbeddingQueue {
+        &self.embed_queue
+    }
+
+    /// Memories waiting for a server-side vector.
+    pub fn embedding_backlog(&self) -> usize {
+        self.embed_queue.len()
+    }
+
+    /// Embed queued memories and store their vectors (no new version: the vector is
+    /// derived from the content). A memory whose content changed meanwhile is skipped;
+    /// its new version is queued by its own write.
+    pub(crate) fn embed_pending(&self, seqs: &[i64]) -> Result<()> {
+        let Some(embedder) = &self.embedder else { return Ok(()) };
+        let model = self.config.embedding_model.as_str();
+        let todo: Vec<(i64, Memory)> = self
+            .store
+            .read(|c| store::load_by_seq(c, seqs))?
+            .into_iter()
+            .filter(|(_, m)| m.embedding_model.as_deref() != Some(model))
+            .collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let texts: Vec<&str> = todo.iter().map(|(_, m)| m.content.as_str()).collect();
+        let vectors = embedder.embed(&texts).map_err(|e| Error::new(ErrorCode::InternalError, e.to_string()))?;
+        let updated: Vec<(i64, Memory)> = todo
+            .into_iter()
+            .zip(vectors)
+            .map(|((seq, mut m), v)| {
+                m.embedding = Some(v);
+                m.embedding_model = Some(model.to_string());
+                (seq, m)
+            })
+            .collect();
+        self.store.write_then(
+            |tx| {
+                let mut written = Vec::new();
+                for (seq, m) in &updated {
+                    if store::set_embedding(tx, *seq, m)? {
+                        written.push(*seq);
+                    }
+                }
+                Ok(written)
+            },
+            |written| {
+                let changes: Vec<(i64, Option<&Memory>)> =
+                    updated.iter().filter(|(s, _)| written.contains(s)).map(|(s, m)| (*s, Some(m))).collect();
+                self.apply(&changes);
+            },
+        )?;
+        Ok(())
     }
 
     /// Write one prepared memory inside `tx`: insert, replace (new version) or no-op.
@@ -182,6 +296,12 @@ impl Engine {
         };
         if !created_at_given {
             memory.created_at = old.created_at;
+        }
+        // A re-push without a vector keeps the stored one while the content is the same
+        // (it may have been made by the server's encoder).
+        if memory.embedding.is_none() && memory.content == old.content {
+            memory.embedding.clone_from(&old.embedding);
+            memory.embedding_model.clone_from(&old.embedding_model);
         }
         if same_revision(&memory, &old) {
             return Ok((seq, Stored { outcome: StoreOutcome::Unchanged, memory: old }));
@@ -397,7 +517,15 @@ impl Engine {
                     Error::field(ErrorCode::InvalidField, "query_embedding", "must not be the zero vector")
                 })?)
             }
-            None => None,
+            None => match (&self.embedder, req.query.trim().is_empty(), req.semantic_ratio == Some(0.0)) {
+                (Some(embedder), false, false) => {
+                    let v = embedder
+                        .embed(&[req.query.as_str()])
+                        .map_err(|e| Error::new(ErrorCode::InternalError, format!("cannot embed the query: {e}")))?;
+                    v.into_iter().next().and_then(|v| normalized(&v))
+                }
+                _ => None,
+            },
         };
         if req.query.trim().is_empty() && query_vector.is_none() {
             return Err(Error::field(ErrorCode::InvalidField, "query", "give a query text or a query_embedding"));
@@ -443,6 +571,18 @@ impl Engine {
                 let ranks = competition_ranks(hits.iter().map(|h| h.1));
                 for ((seq, cos), rank) in hits.into_iter().zip(ranks) {
                     add(seq, rank, w, cos, "vector");
+                }
+            }
+            // With a query vector, every hit's similarity is its cosine when it has a
+            // vector of the model, so thresholds mean the same for all hits.
+            if let Some(q) = query_vector.as_deref() {
+                for c in fused.values_mut().filter(|c| !c.retrievers.contains(&"vector")) {
+                    if let Some(v) = index.get(c.seq).and_then(|d| {
+                        (d.model.as_deref() == Some(self.config.embedding_model.as_str()))
+                            .then_some(d.vector.as_ref())?
+                    }) {
+                        c.similarity = v.iter().zip(q).map(|(a, b)| a * b).sum();
+                    }
                 }
             }
         }
@@ -673,6 +813,7 @@ impl Engine {
             by_kind: BTreeMap::new(),
             by_system: BTreeMap::new(),
             history_versions: 0,
+            embedding_backlog: self.embed_queue.len(),
             entities: 0,
             relations: 0,
             store_bytes: 0,

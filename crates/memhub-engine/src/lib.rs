@@ -11,11 +11,13 @@
 //! # Ok::<(), memhub_types::Error>(())
 //! ```
 
+mod embedding;
 mod engine;
 pub mod index;
 mod prepare;
 pub mod store;
 
+pub use embedding::EmbeddingWorker;
 pub use engine::{Engine, ImportReport, Page, Stats, Stored};
 pub use prepare::content_hash;
 pub use store::OpenMode;

@@ -388,6 +388,21 @@ pub(crate) fn replace_memory(tx: &Transaction<'_>, seq: i64, m: &Memory, now: i6
     log_change(tx, seq, "upsert")
 }
 
+/// Set a server-made vector on the current version, if its content is still the one
+/// that was embedded. Returns whether the row was updated.
+pub(crate) fn set_embedding(tx: &Transaction<'_>, seq: i64, m: &Memory) -> Result<bool> {
+    let n = tx
+        .prepare_cached("UPDATE memories SET embedding = ?2, embedding_model = ?3 WHERE seq = ?1 AND content_hash = ?4")
+        .and_then(|mut st| {
+            st.execute(params![seq, m.embedding.as_deref().map(embedding_to_blob), m.embedding_model, m.content_hash])
+        })
+        .map_err(storage)?;
+    if n > 0 {
+        log_change(tx, seq, "embed")?;
+    }
+    Ok(n > 0)
+}
+
 /// Remove a memory and its whole history.
 pub(crate) fn delete_memory(tx: &Transaction<'_>, seq: i64, id: &Uuid) -> Result<()> {
     tx.execute("DELETE FROM memories WHERE seq = ?1", params![seq]).map_err(storage)?;

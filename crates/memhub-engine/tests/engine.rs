@@ -106,3 +106,84 @@ fn import_validates_every_record_before_writing_any() {
     assert_eq!(err.field.as_deref(), Some("records[1].content_hash"));
     assert_eq!(engine.stats("t").unwrap().memories, 1, "nothing of the refused import was written");
 }
+
+/// A deterministic stand-in for a real model: hashed bag of words in 3 dimensions.
+struct ToyEmbedder;
+
+impl memhub_types::Embedder for ToyEmbedder {
+    fn model_name(&self) -> &str {
+        "toy"
+    }
+    fn dim(&self) -> usize {
+        3
+    }
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, memhub_types::EmbedError> {
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let mut v = vec![0.0f32; 3];
+                for w in t.split_whitespace() {
+                    v[w.len() % 3] += 1.0;
+                }
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-6);
+                v.iter().map(|x| x / n).collect()
+            })
+            .collect())
+    }
+}
+
+#[test]
+fn memories_without_vectors_are_embedded_in_the_background_and_keep_them_on_re_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedder: std::sync::Arc<dyn memhub_types::Embedder> = std::sync::Arc::new(ToyEmbedder);
+    let engine = std::sync::Arc::new(
+        Engine::open_with(dir.path(), config(), OpenMode::ReadWrite, Some(embedder.clone())).unwrap(),
+    );
+    let plain = NewMemory { embedding: None, ..new("t", "m1", "abc de f") };
+    let stored = engine.store_memory(plain.clone(), IngestionMethod::Rest).unwrap().memory;
+    assert_eq!(stored.embedding, None);
+    // A client vector of another model is queued too; one of the embedder's model is not.
+    let other = NewMemory { embedding_model: Some("other-model".into()), ..new("t", "m2", "xyz") };
+    engine.store_memory(other, IngestionMethod::Rest).unwrap();
+    let own = NewMemory { embedding_model: Some("toy".into()), ..new("t", "m3", "own vector") };
+    engine.store_memory(own, IngestionMethod::Rest).unwrap();
+    assert_eq!(engine.embedding_backlog(), 2);
+
+    let worker = memhub_engine::EmbeddingWorker::start(engine.clone());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.embedding_backlog() > 0 || engine.get("t", &stored.id).unwrap().embedding.is_none() {
+        assert!(std::time::Instant::now() < deadline, "the worker did not drain the queue");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    worker.stop();
+    let embedded = engine.get("t", &stored.id).unwrap();
+    assert_eq!(embedded.embedding_model.as_deref(), Some("toy"));
+    assert_eq!(embedded.embedding.as_ref().unwrap(), &embedder.embed(&["abc de f"]).unwrap()[0]);
+    assert_eq!(embedded.version, 1, "a server-made vector is not a new version");
+    assert_eq!(engine.get_by_memory_id("t", None, "m2").unwrap().embedding_model.as_deref(), Some("toy"));
+
+    // Re-pushing the same content without a vector keeps the server's vector: no new version.
+    let again = engine.store_memory(plain.clone(), IngestionMethod::Rest).unwrap();
+    assert_eq!(again.outcome, StoreOutcome::Unchanged);
+    // New content without a vector: a new version, queued again.
+    let changed =
+        engine.store_memory(NewMemory { content: "brand new words".into(), ..plain }, IngestionMethod::Rest).unwrap();
+    assert_eq!((changed.outcome, changed.memory.embedding.is_none()), (StoreOutcome::Updated, true));
+    assert_eq!(engine.embedding_backlog(), 1);
+
+    // A text-only search is embedded on the server: hybrid, with cosine similarities.
+    let found = engine.search("t", &SearchRequest { query: "own vector".into(), ..Default::default() }).unwrap();
+    assert_eq!(found.mode, "hybrid");
+    let hit = &found.results[0];
+    assert_eq!(hit.memory.memory_id, "m3");
+    assert!((hit.similarity - 1.0).abs() < 1e-5, "identical text has cosine 1: {}", hit.similarity);
+}
+
+#[test]
+fn an_embedder_of_another_dimension_is_refused_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EngineConfig { embedding_dim: 384, ..EngineConfig::default() };
+    let err =
+        Engine::open_with(dir.path(), cfg, OpenMode::ReadWrite, Some(std::sync::Arc::new(ToyEmbedder))).err().unwrap();
+    assert!(err.to_string().contains("embedding_dim = 3"), "{err}");
+}

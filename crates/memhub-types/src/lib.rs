@@ -4,11 +4,13 @@
 //! Every other memhub crate speaks in these types. Nothing here knows about HTTP,
 //! MCP or storage; the transports map [`Error`] to their wire formats once.
 
+pub mod embed;
 pub mod error;
 pub mod memory;
 pub mod schema;
 pub mod time;
 
+pub use embed::{EmbedError, Embedder};
 pub use error::{Error, ErrorCode, Result};
 pub use memory::{
     BatchItemError, Entity, IngestionMethod, Memory, MemoryFilter, MemoryPatch, NewEntity, NewMemory, NewRelation,
