@@ -121,7 +121,7 @@ impl memhub_types::Embedder for ToyEmbedder {
         Ok(texts
             .iter()
             .map(|t| {
-                let mut v = vec![0.0f32; 3];
+                let mut v = [0.0f32; 3];
                 for w in t.split_whitespace() {
                     v[w.len() % 3] += 1.0;
                 }

@@ -26,6 +26,48 @@ pub struct Config {
     /// address unless this is set (put it behind an authenticating proxy).
     pub allow_unauthenticated_public: bool,
     pub engine: EngineConfig,
+    pub embedder: EmbedderConfig,
+}
+
+/// Which server-side embedder to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbedderKind {
+    /// The local MiniLM encoder if its files are in `model_dir`, else none.
+    Auto,
+    /// The local all-MiniLM-L6-v2 encoder (fail to start if the files are missing).
+    Minilm,
+    /// An OpenAI-compatible `/v1/embeddings` endpoint at `url`.
+    Openai,
+    /// No server-side embedder: clients supply vectors; text-only search is keyword-only.
+    None,
+}
+
+/// Server-side embedding settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbedderConfig {
+    pub kind: EmbedderKind,
+    /// Where the MiniLM files are. Default `<data_dir>/models/all-MiniLM-L6-v2`.
+    pub model_dir: Option<PathBuf>,
+    /// Base URL of the OpenAI-compatible service, e.g. `http://localhost:11434`.
+    pub url: Option<String>,
+    /// The remote model's name, e.g. `nomic-embed-text`.
+    pub model: Option<String>,
+    /// The environment variable holding the remote service's API key.
+    pub api_key_env: String,
+}
+
+impl Default for EmbedderConfig {
+    fn default() -> Self {
+        EmbedderConfig {
+            kind: EmbedderKind::Auto,
+            model_dir: None,
+            url: None,
+            model: None,
+            api_key_env: "MEMHUB_EMBEDDER_API_KEY".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -38,6 +80,7 @@ impl Default for Config {
             log: "info".into(),
             allow_unauthenticated_public: false,
             engine: EngineConfig::default(),
+            embedder: EmbedderConfig::default(),
         }
     }
 }
@@ -120,6 +163,30 @@ impl Config {
         if let Some(v) = env_value("MEMHUB_MAX_BATCH", &get)? {
             self.engine.max_batch = v;
         }
+        if let Some(v) = get("MEMHUB_EMBEDDER") {
+            self.embedder.kind = match v.as_str() {
+                "auto" => EmbedderKind::Auto,
+                "minilm" => EmbedderKind::Minilm,
+                "openai" => EmbedderKind::Openai,
+                "none" => EmbedderKind::None,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "MEMHUB_EMBEDDER".into(),
+                        value: v,
+                        reason: "expected auto, minilm, openai or none".into(),
+                    })
+                }
+            };
+        }
+        if let Some(v) = get("MEMHUB_MODEL_DIR") {
+            self.embedder.model_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("MEMHUB_EMBEDDER_URL") {
+            self.embedder.url = Some(v);
+        }
+        if let Some(v) = get("MEMHUB_EMBEDDER_MODEL") {
+            self.embedder.model = Some(v);
+        }
         Ok(())
     }
 
@@ -134,6 +201,11 @@ impl Config {
              and set allow_unauthenticated_public = true (MEMHUB_ALLOW_UNAUTHENTICATED_PUBLIC=true)",
             self.addr
         ))
+    }
+
+    /// Where the local encoder's files are looked for.
+    pub fn model_dir(&self) -> PathBuf {
+        self.embedder.model_dir.clone().unwrap_or_else(|| self.data_dir.join("models").join("all-MiniLM-L6-v2"))
     }
 
     /// The `Host` values `/mcp` accepts.

@@ -151,6 +151,19 @@ pub fn tool_specs() -> Vec<ToolSpec> {
             }))),
         },
         ToolSpec {
+            name: "generate_embedding",
+            description: "Embed one text with the server's encoder (all-MiniLM-L6-v2 by default, Akosha-compatible). Returns {text, embedding_dim, embedding, mode}.",
+            input_schema: object_schema(&["text"], props(json!({"text": {"type": "string", "description": "The text to embed."}}))),
+        },
+        ToolSpec {
+            name: "generate_batch_embeddings",
+            description: "Embed many texts with the server's encoder (Akosha-compatible). Returns {count, embedding_dim, embeddings, mode}.",
+            input_schema: object_schema(&["texts"], props(json!({
+                "texts": {"type": "array", "items": {"type": "string"}, "maxItems": 1000, "description": "The texts to embed."},
+                "batch_size": {"type": "integer", "minimum": 1, "maximum": 256, "default": 32, "description": "Texts per encoder batch."}
+            }))),
+        },
+        ToolSpec {
             name: "get_memory",
             description: "Fetch one memory by its server id, or by memory_id (and system_id when ambiguous).",
             input_schema: json!({"type": "object", "properties": address}),
@@ -356,6 +369,21 @@ struct SearchAllArgs {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbedOne {
+    text: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbedMany {
+    texts: Vec<String>,
+    /// Accepted for Akosha compatibility; the encoder batches by 32 itself.
+    #[serde(default)]
+    batch_size: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
 struct ReflectionArgs {
     reflection_id: String,
     content: String,
@@ -434,6 +462,42 @@ pub async fn call_tool(engine: &Arc<Engine>, name: &str, args: Map<String, Value
                         "timestamp": format_micros(h.memory.created_at),
                     })).collect::<Vec<_>>(),
                     "mode": r.mode,
+                })),
+                Err(e) => ToolOutput::error(&e),
+            }
+        }
+        "generate_embedding" | "generate_batch_embeddings" => {
+            let single = name == "generate_embedding";
+            let result = blocking(move || {
+                let embedder = engine.embedder().cloned().ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::InvalidField,
+                        "no server-side encoder is configured: install all-MiniLM-L6-v2 (scripts/fetch-model.sh) or set embedder.kind",
+                    )
+                })?;
+                let texts: Vec<String> = if single {
+                    vec![parse::<EmbedOne>(Value::Object(args))?.text]
+                } else {
+                    let a: EmbedMany = parse(Value::Object(args))?;
+                    if a.texts.len() > 1000 {
+                        return Err(Error::field(ErrorCode::BatchTooLarge, "texts", "at most 1000 texts per call"));
+                    }
+                    if a.batch_size == Some(0) {
+                        return Err(Error::field(ErrorCode::InvalidField, "batch_size", "must be at least 1"));
+                    }
+                    a.texts
+                };
+                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+                let vectors = embedder.embed(&refs).map_err(|e| Error::new(ErrorCode::InternalError, e.to_string()))?;
+                Ok((texts, vectors, embedder.dim()))
+            })
+            .await;
+            match result {
+                Ok((mut texts, mut vectors, dim)) if single => ToolOutput::ok(json!({
+                    "text": texts.pop(), "embedding_dim": dim, "embedding": vectors.pop(), "mode": "real",
+                })),
+                Ok((_, vectors, dim)) => ToolOutput::ok(json!({
+                    "count": vectors.len(), "embedding_dim": dim, "embeddings": vectors, "mode": "real",
                 })),
                 Err(e) => ToolOutput::error(&e),
             }

@@ -10,9 +10,11 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use memhub_engine::{Engine, OpenMode};
+use memhub_embed::{MiniLmEncoder, OpenAiEmbedder};
+use memhub_engine::{EmbeddingWorker, Engine, OpenMode};
+use memhub_server::config::EmbedderKind;
 use memhub_server::{AppState, Config};
-use memhub_types::{Memory, MemoryFilter, SearchRequest, DEFAULT_TENANT};
+use memhub_types::{Embedder, Memory, MemoryFilter, SearchRequest, DEFAULT_TENANT};
 
 #[derive(Parser)]
 #[command(name = "memhub", version, about = "A self-hosted memory hub for AI agents")]
@@ -113,8 +115,45 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: draining requests and flushing the store");
 }
 
+/// The server-side embedder the configuration asks for, if any.
+fn build_embedder(config: &Config) -> Result<Option<Arc<dyn Embedder>>, String> {
+    let model_dir = config.model_dir();
+    match config.embedder.kind {
+        EmbedderKind::None => Ok(None),
+        EmbedderKind::Auto if !model_dir.join("model.safetensors").is_file() => {
+            tracing::info!(
+                model_dir = %model_dir.display(),
+                "no local encoder (run scripts/fetch-model.sh to install all-MiniLM-L6-v2): clients supply vectors; text-only search is keyword-only"
+            );
+            Ok(None)
+        }
+        EmbedderKind::Auto | EmbedderKind::Minilm => {
+            let t = std::time::Instant::now();
+            let encoder = MiniLmEncoder::load(&model_dir).map_err(|e| e.to_string())?;
+            tracing::info!(model_dir = %model_dir.display(), ms = t.elapsed().as_millis() as u64, "local encoder all-MiniLM-L6-v2 loaded");
+            Ok(Some(Arc::new(encoder)))
+        }
+        EmbedderKind::Openai => {
+            let url = config
+                .embedder
+                .url
+                .as_deref()
+                .ok_or("embedder.kind = openai needs embedder.url (MEMHUB_EMBEDDER_URL)")?;
+            let model = config
+                .embedder
+                .model
+                .as_deref()
+                .ok_or("embedder.kind = openai needs embedder.model (MEMHUB_EMBEDDER_MODEL)")?;
+            let key = std::env::var(&config.embedder.api_key_env).ok();
+            let e = OpenAiEmbedder::new(url, model, key, config.engine.embedding_dim).map_err(|e| e.to_string())?;
+            Ok(Some(Arc::new(e)))
+        }
+    }
+}
+
 fn open_engine(config: &Config, mode: OpenMode) -> Result<Arc<Engine>, String> {
-    Engine::open(&config.data_dir, config.engine.clone(), mode).map(Arc::new).map_err(|e| e.to_string())
+    let embedder = build_embedder(config)?;
+    Engine::open_with(&config.data_dir, config.engine.clone(), mode, embedder).map(Arc::new).map_err(|e| e.to_string())
 }
 
 fn progress(len: Option<u64>, what: &str) -> ProgressBar {
@@ -149,9 +188,10 @@ fn run(cli: Cli) -> Result<(), String> {
                     .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
                 let local = listener.local_addr().map_err(|e| e.to_string())?;
                 tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "memhub listening (MCP at /mcp, REST at /v1)");
-                memhub_server::serve(listener, AppState::new(engine, config), shutdown_signal())
-                    .await
-                    .map_err(|e| e.to_string())
+                let worker = EmbeddingWorker::start(engine.clone());
+                let served = memhub_server::serve(listener, AppState::new(engine, config), shutdown_signal()).await;
+                tokio::task::spawn_blocking(move || worker.stop()).await.map_err(|e| e.to_string())?;
+                served.map_err(|e| e.to_string())
             })
         }
         Command::Mcp { stdio: _ } => {
@@ -159,7 +199,9 @@ fn run(cli: Cli) -> Result<(), String> {
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             rt.block_on(async move {
                 let engine = open_engine(&config, OpenMode::ReadWrite)?;
+                let worker = EmbeddingWorker::start(engine.clone());
                 let result = memhub_server::mcp::serve_stdio(engine.clone()).await.map_err(|e| e.to_string());
+                tokio::task::spawn_blocking(move || worker.stop()).await.map_err(|e| e.to_string())?;
                 engine.checkpoint().map_err(|e| e.to_string())?;
                 result
             })

