@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
 use crate::{l2_normalize, EmbedError, Embedder};
 
@@ -50,13 +50,13 @@ impl MiniLmEncoder {
                 .map_err(|e| load_err(&config_path, e))?;
         let tokenizer_path = file("tokenizer.json")?;
         let mut tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| load_err(&tokenizer_path, e))?;
-        // Override the file's truncation (128) and fixed padding: truncate at 256, pad
-        // each batch only to its longest text; the attention mask keeps padding out
-        // of the mean.
+        // Override the file's truncation (128) and fixed padding (128): truncate at 256
+        // and pad nothing here; `embed` pads each batch to its longest text, and the
+        // attention mask keeps padding out of the mean.
         tokenizer
             .with_truncation(Some(TruncationParams { max_length: MINILM_MAX_TOKENS, ..Default::default() }))
             .map_err(|e| load_err(&tokenizer_path, e))?;
-        tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
+        tokenizer.with_padding(None);
         let weights = file("model.safetensors")?;
         // SAFETY: the file is memory-mapped read-only; memhub never writes model files.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &Device::Cpu) }
@@ -71,15 +71,16 @@ impl MiniLmEncoder {
         Ok(enc.get_attention_mask().iter().filter(|&&m| m == 1).count())
     }
 
-    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(infer)?;
-        let len = encodings.first().map_or(0, |e| e.get_ids().len());
+    /// Run one batch, padding every encoding to the longest one (pad id 0, mask 0).
+    fn embed_batch(&self, encodings: &[&Encoding]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let len = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
         let n = encodings.len();
-        let mut ids = Vec::with_capacity(n * len);
-        let mut mask = Vec::with_capacity(n * len);
-        for e in &encodings {
-            ids.extend_from_slice(e.get_ids());
-            mask.extend_from_slice(e.get_attention_mask());
+        let mut ids = vec![0u32; n * len];
+        let mut mask = vec![0u32; n * len];
+        for (row, e) in encodings.iter().enumerate() {
+            let k = e.get_ids().len();
+            ids[row * len..row * len + k].copy_from_slice(e.get_ids());
+            mask[row * len..row * len + k].copy_from_slice(e.get_attention_mask());
         }
         let device = &self.model.device;
         let ids = Tensor::from_vec(ids, (n, len), device).map_err(infer)?;
@@ -105,11 +106,18 @@ impl Embedder for MiniLmEncoder {
         self.dim
     }
 
-    /// Texts are encoded in batches of 32, each padded only to its longest member.
+    /// Texts are sorted by token count and encoded in batches of 32, so each batch
+    /// pads little; the vectors come back in the callers' order.
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(32) {
-            out.extend(self.embed_batch(chunk)?);
+        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(infer)?;
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| encodings[i].get_ids().len());
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); encodings.len()];
+        for chunk in order.chunks(32) {
+            let batch: Vec<&Encoding> = chunk.iter().map(|&i| &encodings[i]).collect();
+            for (&i, v) in chunk.iter().zip(self.embed_batch(&batch)?) {
+                out[i] = v;
+            }
         }
         Ok(out)
     }

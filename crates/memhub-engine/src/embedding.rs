@@ -66,7 +66,8 @@ impl EmbeddingWorker {
                 .name("memhub-embed".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        let batch = engine.embed_queue().take(32, Duration::from_millis(500));
+                        // Many at once: the encoder sorts them by length into padded batches of 32.
+                        let batch = engine.embed_queue().take(256, Duration::from_millis(500));
                         if batch.is_empty() {
                             continue;
                         }

@@ -10,13 +10,26 @@ use std::collections::{HashMap, HashSet};
 use memhub_types::{Memory, MemoryFilter};
 use serde_json::Value;
 
-/// Split text into lowercase terms. Letters, digits and `_` form terms, so ids
-/// such as `conv_8f3a91` stay whole.
+/// Split text into lowercase, English-stemmed terms (Snowball). Letters, digits and
+/// `_` form terms, so ids such as `conv_8f3a91` stay whole; terms with a digit or an
+/// underscore are identifiers and are not stemmed. Stop words are kept.
 pub fn tokenize(text: &str) -> Vec<String> {
-    text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .filter(|t| !t.is_empty() && t.len() <= 64)
-        .map(|t| t.to_lowercase())
-        .collect()
+    thread_local! {
+        static STEMMER: rust_stemmers::Stemmer = rust_stemmers::Stemmer::create(rust_stemmers::Algorithm::English);
+    }
+    STEMMER.with(|stemmer| {
+        text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .filter(|t| !t.is_empty() && t.len() <= 64)
+            .map(|t| {
+                let lower = t.to_lowercase();
+                if lower.chars().any(|c| c.is_ascii_digit() || c == '_') {
+                    lower
+                } else {
+                    stemmer.stem(&lower).into_owned()
+                }
+            })
+            .collect()
+    })
 }
 
 /// L2-normalise; `None` for a zero or non-finite vector.
@@ -306,12 +319,14 @@ mod tests {
     }
 
     #[test]
-    fn tokenizer_keeps_identifiers_and_lowercases() {
+    fn tokenizer_keeps_identifiers_lowercases_and_stems() {
         assert_eq!(
             tokenize("See conv_8f3a91, in /src/Main.rs!"),
             vec!["see", "conv_8f3a91", "in", "src", "main", "rs"]
         );
         assert_eq!(tokenize("Café ÜBER"), vec!["café", "über"]);
+        assert_eq!(tokenize("Camping trips, deployed deploys"), vec!["camp", "trip", "deploy", "deploy"]);
+        assert_eq!(tokenize("build_2024s v2s"), vec!["build_2024s", "v2s"], "identifiers are not stemmed");
     }
 
     #[test]

@@ -25,6 +25,38 @@ pub enum Which {
         #[arg(long, default_value_t = 1000)]
         singles: usize,
     },
+    /// Sentences per second of the local encoder at several batch sizes.
+    Embed {
+        /// Sentences encoded per measurement.
+        #[arg(long, default_value_t = 256)]
+        sentences: usize,
+        /// Fewest words in a generated sentence.
+        #[arg(long, default_value_t = 8)]
+        min_words: usize,
+        /// Most words in a generated sentence.
+        #[arg(long, default_value_t = 24)]
+        max_words: usize,
+    },
+    /// Evidence recall@1/5/10 on LoCoMo for dense-only, BM25-only and hybrid search.
+    Locomo {
+        /// The LoCoMo folder (NN.json files).
+        #[arg(long)]
+        data: std::path::PathBuf,
+        /// What each memory's indexed text holds besides the turn itself.
+        #[arg(long, value_enum, default_value_t = LocomoText::Speaker)]
+        text: LocomoText,
+    },
+}
+
+/// The indexed text of a LoCoMo turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LocomoText {
+    /// The turn's text only (no speaker, no photo caption).
+    Plain,
+    /// `Speaker: text` (plus the shared photo's caption, if any).
+    Speaker,
+    /// `Speaker (session date): text` (plus the caption).
+    SpeakerDate,
 }
 
 /// A small deterministic generator (xorshift64*), so runs are comparable.
@@ -174,6 +206,8 @@ pub fn run(which: Which, config: &Config) -> Result<(), String> {
         Which::Ingest { count, batch, concurrency, singles } => {
             rt.block_on(ingest(config, count, batch, concurrency, singles))
         }
+        Which::Embed { sentences, min_words, max_words } => embed(config, sentences, min_words, max_words),
+        Which::Locomo { data, text } => locomo(config, &data, text),
     }
 }
 
@@ -294,5 +328,205 @@ async fn ingest(config: &Config, count: usize, batch: usize, concurrency: usize,
         "stored": stats["memories"],
     });
     println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+fn load_encoder(config: &Config) -> Result<memhub_embed::MiniLmEncoder, String> {
+    let dir = config.model_dir();
+    memhub_embed::MiniLmEncoder::load(&dir)
+        .map_err(|e| format!("{e}; install the model with scripts/fetch-model.sh or set MEMHUB_MODEL_DIR"))
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn embed(config: &Config, sentences: usize, min_words: usize, max_words: usize) -> Result<(), String> {
+    use memhub_types::Embedder;
+    let t = Instant::now();
+    let encoder = load_encoder(config)?;
+    let load_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let mut rng = Rng(42);
+    let span = max_words.max(min_words) - min_words + 1;
+    let texts: Vec<String> = (0..sentences)
+        .map(|_| {
+            let n = min_words.max(1) + (rng.next() % span as u64) as usize;
+            (0..n).map(|_| WORDS[(rng.next() % WORDS.len() as u64) as usize]).collect::<Vec<_>>().join(" ")
+        })
+        .collect();
+    let tokens: usize = texts.iter().map(|t| encoder.token_count(t).unwrap_or(0)).sum();
+    let mut rows = Vec::new();
+    for batch in [1usize, 8, 32] {
+        let mut rates = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            for chunk in texts.chunks(batch) {
+                let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                encoder.embed(&refs).map_err(|e| e.to_string())?;
+            }
+            rates.push(texts.len() as f64 / t.elapsed().as_secs_f64());
+        }
+        let rate = median(rates);
+        rows.push(json!({
+            "batch_size": batch,
+            "sentences_per_second": rate.round(),
+            "tokens_per_second": (rate * tokens as f64 / texts.len() as f64).round(),
+        }));
+    }
+    let report = json!({
+        "model": encoder.model_name(),
+        "model_load_ms": load_ms.round(),
+        "sentences": sentences,
+        "mean_tokens_per_sentence": (tokens as f64 / texts.len() as f64 * 10.0).round() / 10.0,
+        "results": rows,
+    });
+    println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+/// `1:56 pm on 8 May, 2023` -> microseconds.
+fn locomo_time(s: &str) -> Option<i64> {
+    chrono::NaiveDateTime::parse_from_str(s.trim(), "%I:%M %p on %d %B, %Y")
+        .ok()
+        .map(|t| t.and_utc().timestamp_micros())
+}
+
+fn locomo(config: &Config, data: &std::path::Path, text_mode: LocomoText) -> Result<(), String> {
+    use memhub_types::{Embedder, MemoryFilter, NewMemory, SearchRequest};
+    use std::collections::{BTreeMap, HashSet};
+    let encoder: std::sync::Arc<dyn Embedder> = std::sync::Arc::new(load_encoder(config)?);
+    let mut files: Vec<_> = std::fs::read_dir(data)
+        .map_err(|e| format!("{}: {e}", data.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("no LoCoMo .json files in {}", data.display()));
+    }
+    let modes = [("dense", Some(1.0f32)), ("bm25", Some(0.0)), ("hybrid", Some(0.5))];
+    // mode -> category -> sums of recall@1, @5, @10, hit@1, @5, @10, and the question count.
+    // recall@k: the share of a question's evidence turns in the top k; hit@k: 1 if any is.
+    let mut totals: BTreeMap<&str, BTreeMap<String, [f64; 7]>> = BTreeMap::new();
+    let mut latencies: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let engine = memhub_engine::Engine::open_with(
+        dir.path(),
+        config.engine.clone(),
+        memhub_engine::OpenMode::ReadWrite,
+        Some(encoder.clone()),
+    )
+    .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut turns_total = 0;
+    for file in &files {
+        let conv: Value = serde_json::from_str(&std::fs::read_to_string(file).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+        let c = conv.get("conversation").unwrap_or(&conv);
+        let system = format!("locomo-{}", file.file_stem().unwrap_or_default().to_string_lossy());
+        let mut memories = Vec::new();
+        for n in 1.. {
+            let Some(turns) = c.get(format!("session_{n}")).and_then(Value::as_array) else {
+                if n > 60 {
+                    break;
+                }
+                continue;
+            };
+            let date = c.get(format!("session_{n}_date_time")).and_then(Value::as_str).unwrap_or("");
+            let at = locomo_time(date);
+            for (k, t) in turns.iter().enumerate() {
+                let speaker = t["speaker"].as_str().unwrap_or("");
+                let plain = t["text"].as_str().unwrap_or("");
+                let text = match t.get("blip_caption").and_then(Value::as_str) {
+                    Some(caption) => format!("{plain} [shares a photo: {caption}]"),
+                    None => plain.to_string(),
+                };
+                let content = match text_mode {
+                    LocomoText::Plain => plain.to_string(),
+                    LocomoText::Speaker => format!("{speaker}: {text}"),
+                    LocomoText::SpeakerDate => format!("{speaker} ({date}): {text}"),
+                };
+                memories.push(NewMemory {
+                    system_id: Some(system.clone()),
+                    memory_id: Some(t["dia_id"].as_str().map(str::to_owned).unwrap_or_else(|| format!("D{n}:{k}"))),
+                    kind: Some("conversation".into()),
+                    content,
+                    metadata: Some(json!({"speaker": speaker, "session": n}).as_object().cloned().unwrap_or_default()),
+                    created_at: at.map(|a| a + k as i64),
+                    ..Default::default()
+                });
+            }
+        }
+        turns_total += memories.len();
+        for chunk in memories.chunks(256) {
+            let texts: Vec<&str> = chunk.iter().map(|m| m.content.as_str()).collect();
+            let vectors = encoder.embed(&texts).map_err(|e| e.to_string())?;
+            let batch: Vec<NewMemory> =
+                chunk.iter().cloned().zip(vectors).map(|(m, v)| NewMemory { embedding: Some(v), ..m }).collect();
+            for r in
+                engine.store_batch(batch, memhub_types::memory::IngestionMethod::Import).map_err(|e| e.to_string())?
+            {
+                r.map_err(|e| e.to_string())?;
+            }
+        }
+        let known: HashSet<String> = memories.iter().filter_map(|m| m.memory_id.clone()).collect();
+        for qa in conv["qa"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            let evidence: Vec<String> = qa["evidence"]
+                .as_array()
+                .map(|e| {
+                    e.iter().filter_map(Value::as_str).map(str::to_owned).filter(|id| known.contains(id)).collect()
+                })
+                .unwrap_or_default();
+            let question = qa["question"].as_str().unwrap_or("");
+            if evidence.is_empty() || question.is_empty() {
+                continue;
+            }
+            let category = format!("cat{}", qa["category"].as_u64().unwrap_or(0));
+            for (mode, ratio) in modes {
+                let req = SearchRequest {
+                    query: question.to_string(),
+                    limit: Some(10),
+                    semantic_ratio: ratio,
+                    filter: MemoryFilter { system_id: Some(system.clone()), ..Default::default() },
+                    ..Default::default()
+                };
+                let t = Instant::now();
+                let found = engine.search(memhub_types::DEFAULT_TENANT, &req).map_err(|e| e.to_string())?;
+                latencies.entry(mode).or_default().push(t.elapsed().as_secs_f64() * 1000.0);
+                let ids: Vec<&str> = found.results.iter().map(|h| h.memory.memory_id.as_str()).collect();
+                let found_in = |k: usize| evidence.iter().filter(|e| ids.iter().take(k).any(|id| id == e)).count();
+                let recall = |k: usize| found_in(k) as f64 / evidence.len() as f64;
+                let hit = |k: usize| if found_in(k) > 0 { 1.0 } else { 0.0 };
+                for cat in [category.clone(), "overall".to_string()] {
+                    let row = totals.entry(mode).or_default().entry(cat).or_insert([0.0; 7]);
+                    for (slot, value) in
+                        [recall(1), recall(5), recall(10), hit(1), hit(5), hit(10), 1.0].into_iter().enumerate()
+                    {
+                        row[slot] += value;
+                    }
+                }
+            }
+        }
+    }
+    let round = |x: f64| (x * 1000.0).round() / 1000.0;
+    let mut report = serde_json::Map::new();
+    for (mode, cats) in &totals {
+        let mut by_cat = serde_json::Map::new();
+        for (cat, [r1, r5, r10, h1, h5, h10, n]) in cats {
+            by_cat.insert(
+                cat.clone(),
+                json!({"r@1": round(r1 / n), "r@5": round(r5 / n), "r@10": round(r10 / n),
+                       "hit@1": round(h1 / n), "hit@5": round(h5 / n), "hit@10": round(h10 / n), "questions": *n as u64}),
+            );
+        }
+        let lat = latencies.get(mode).cloned().unwrap_or_default();
+        by_cat.insert("search_ms_p50".into(), json!(round(median(lat))));
+        report.insert((*mode).to_string(), Value::Object(by_cat));
+    }
+    report.insert("turns".into(), json!(turns_total));
+    report.insert("text".into(), json!(format!("{text_mode:?}")));
+    report.insert("seconds".into(), json!(round(started.elapsed().as_secs_f64())));
+    println!("{}", serde_json::to_string_pretty(&Value::Object(report)).map_err(|e| e.to_string())?);
     Ok(())
 }
