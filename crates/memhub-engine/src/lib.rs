@@ -18,7 +18,7 @@ mod prepare;
 pub mod store;
 
 pub use embedding::EmbeddingWorker;
-pub use engine::{Engine, ImportReport, Page, Stats, Stored};
+pub use engine::{Engine, ImportReport, Page, Stats, Stored, DEFAULT_SEMANTIC_RATIO};
 pub use prepare::content_hash;
 pub use store::OpenMode;
 

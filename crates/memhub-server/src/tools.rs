@@ -108,7 +108,7 @@ pub fn tool_specs() -> Vec<ToolSpec> {
         "query": {"type": "string", "description": "What to look for, in natural language or keywords."},
         "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10, "description": "Most results to return."},
         "query_embedding": {"type": "array", "items": {"type": "number"}, "description": "Optional query vector; enables semantic (vector) retrieval."},
-        "semantic_ratio": {"type": "number", "minimum": 0, "maximum": 1, "description": "0 = keywords only, 1 = vector only; default 0.5."},
+        "semantic_ratio": {"type": "number", "minimum": 0, "maximum": 1, "description": "0 = keywords only, 1 = vector only; default 0.3."},
         "min_score": {"type": "number", "description": "Drop results whose similarity is below this (0..1)."}
     }));
     filter_properties(&mut search);

@@ -246,7 +246,7 @@ pub struct SearchRequest {
     /// Defaults to 10; at most 1000.
     #[serde(default)]
     pub limit: Option<usize>,
-    /// 0 = keyword only, 1 = vector only; default 0.5.
+    /// 0 = keyword only, 1 = vector only; default 0.3 (the keyword retriever weighs more).
     #[serde(default)]
     pub semantic_ratio: Option<f32>,
     /// Drop hits whose `similarity` is below this (0..1).

