@@ -32,26 +32,28 @@ pub fn tokenize(text: &str) -> Vec<String> {
     })
 }
 
-/// Lucene's English stop words. They stay in the index (so a query made only of
-/// them still finds its text) but a query's scoring ignores them when it has other
-/// terms, so a match on "a" or "the" alone never ranks.
+/// Lucene's English stop words. They stay in the index and in a query's scoring,
+/// but a document that matches only stop words of a query that has other terms is
+/// not a hit: a match on "a" or "the" alone never ranks.
 const STOP_WORDS: &[&str] = &[
     "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not", "of",
     "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was", "will", "with",
 ];
 
-/// The distinct terms a query is scored by: its non-stop-word terms, or all of its
-/// terms when it has nothing else.
-pub fn query_terms(query: &str) -> Vec<String> {
+/// A query's distinct terms, each with whether it is a content (non-stop) term. When
+/// the query has no content term, every term counts as one.
+pub fn query_terms(query: &str) -> Vec<(String, bool)> {
     let mut seen = HashSet::new();
     let terms: Vec<String> = tokenize(query).into_iter().filter(|t| seen.insert(t.clone())).collect();
     let stop: HashSet<String> = STOP_WORDS.iter().flat_map(|w| tokenize(w)).collect();
-    let content: Vec<String> = terms.iter().filter(|t| !stop.contains(*t)).cloned().collect();
-    if content.is_empty() {
-        terms
-    } else {
-        content
-    }
+    let any_content = terms.iter().any(|t| !stop.contains(t));
+    terms
+        .into_iter()
+        .map(|t| {
+            let content = !any_content || !stop.contains(&t);
+            (t, content)
+        })
+        .collect()
 }
 
 /// L2-normalise; `None` for a zero or non-finite vector.
@@ -214,9 +216,10 @@ impl MemoryIndex {
         }
         let n_docs = self.docs.len() as f32;
         let avg_len = (self.total_len as f32 / n_docs).max(1.0);
-        let mut scores: HashMap<i64, (f32, u32)> = HashMap::new();
+        // seq -> (score, terms matched, a content term matched)
+        let mut scores: HashMap<i64, (f32, u32, bool)> = HashMap::new();
         let mut in_scope: HashMap<i64, bool> = HashMap::new();
-        for term in &terms {
+        for (term, content) in &terms {
             let Some(posting) = self.postings.get(term) else {
                 continue;
             };
@@ -233,11 +236,13 @@ impl MemoryIndex {
                 let e = scores.entry(seq).or_default();
                 e.0 += s;
                 e.1 += 1;
+                e.2 |= *content;
             }
         }
         let mut hits: Vec<TextHit> = scores
             .into_iter()
-            .map(|(seq, (bm25, matched))| TextHit { seq, bm25, coverage: matched as f32 / terms.len() as f32 })
+            .filter(|(_, (_, _, content))| *content)
+            .map(|(seq, (bm25, matched, _))| TextHit { seq, bm25, coverage: matched as f32 / terms.len() as f32 })
             .collect();
         top_n(&mut hits, n, |h| (h.bm25, h.seq));
         hits
@@ -349,9 +354,14 @@ mod tests {
     }
 
     #[test]
-    fn query_terms_drop_stop_words_unless_nothing_else_is_left() {
-        assert_eq!(query_terms("Is the cat on a mat?"), vec!["cat", "mat"]);
-        assert_eq!(query_terms("to be or not to be"), vec!["to", "be", "or", "not"]);
+    fn a_stop_word_alone_is_not_a_match_but_still_scores() {
+        let content = |q: &str| query_terms(q).into_iter().filter(|t| t.1).map(|t| t.0).collect::<Vec<_>>();
+        assert_eq!(content("Is the cat on a mat?"), vec!["cat", "mat"]);
+        assert_eq!(
+            content("to be or not to be"),
+            vec!["to", "be", "or", "not"],
+            "all-stop-word queries keep every term"
+        );
         let mut idx = MemoryIndex::default();
         idx.upsert(1, &memory("t", "s", "A man is playing a guitar", 1));
         idx.upsert(2, &memory("t", "s", "To be or not to be", 2));
@@ -359,6 +369,11 @@ mod tests {
         let scope = Scope { tenant: "t", filter: &all, now: 0 };
         assert!(idx.text_search("someone having a meal", scope, 10).is_empty(), "a stop word alone does not match");
         assert_eq!(idx.text_search("to be", scope, 10)[0].seq, 2);
+        // Stop words still add to the score of a document that matches a content term.
+        idx.upsert(3, &memory("t", "s", "the guitar", 3));
+        idx.upsert(4, &memory("t", "s", "guitar", 4));
+        let hits = idx.text_search("the guitar", scope, 10);
+        assert_eq!(hits.iter().map(|h| h.seq).collect::<Vec<_>>()[0], 3, "{hits:?}");
     }
 
     #[test]
