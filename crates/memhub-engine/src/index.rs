@@ -45,7 +45,10 @@ const STOP_WORDS: &[&str] = &[
 pub fn query_terms(query: &str) -> Vec<(String, bool)> {
     let mut seen = HashSet::new();
     let terms: Vec<String> = tokenize(query).into_iter().filter(|t| seen.insert(t.clone())).collect();
-    let stop: HashSet<String> = STOP_WORDS.iter().flat_map(|w| tokenize(w)).collect();
+    // The stop words as the tokenizer writes them (stemmed), computed once.
+    static STOP: std::sync::LazyLock<HashSet<String>> =
+        std::sync::LazyLock::new(|| STOP_WORDS.iter().flat_map(|w| tokenize(w)).collect());
+    let stop = &*STOP;
     let any_content = terms.iter().any(|t| !stop.contains(t));
     terms
         .into_iter()
