@@ -594,6 +594,15 @@ impl Engine {
         }
         let min = req.min_score.unwrap_or(f32::MIN);
         let mut ranked: Vec<Candidate> = fused.into_values().filter(|c| c.similarity >= min).collect();
+        if let Some(half_life) = req.recency_half_life {
+            let index = self.index();
+            for c in &mut ranked {
+                if let Some(d) = index.get(c.seq) {
+                    let age_seconds = ((scope.now - d.created_at).max(0) as f64) / 1e6;
+                    c.score *= 0.5f64.powf(age_seconds / half_life) as f32;
+                }
+            }
+        }
         ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.seq.cmp(&a.seq)));
         // Near-duplicates (same content) collapse to the best-ranked one.
         let mut seen = HashSet::new();

@@ -187,3 +187,53 @@ fn an_embedder_of_another_dimension_is_refused_at_open() {
         Engine::open_with(dir.path(), cfg, OpenMode::ReadWrite, Some(std::sync::Arc::new(ToyEmbedder))).err().unwrap();
     assert!(err.to_string().contains("embedding_dim = 3"), "{err}");
 }
+
+#[test]
+fn recency_half_life_favours_newer_memories() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(), OpenMode::ReadWrite).unwrap();
+    let now = memhub_types::time::now_micros();
+    let day = 86_400_000_000i64;
+    // The newer one is written first, so without recency the older (later seq) wins the tie.
+    for (id, age_days) in [("new", 1), ("old", 30)] {
+        let m = NewMemory {
+            created_at: Some(now - age_days * day),
+            embedding: None,
+            ..new("t", id, "quarterly planning notes")
+        };
+        engine.store_memory(m, IngestionMethod::Rest).unwrap();
+    }
+    let search = |half_life: Option<f64>| {
+        let req = SearchRequest { query: "planning".into(), recency_half_life: half_life, ..Default::default() };
+        engine.search("t", &req).unwrap().results.into_iter().map(|h| (h.memory.memory_id, h.score)).collect::<Vec<_>>()
+    };
+    let plain = search(None);
+    assert_eq!(plain.len(), 1, "same content collapses: {plain:?}");
+    // Distinct contents so both come back.
+    engine
+        .store_memory(
+            NewMemory {
+                created_at: Some(now - 30 * day),
+                embedding: None,
+                ..new("t", "old", "planning notes, quarterly")
+            },
+            IngestionMethod::Rest,
+        )
+        .unwrap();
+    let plain = search(None);
+    assert_eq!(plain[0].0, "old");
+    let recent = search(Some(7.0 * 86_400.0));
+    assert_eq!(recent[0].0, "new", "{recent:?}");
+    assert!(recent[1].1 < plain[0].1 / 8.0, "30 days is over 4 half-lives: {recent:?}");
+
+    let parsed: SearchRequest =
+        serde_json::from_value(serde_json::json!({"query": "x", "recency_half_life": "7d"})).unwrap();
+    assert_eq!(parsed.recency_half_life, Some(604_800.0));
+    let parsed: SearchRequest =
+        serde_json::from_value(serde_json::json!({"query": "x", "recency_half_life": 90})).unwrap();
+    assert_eq!(parsed.recency_half_life, Some(90.0));
+    for bad in [serde_json::json!("soon"), serde_json::json!(-5), serde_json::json!("3y")] {
+        assert!(serde_json::from_value::<SearchRequest>(serde_json::json!({"query": "x", "recency_half_life": bad}))
+            .is_err());
+    }
+}

@@ -61,6 +61,12 @@ pub(crate) fn decode_json<'de, T: serde::Deserialize<'de>>(
     })
 }
 
+/// Deserialize a JSON body: plain serde on the hot path; on failure, decode again
+/// with path tracking so the error names the field.
+pub(crate) fn decode_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(bytes).or_else(|_| decode_json(&mut serde_json::Deserializer::from_slice(bytes)))
+}
+
 async fn not_found() -> rest::ApiError {
     rest::ApiError(Error::new(ErrorCode::NotFound, "no such route; see /openapi.json"))
 }

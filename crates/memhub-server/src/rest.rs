@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::{blocking, decode_json, AppState};
+use crate::{blocking, decode_json, decode_slice, AppState};
 
 /// The one mapping from the error catalogue to HTTP: status from the code, body
 /// `{"error":{"code","type","message","field"}}`.
@@ -48,23 +48,47 @@ type ApiResult<T> = Result<T, ApiError>;
 /// (`memories[3].embedding`), unlike axum's plain-text rejections.
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = read_body(req, state).await?;
-        Ok(ApiJson(decode_json(&mut serde_json::Deserializer::from_slice(&bytes))?))
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = read_body(req, state.config.max_body_bytes).await?;
+        Ok(ApiJson(decode_slice(&bytes)?))
     }
 }
 
-async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
-        ApiError(if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Error::new(ErrorCode::PayloadTooLarge, "request body is over the size limit")
-        } else {
-            Error::new(ErrorCode::InvalidJson, format!("cannot read the request body: {rejection}"))
-        })
-    })
+/// Read a request body of at most `limit` bytes. A larger body is still read (and
+/// discarded) up to four times the limit before the 413 answer: closing a connection
+/// with unread data makes TCP reset it, and the client would see the reset instead
+/// of the error.
+async fn read_body(req: Request, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let too_large =
+        || ApiError(Error::new(ErrorCode::PayloadTooLarge, format!("request body is over the limit of {limit} bytes")));
+    let drain_cap = limit.saturating_mul(4);
+    let declared = req.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    if declared.is_some_and(|n: usize| n > drain_cap) {
+        return Err(too_large());
+    }
+    let mut body = req.into_body();
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError(Error::new(ErrorCode::InvalidJson, format!("cannot read the request body: {e}"))))?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total <= limit {
+                buf.extend_from_slice(&data);
+            } else if total > drain_cap {
+                break;
+            }
+        }
+    }
+    if total > limit {
+        return Err(too_large());
+    }
+    Ok(buf.freeze())
 }
 
 /// The tenant a request reads or writes: `X-Memhub-Tenant`, else `default`.
@@ -130,26 +154,25 @@ pub struct BatchRequest {
 #[utoipa::path(post, path = "/v1/memories/batch", request_body = BatchRequest,
     responses((status = 200, description = "{status, total, stored, failed, errors[], results[], stored_at}"), (status = 413, description = "batch too large")))]
 pub async fn create_batch(State(state): State<AppState>, headers: HeaderMap, req: Request) -> ApiResult<Json<Value>> {
-    let bytes = read_body(req, &state).await?;
+    let bytes = read_body(req, state.config.max_body_bytes).await?;
     // Fast path: every item is a valid `NewMemory`. Otherwise parse item by item so
     // one bad item is reported without refusing the others.
     #[derive(Deserialize)]
     struct TypedBatch {
         memories: Vec<NewMemory>,
     }
-    let parsed: Vec<Result<NewMemory, Error>> =
-        match decode_json::<TypedBatch>(&mut serde_json::Deserializer::from_slice(&bytes)) {
-            Ok(batch) => batch.memories.into_iter().map(Ok).collect(),
-            Err(_) => {
-                let batch: BatchRequest = decode_json(&mut serde_json::Deserializer::from_slice(&bytes))?;
-                batch
-                    .memories
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, item)| decode_json::<NewMemory>(item).map_err(|e| e.within(&format!("memories[{i}]"))))
-                    .collect()
-            }
-        };
+    let parsed: Vec<Result<NewMemory, Error>> = match serde_json::from_slice::<TypedBatch>(&bytes) {
+        Ok(batch) => batch.memories.into_iter().map(Ok).collect(),
+        Err(_) => {
+            let batch: BatchRequest = decode_slice(&bytes)?;
+            batch
+                .memories
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| decode_json::<NewMemory>(item).map_err(|e| e.within(&format!("memories[{i}]"))))
+                .collect()
+        }
+    };
     let max = state.engine.config().max_batch;
     let total = parsed.len();
     if total > max {

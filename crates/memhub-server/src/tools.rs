@@ -109,7 +109,8 @@ pub fn tool_specs() -> Vec<ToolSpec> {
         "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10, "description": "Most results to return."},
         "query_embedding": {"type": "array", "items": {"type": "number"}, "description": "Optional query vector; enables semantic (vector) retrieval."},
         "semantic_ratio": {"type": "number", "minimum": 0, "maximum": 1, "description": "0 = keywords only, 1 = vector only; default 0.3."},
-        "min_score": {"type": "number", "description": "Drop results whose similarity is below this (0..1)."}
+        "min_score": {"type": "number", "description": "Drop results whose similarity is below this (0..1)."},
+        "recency_half_life": {"type": ["string", "number"], "description": "Favour recent memories: scores halve every this long (seconds, or e.g. \"12h\", \"7d\")."}
     }));
     filter_properties(&mut search);
     let mut list = props(json!({

@@ -255,8 +255,62 @@ pub struct SearchRequest {
     /// Include each hit's embedding in the response.
     #[serde(default)]
     pub include_embedding: bool,
+    /// Favour recent memories: each hit's score is multiplied by
+    /// `0.5^(age / half_life)` (age from `created_at`). Seconds, or a string such as
+    /// `"90s"`, `"30m"`, `"12h"`, `"7d"`, `"2w"`.
+    #[serde(default, with = "half_life")]
+    #[schema(value_type = Option<String>)]
+    pub recency_half_life: Option<f64>,
     #[serde(flatten)]
     pub filter: MemoryFilter,
+}
+
+/// Serde adapter: a half-life in seconds, written as a number or as `<n><s|m|h|d|w>`.
+mod half_life {
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(x) => s.serialize_f64(*x),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(f64),
+            Text(String),
+        }
+        let seconds = match Option::<Raw>::deserialize(d)? {
+            None => return Ok(None),
+            Some(Raw::Seconds(x)) => x,
+            Some(Raw::Text(t)) => parse(&t).ok_or_else(|| {
+                D::Error::custom(format!("invalid duration {t:?}: use seconds or a number with s, m, h, d or w"))
+            })?,
+        };
+        if seconds.is_finite() && seconds > 0.0 {
+            Ok(Some(seconds))
+        } else {
+            Err(D::Error::custom("must be a positive duration"))
+        }
+    }
+
+    fn parse(t: &str) -> Option<f64> {
+        let t = t.trim();
+        let (number, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic())?);
+        let n: f64 = number.trim().parse().ok()?;
+        let scale = match unit {
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "d" => 86_400.0,
+            "w" => 604_800.0,
+            _ => return None,
+        };
+        Some(n * scale)
+    }
 }
 
 /// One search result: the memory plus how it scored.
