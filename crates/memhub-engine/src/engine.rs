@@ -341,9 +341,9 @@ impl Engine {
         Ok(stored)
     }
 
-    /// Store many memories in one durable transaction. Items that fail validation
-    /// are reported (by position) and skipped; the others are all written or, if
-    /// the store fails, none is.
+    /// Store many memories in one durable transaction. An item that fails validation
+    /// gets its error at its position in the result and is skipped; the others are all
+    /// written or, if the store fails, none is.
     pub fn store_batch(&self, items: Vec<NewMemory>, method: IngestionMethod) -> Result<Vec<Result<Stored>>> {
         if items.len() > self.config.max_batch {
             return Err(Error::field(
@@ -354,14 +354,10 @@ impl Engine {
         }
         let now = now_micros();
         let registry = self.registry();
-        let prepared: Vec<Result<Prepared>> = items
-            .into_iter()
-            .enumerate()
-            .map(|(i, new)| {
-                prepare::prepare(new, method, &self.config, &registry, now)
-                    .map_err(|e| e.within(&format!("memories[{i}]")))
-            })
-            .collect();
+        // Item errors name fields within the item; the caller knows each item's position
+        // in its own request and prefixes it.
+        let prepared: Vec<Result<Prepared>> =
+            items.into_iter().map(|new| prepare::prepare(new, method, &self.config, &registry, now)).collect();
         drop(registry);
         let mut results: Vec<Option<Result<Stored>>> = Vec::with_capacity(prepared.len());
         let mut valid = Vec::new();

@@ -213,10 +213,7 @@ pub async fn create_batch(State(state): State<AppState>, headers: HeaderMap, req
                 items.push(json!({"index": i, "id": s.memory.id, "memory_id": s.memory.memory_id, "status": s.outcome}))
             }
             Err(e) => {
-                let e = match e.field.as_deref() {
-                    Some(f) if f.starts_with("memories[") => e,
-                    _ => e.within(&format!("memories[{i}]")),
-                };
+                let e = e.within(&format!("memories[{i}]"));
                 errors.push((i, json!({"index": i, "code": e.code.as_str(), "error": e.message()})))
             }
         }

@@ -119,6 +119,14 @@ async fn batch_writes_valid_items_in_one_transaction_and_reports_the_rest() {
         out["errors"].as_array().unwrap().iter().map(|e| e["error"].as_str().unwrap().to_string()).collect();
     assert!(fields[0].starts_with("memories[1].embedding"), "{fields:?}");
     assert!(fields[1].contains("memories[2]") && fields[1].contains("unknown_field"), "{fields:?}");
+    // An unparseable item before an invalid one must not shift the reported index.
+    let shifted = json!({"memories": [
+        {"content": "x", "bogus": true},
+        {"content": "y", "embedding": [1.0]},
+    ]});
+    let (_, out) = http.post("/v1/memories/batch", &shifted).await;
+    let messages: Vec<&str> = out["errors"].as_array().unwrap().iter().map(|e| e["error"].as_str().unwrap()).collect();
+    assert!(messages[1].starts_with("memories[1].embedding: "), "{messages:?}");
     let too_many: Vec<Value> = (0..1001).map(|i| json!({"content": format!("m{i}")})).collect();
     let (status, out) = http.post("/v1/memories/batch", &json!({"memories": too_many})).await;
     assert_eq!((status, out["error"]["code"].as_str()), (413, Some("batch_too_large")));
