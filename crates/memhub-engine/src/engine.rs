@@ -319,9 +319,9 @@ impl Engine {
         Ok((seq, Stored { outcome: StoreOutcome::Updated, memory }))
     }
 
-    fn changed(written: &[(i64, Stored)]) -> Vec<(i64, Option<&Memory>)> {
+    fn changed<'a>(written: impl IntoIterator<Item = &'a (i64, Stored)>) -> Vec<(i64, Option<&'a Memory>)> {
         written
-            .iter()
+            .into_iter()
             .filter(|(_, s)| s.outcome != StoreOutcome::Unchanged)
             .map(|(seq, s)| (*seq, Some(&s.memory)))
             .collect()
@@ -378,10 +378,7 @@ impl Engine {
                         .map(|(i, p)| Self::write_prepared(tx, p).map(|w| (i, w)))
                         .collect::<Result<Vec<_>>>()
                 },
-                |written| {
-                    let w: Vec<(i64, Stored)> = written.iter().map(|(_, w)| w.clone()).collect();
-                    self.apply(&Self::changed(&w));
-                },
+                |written| self.apply(&Self::changed(written.iter().map(|(_, w)| w))),
             )?;
             for (i, (_, stored)) in written {
                 results[i] = Some(Ok(stored));
