@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::http::{header, HeaderMap, Method, Request};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use memhub_engine::Engine;
 use memhub_types::{Error, ErrorCode};
 use rmcp::model::{
@@ -29,8 +29,9 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
 use serde_json::{json, Map, Value};
 
+use crate::rest::{read_body, ApiError};
 use crate::tools::{call_tool, tool_specs, ToolOutput};
-use crate::{rest::ApiError, AppState};
+use crate::AppState;
 
 /// The rmcp handler: lists the catalogue and dispatches calls.
 #[derive(Clone)]
@@ -163,20 +164,14 @@ fn call_params(body: &Value) -> Result<(String, Map<String, Value>), Error> {
 
 /// `POST/GET/DELETE /mcp` (and `/mcp/mcp/v1`): the compatibility paths first, then rmcp.
 pub async fn mcp_endpoint(State(state): State<AppState>, req: Request<Body>) -> Response {
-    if req.method() != Method::POST {
-        return forward(&state, req).await;
-    }
     let (parts, body) = req.into_parts();
-    let bytes = match Limited::new(body, state.config.max_body_bytes).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return ApiError(Error::new(
-                ErrorCode::PayloadTooLarge,
-                format!("request body is over the limit of {} bytes", state.config.max_body_bytes),
-            ))
-            .into_response()
-        }
+    let bytes = match read_body(&parts.headers, body, state.config.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
     };
+    if parts.method != Method::POST {
+        return forward(&state, parts, bytes).await;
+    }
     let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
     let has_session = parts.headers.contains_key("mcp-session-id");
     if let Some(body) = parsed.as_ref().filter(|b| b.is_object()) {
@@ -191,7 +186,7 @@ pub async fn mcp_endpoint(State(state): State<AppState>, req: Request<Body>) -> 
             }
         }
     }
-    forward(&state, Request::from_parts(parts, Body::from(bytes))).await
+    forward(&state, parts, bytes).await
 }
 
 async fn bare_call(state: &AppState, method: &str, body: &Value) -> Response {
@@ -227,13 +222,9 @@ async fn stateless_jsonrpc(state: &AppState, method: &str, id: Value, body: &Val
     }
 }
 
-async fn forward(state: &AppState, req: Request<Body>) -> Response {
+/// Hand a request whose body is already read to rmcp.
+async fn forward(state: &AppState, parts: axum::http::request::Parts, bytes: Bytes) -> Response {
     use tower::ServiceExt as _;
-    let (parts, body) = req.into_parts();
-    let bytes = match Limited::new(body, state.config.max_body_bytes).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
-    };
     let req = Request::from_parts(parts, Full::<Bytes>::new(bytes));
     match state.mcp.clone().oneshot(req).await {
         Ok(resp) => resp.map(Body::new),

@@ -52,7 +52,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let bytes = read_body(req, state.config.max_body_bytes).await?;
+        let (parts, body) = req.into_parts();
+        let bytes = read_body(&parts.headers, body, state.config.max_body_bytes).await?;
         Ok(ApiJson(decode_slice(&bytes)?))
     }
 }
@@ -61,16 +62,20 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
 /// discarded) up to four times the limit before the 413 answer: closing a connection
 /// with unread data makes TCP reset it, and the client would see the reset instead
 /// of the error.
-async fn read_body(req: Request, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
     use http_body_util::BodyExt;
     let too_large =
         || ApiError(Error::new(ErrorCode::PayloadTooLarge, format!("request body is over the limit of {limit} bytes")));
     let drain_cap = limit.saturating_mul(4);
-    let declared = req.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    let declared = headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     if declared.is_some_and(|n: usize| n > drain_cap) {
         return Err(too_large());
     }
-    let mut body = req.into_body();
+    let mut body = body;
     let mut buf = bytes::BytesMut::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
@@ -154,7 +159,8 @@ pub struct BatchRequest {
 #[utoipa::path(post, path = "/v1/memories/batch", request_body = BatchRequest,
     responses((status = 200, description = "{status, total, stored, failed, errors[], results[], stored_at}"), (status = 413, description = "batch too large")))]
 pub async fn create_batch(State(state): State<AppState>, headers: HeaderMap, req: Request) -> ApiResult<Json<Value>> {
-    let bytes = read_body(req, state.config.max_body_bytes).await?;
+    let (parts, body) = req.into_parts();
+    let bytes = read_body(&parts.headers, body, state.config.max_body_bytes).await?;
     // Fast path: every item is a valid `NewMemory`. Otherwise parse item by item so
     // one bad item is reported without refusing the others.
     #[derive(Deserialize)]

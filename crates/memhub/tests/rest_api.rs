@@ -85,6 +85,11 @@ async fn bad_input_gets_a_status_and_a_body_naming_the_field() {
     let big = json!({"content": "z".repeat(300_000)}).to_string();
     let (status, out) = http.post_raw("/v1/memories", big, &[("content-type", "application/json")]).await;
     assert_eq!((status, out["error"]["code"].as_str()), (413, Some("payload_too_large")), "{out}");
+    let big_call = json!({"method": "tools/call", "params": {"name": "store_memory",
+        "arguments": {"memory_id": "big", "text": "z".repeat(300_000)}}})
+    .to_string();
+    let (status, out) = http.post_raw("/mcp", big_call, &[("content-type", "application/json")]).await;
+    assert_eq!((status, out["error"]["code"].as_str()), (413, Some("payload_too_large")), "{out}");
     let (status, out) = http.get("/v1/memories/not-a-uuid").await;
     assert_eq!((status, out["error"]["field"].as_str()), (400, Some("id")));
     let (status, out) = http.get("/v1/memories?cursor=garbage").await;
