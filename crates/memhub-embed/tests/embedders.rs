@@ -11,7 +11,11 @@ use serde_json::{json, Value};
 fn reference() -> Value {
     let path = std::env::var("MEMHUB_SHARED_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+        .unwrap_or_else(|_| {
+            // Read at run time: the target dir is shared between checkouts.
+            let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+            crate_dir.unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()).join("../../../shared")
+        })
         .join("data/minilm_reference.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()

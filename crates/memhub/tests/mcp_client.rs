@@ -7,13 +7,13 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{memhub_bin, model_dir, Server};
+use common::{manifest_dir, memhub_bin, model_dir, Server};
 
 fn python() -> PathBuf {
     if let Ok(p) = std::env::var("MEMHUB_TEST_PYTHON") {
         return p.into();
     }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    let venv = manifest_dir().join("../../.venv/bin/python");
     assert!(
         venv.exists(),
         "the Python MCP SDK is needed for this test: run scripts/test.sh (it creates .venv with `mcp`), \
@@ -23,7 +23,7 @@ fn python() -> PathBuf {
 }
 
 fn run_client(args: &[&str]) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_client.py");
+    let script = manifest_dir().join("tests/mcp_client.py");
     let out = Command::new(python()).arg(script).args(args).output().expect("run the Python MCP client");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -15,6 +15,12 @@ pub fn memhub_bin() -> &'static str {
     env!("CARGO_BIN_EXE_memhub")
 }
 
+/// This crate's directory in the checkout being tested. Read at run time: the
+/// target dir is shared between checkouts, so a compile-time path can name another one.
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
