@@ -76,7 +76,7 @@ pub(crate) async fn read_body(
         return Err(too_large());
     }
     let mut body = body;
-    let mut buf = bytes::BytesMut::new();
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame
