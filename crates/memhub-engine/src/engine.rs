@@ -18,7 +18,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::embedding::EmbeddingQueue;
-use crate::index::{normalized, MemoryIndex, Scope};
+use crate::index::{normalized, DocId, IndexSizes, Indexes};
 use crate::prepare::{self, check_attributes, check_content, check_embedding, check_tags, same_revision, Prepared};
 use crate::store::{self, storage, OpenMode, Store, MEMORY_COLUMNS};
 use crate::EngineConfig;
@@ -51,6 +51,8 @@ pub struct Stats {
     pub entities: i64,
     pub relations: i64,
     pub store_bytes: u64,
+    /// The derived indexes (all tenants): sizes and changes not yet persisted.
+    pub index: IndexSizes,
 }
 
 /// What an import did.
@@ -64,7 +66,8 @@ pub struct ImportReport {
 /// The memhub engine. Thread-safe; share it behind an `Arc`.
 pub struct Engine {
     store: Store,
-    index: RwLock<MemoryIndex>,
+    indexes: Arc<Indexes>,
+    maintainer: Option<std::thread::JoinHandle<()>>,
     registry: RwLock<SchemaRegistry>,
     config: EngineConfig,
     embedder: Option<Arc<dyn Embedder>>,
@@ -97,7 +100,8 @@ struct Candidate {
     score: f32,
     similarity: f32,
     retrievers: Vec<&'static str>,
-    content_hash: String,
+    /// Identifies the content, to collapse duplicates.
+    content_key: u64,
 }
 
 /// The vector retriever's weight in fusion when a search names none (the keyword
@@ -157,7 +161,6 @@ impl Engine {
         }
         let store = Store::open(data_dir, mode)?;
         let mut registry = SchemaRegistry::with_builtins();
-        let mut index = MemoryIndex::default();
         store.read(|conn| {
             let mut st = conn
                 .prepare("SELECT kind, version, description, schema FROM kind_schemas ORDER BY kind, version")
@@ -172,31 +175,40 @@ impl Engine {
                 let schema: Value = serde_json::from_str(&schema).map_err(Error::internal)?;
                 registry.add(KindSchema { kind, version, description, schema, builtin: false })?;
             }
-            index.applied_change =
-                conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM change_log", [], |r| r.get(0)).map_err(storage)?;
-            let mut st = conn.prepare(&format!("SELECT seq, {MEMORY_COLUMNS} FROM memories")).map_err(storage)?;
-            let rows =
-                st.query_map([], |r| Ok((r.get::<_, i64>(0)?, store::memory_from_row(r, 1)?))).map_err(storage)?;
-            for row in rows {
-                let (seq, memory) = row.map_err(storage)?;
-                index.upsert(seq, &memory);
-            }
             Ok(())
         })?;
-        tracing::info!(memories = index.len(), path = %store.path().display(), "store opened");
+        let writable = mode == OpenMode::ReadWrite;
+        let indexes = Arc::new(store.read(|conn| {
+            Indexes::open(
+                &data_dir.join("index"),
+                writable,
+                conn,
+                config.embedding_dim,
+                &config.embedding_model,
+                config.hnsw,
+            )
+        })?);
+        tracing::info!(memories = indexes.read().filters.len(), path = %store.path().display(), "store opened");
+        let maintainer = writable
+            .then(|| {
+                let indexes = indexes.clone();
+                std::thread::Builder::new().name("memhub-index".into()).spawn(move || indexes.maintain())
+            })
+            .transpose()
+            .map_err(Error::internal)?;
         let engine = Engine {
             store,
-            index: RwLock::new(index),
+            indexes,
+            maintainer,
             registry: RwLock::new(registry),
             config,
             embedder,
             embed_queue: EmbeddingQueue::default(),
         };
-        if engine.embedder.is_some() && mode == OpenMode::ReadWrite {
-            let index = engine.index();
-            for (seq, doc) in index.docs() {
-                if doc.model.as_deref() != Some(engine.config.embedding_model.as_str()) {
-                    engine.embed_queue.push(*seq);
+        if engine.embedder.is_some() && writable {
+            for (id, doc) in engine.indexes.read().filters.docs() {
+                if !doc.has_vector {
+                    engine.embed_queue.push(i64::from(id));
                 }
             }
         }
@@ -211,26 +223,25 @@ impl Engine {
         self.registry.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn index(&self) -> std::sync::RwLockReadGuard<'_, MemoryIndex> {
-        self.index.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Apply committed changes to the index: `Some` upserts, `None` removes.
-    fn apply(&self, changes: &[(i64, Option<&Memory>)]) {
-        let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
-        for (seq, memory) in changes {
-            match memory {
-                Some(m) => {
-                    index.upsert(*seq, m);
-                    if self.embedder.is_some()
-                        && m.embedding_model.as_deref() != Some(self.config.embedding_model.as_str())
-                    {
-                        self.embed_queue.push(*seq);
-                    }
+    /// Apply committed changes (made up to store change `change`) to the indexes:
+    /// `Some` upserts, `None` removes. The store has them already, so a failure here
+    /// is logged, not returned: a restart catches the indexes up.
+    fn apply(&self, changes: &[(i64, Option<&Memory>)], change: i64) {
+        if let Err(e) = self.indexes.apply(changes, change) {
+            tracing::error!(error = %e, "index update failed; restart to catch up");
+        }
+        if self.embedder.is_some() {
+            for (seq, m) in changes {
+                if m.is_some_and(|m| m.embedding_model.as_deref() != Some(self.config.embedding_model.as_str())) {
+                    self.embed_queue.push(*seq);
                 }
-                None => index.remove(*seq),
             }
         }
+    }
+
+    /// The derived indexes (for benchmarks and diagnostics).
+    pub fn indexes(&self) -> &Indexes {
+        &self.indexes
     }
 
     /// The server-side embedder, if one is configured.
@@ -283,10 +294,12 @@ impl Engine {
                 }
                 Ok(written)
             },
-            |written| {
-                let changes: Vec<(i64, Option<&Memory>)> =
-                    updated.iter().filter(|(s, _)| written.contains(s)).map(|(s, m)| (*s, Some(m))).collect();
-                self.apply(&changes);
+            |written, change| {
+                for (seq, m) in updated.iter().filter(|(s, _)| written.contains(s)) {
+                    if let Err(e) = self.indexes.apply_vector(*seq, m, change) {
+                        tracing::error!(error = %e, "index update failed; restart to catch up");
+                    }
+                }
             },
         )?;
         Ok(())
@@ -334,7 +347,7 @@ impl Engine {
             .store
             .write_then(
                 |tx| Self::write_prepared(tx, prepared).map(|w| vec![w]),
-                |written| self.apply(&Self::changed(written)),
+                |written, change| self.apply(&Self::changed(written), change),
             )?
             .pop()
             .expect("one write");
@@ -378,7 +391,7 @@ impl Engine {
                         .map(|(i, p)| Self::write_prepared(tx, p).map(|w| (i, w)))
                         .collect::<Result<Vec<_>>>()
                 },
-                |written| self.apply(&Self::changed(written.iter().map(|(_, w)| w))),
+                |written, change| self.apply(&Self::changed(written.iter().map(|(_, w)| w)), change),
             )?;
             for (i, (_, stored)) in written {
                 results[i] = Some(Ok(stored));
@@ -458,7 +471,7 @@ impl Engine {
                     store::delete_memory(tx, seq, id)?;
                     Ok((seq, m))
                 },
-                |(seq, _)| self.apply(&[(*seq, None)]),
+                |(seq, _), change| self.apply(&[(*seq, None)], change),
             )
             .map(|(_, m)| m)
     }
@@ -491,8 +504,10 @@ impl Engine {
     ) -> Result<Page> {
         let limit = check_limit(limit, 50, 1000)?;
         let after = cursor.map(decode_cursor).transpose()?;
-        let scope = Scope { tenant, filter, now: now_micros() };
-        let keys = self.index().list(scope, after, limit + 1);
+        let keys = {
+            let state = self.indexes.read();
+            state.filters.plan(tenant, filter, now_micros()).list(after, limit + 1)
+        };
         let more = keys.len() > limit;
         let keys = &keys[..keys.len().min(limit)];
         let seqs: Vec<i64> = keys.iter().map(|k| k.1).collect();
@@ -537,18 +552,19 @@ impl Engine {
             _ => "keyword",
         };
         let candidates = (limit * 4).max(100);
-        let scope = Scope { tenant, filter: &req.filter, now: now_micros() };
+        let now = now_micros();
 
-        let mut fused: HashMap<i64, Candidate> = HashMap::new();
+        let mut fused: HashMap<DocId, Candidate> = HashMap::new();
         {
-            let index = self.index();
-            let mut add = |seq: i64, rank: usize, weight: f32, similarity: f32, retriever: &'static str| {
-                let c = fused.entry(seq).or_insert_with(|| Candidate {
-                    seq,
+            let state = self.indexes.read();
+            let plan = state.filters.plan(tenant, &req.filter, now);
+            let mut add = |id: DocId, rank: usize, weight: f32, similarity: f32, retriever: &'static str| {
+                let c = fused.entry(id).or_insert_with(|| Candidate {
+                    seq: i64::from(id),
                     score: 0.0,
                     similarity,
                     retrievers: Vec::new(),
-                    content_hash: index.get(seq).map(|d| d.content_hash.clone()).unwrap_or_default(),
+                    content_key: state.filters.get(id).map_or(0, |d| d.content_key),
                 });
                 c.score += weight / (RRF_K + rank as f32);
                 c.retrievers.push(retriever);
@@ -558,48 +574,44 @@ impl Engine {
             };
             if use_text {
                 let w = if use_vector { 1.0 - ratio } else { 1.0 };
-                let hits = index.text_search(&req.query, scope, candidates);
+                let hits = self.indexes.text_search(&state, &req.query, &plan, candidates)?;
                 let ranks = competition_ranks(hits.iter().map(|h| h.bm25));
                 for (hit, rank) in hits.into_iter().zip(ranks) {
-                    add(hit.seq, rank, w, hit.coverage, "text");
+                    add(hit.id, rank, w, hit.coverage, "text");
                 }
             }
             if let Some(q) = query_vector.as_deref().filter(|_| use_vector) {
                 let w = if use_text { ratio } else { 1.0 };
-                let hits = index.vector_search(q, &self.config.embedding_model, scope, candidates);
+                let hits = self.indexes.vector_search(&state, q, &plan, candidates);
                 let ranks = competition_ranks(hits.iter().map(|h| h.1));
-                for ((seq, cos), rank) in hits.into_iter().zip(ranks) {
-                    add(seq, rank, w, cos, "vector");
+                for ((id, cos), rank) in hits.into_iter().zip(ranks) {
+                    add(id, rank, w, cos, "vector");
                 }
             }
             // With a query vector, every hit's similarity is its cosine when it has a
             // vector of the model, so thresholds mean the same for all hits.
             if let Some(q) = query_vector.as_deref() {
-                for c in fused.values_mut().filter(|c| !c.retrievers.contains(&"vector")) {
-                    if let Some(v) = index.get(c.seq).and_then(|d| {
-                        (d.model.as_deref() == Some(self.config.embedding_model.as_str()))
-                            .then_some(d.vector.as_ref())?
-                    }) {
+                for (id, c) in fused.iter_mut().filter(|(_, c)| !c.retrievers.contains(&"vector")) {
+                    if let Some(v) = self.indexes.vector(&state, *id) {
                         c.similarity = v.iter().zip(q).map(|(a, b)| a * b).sum();
+                    }
+                }
+            }
+            if let Some(half_life) = req.recency_half_life {
+                for (id, c) in fused.iter_mut() {
+                    if let Some(d) = state.filters.get(*id) {
+                        let age_seconds = ((now - d.created_at).max(0) as f64) / 1e6;
+                        c.score *= 0.5f64.powf(age_seconds / half_life) as f32;
                     }
                 }
             }
         }
         let min = req.min_score.unwrap_or(f32::MIN);
         let mut ranked: Vec<Candidate> = fused.into_values().filter(|c| c.similarity >= min).collect();
-        if let Some(half_life) = req.recency_half_life {
-            let index = self.index();
-            for c in &mut ranked {
-                if let Some(d) = index.get(c.seq) {
-                    let age_seconds = ((scope.now - d.created_at).max(0) as f64) / 1e6;
-                    c.score *= 0.5f64.powf(age_seconds / half_life) as f32;
-                }
-            }
-        }
         ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.seq.cmp(&a.seq)));
         // Near-duplicates (same content) collapse to the best-ranked one.
         let mut seen = HashSet::new();
-        ranked.retain(|c| seen.insert(c.content_hash.clone()));
+        ranked.retain(|c| seen.insert(c.content_key));
         ranked.truncate(limit);
 
         let seqs: Vec<i64> = ranked.iter().map(|c| c.seq).collect();
@@ -806,32 +818,31 @@ impl Engine {
                     }
                     Ok((report, applied))
                 },
-                |(_, applied)| self.apply(&applied.iter().map(|(s, m)| (*s, Some(m))).collect::<Vec<_>>()),
+                |(_, applied), change| {
+                    self.apply(&applied.iter().map(|(s, m)| (*s, Some(m))).collect::<Vec<_>>(), change)
+                },
             )
             .map(|(report, _)| report)
     }
 
     /// Counts for a tenant.
     pub fn stats(&self, tenant: &str) -> Result<Stats> {
-        let filter = MemoryFilter::default();
-        let scope = Scope { tenant, filter: &filter, now: now_micros() };
+        let (memories, with_embedding, by_kind, by_system) = {
+            let state = self.indexes.read();
+            state.filters.plan(tenant, &MemoryFilter::default(), now_micros()).counts()
+        };
         let mut stats = Stats {
-            memories: 0,
-            with_embedding: 0,
-            by_kind: BTreeMap::new(),
-            by_system: BTreeMap::new(),
+            memories,
+            with_embedding,
+            by_kind,
+            by_system,
             history_versions: 0,
             embedding_backlog: self.embed_queue.len(),
             entities: 0,
             relations: 0,
             store_bytes: 0,
+            index: self.indexes.sizes(),
         };
-        for (_, d) in self.index().docs().filter(|(_, d)| scope.matches(d)) {
-            stats.memories += 1;
-            stats.with_embedding += usize::from(d.vector.is_some());
-            *stats.by_kind.entry(d.kind.clone()).or_default() += 1;
-            *stats.by_system.entry(d.system_id.clone()).or_default() += 1;
-        }
         let count =
             |sql: &str| self.store.read(|c| c.query_row(sql, params![tenant], |r| r.get::<_, i64>(0)).map_err(storage));
         stats.history_versions = count("SELECT COUNT(*) FROM memory_history WHERE tenant = ?1")?;
@@ -846,9 +857,23 @@ impl Engine {
         Ok(stats)
     }
 
-    /// Flush the write-ahead log into the database file (graceful shutdown).
+    /// Bring the persisted indexes up to date and flush the write-ahead log into the
+    /// database file (graceful shutdown).
     pub fn checkpoint(&self) -> Result<()> {
+        self.indexes.flush()?;
         self.store.checkpoint()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.indexes.stop_maintainer();
+        if let Some(handle) = self.maintainer.take() {
+            let _ = handle.join();
+            if let Err(e) = self.indexes.flush() {
+                tracing::warn!(error = %e, "index flush at close failed; the next open catches up");
+            }
+        }
     }
 }
 

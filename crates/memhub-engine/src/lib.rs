@@ -34,6 +34,8 @@ pub struct EngineConfig {
     pub max_content_bytes: usize,
     /// Most memories in one batch.
     pub max_batch: usize,
+    /// Vector graph parameters (changing them rebuilds the graph on next open).
+    pub hnsw: index::HnswParams,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +45,7 @@ impl Default for EngineConfig {
             embedding_model: "all-MiniLM-L6-v2".into(),
             max_content_bytes: 1024 * 1024,
             max_batch: 1000,
+            hnsw: index::HnswParams::default(),
         }
     }
 }

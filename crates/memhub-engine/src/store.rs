@@ -73,6 +73,10 @@ CREATE TABLE IF NOT EXISTS change_log (
     memory_seq INTEGER NOT NULL,
     op TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS store_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS kind_schemas (
     kind TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -230,6 +234,11 @@ impl Store {
                 conn.pragma_update(None, "journal_mode", "WAL").map_err(storage)?;
                 configure(&conn).map_err(storage)?;
                 conn.execute_batch(SCHEMA).map_err(storage)?;
+                conn.execute(
+                    "INSERT OR IGNORE INTO store_meta (key, value) VALUES ('store_id', ?1)",
+                    params![Uuid::now_v7().to_string()],
+                )
+                .map_err(storage)?;
                 conn
             }
             OpenMode::ReadOnly => Self::open_reader(&path)?,
@@ -267,16 +276,22 @@ impl Store {
     }
 
     /// Like [`write`](Self::write) but also runs `after` while the writer is still
-    /// held, so derived indexes are applied in commit order.
-    pub fn write_then<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>, after: impl FnOnce(&T)) -> Result<T> {
+    /// held, so derived indexes are applied in commit order. `after` gets the last
+    /// `change_log` sequence number the transaction left.
+    pub fn write_then<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T>,
+        after: impl FnOnce(&T, i64),
+    ) -> Result<T> {
         if self.mode == OpenMode::ReadOnly {
             return Err(Error::storage("the store is open read-only"));
         }
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(storage)?;
         let out = f(&tx)?;
+        let change = last_change(&tx)?;
         tx.commit().map_err(storage)?;
-        after(&out);
+        after(&out, change);
         Ok(out)
     }
 
@@ -408,6 +423,20 @@ pub(crate) fn delete_memory(tx: &Transaction<'_>, seq: i64, id: &Uuid) -> Result
     tx.execute("DELETE FROM memories WHERE seq = ?1", params![seq]).map_err(storage)?;
     tx.execute("DELETE FROM memory_history WHERE id = ?1", params![id.to_string()]).map_err(storage)?;
     log_change(tx, seq, "delete")
+}
+
+/// The last `change_log` sequence number (0 when none).
+pub(crate) fn last_change(conn: &Connection) -> Result<i64> {
+    conn.prepare_cached("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'change_log'), 0)")
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
+        .map_err(storage)
+}
+
+/// The store's identity: made once, so a derived index can tell it belongs to this
+/// store and not to an older one in the same place.
+pub(crate) fn store_id(conn: &Connection) -> Option<String> {
+    // A store made before store_meta existed has no id until opened read-write.
+    conn.query_row("SELECT value FROM store_meta WHERE key = 'store_id'", [], |r| r.get(0)).ok()
 }
 
 fn log_change(tx: &Transaction<'_>, seq: i64, op: &str) -> Result<()> {

@@ -1,0 +1,448 @@
+//! The filter table: what every retriever needs to decide "visible and matching"
+//! without touching the store. Field values are interned to integers and every
+//! equality field keeps a roaring bitmap of the memories (by store `seq`) that have
+//! each value, so a filter compiles to one bitmap plus a few per-memory checks
+//! (time range, expiry, metadata) — and the bitmap's size is the selectivity the
+//! vector planner needs.
+//!
+//! Rebuilt from the store on open (it reads only metadata columns, not content or
+//! vectors) and updated after each committed write.
+
+use std::collections::{BTreeMap, HashMap};
+
+use memhub_types::{Error, ErrorCode, Memory, MemoryFilter, Result};
+use roaring::RoaringBitmap;
+use serde_json::Value;
+
+/// A memory's store sequence number as the indexes key it.
+pub type DocId = u32;
+
+/// Convert a store `seq` to the indexes' 32-bit key.
+pub fn doc_id(seq: i64) -> Result<DocId> {
+    DocId::try_from(seq).map_err(|_| {
+        Error::new(ErrorCode::InternalError, format!("store sequence {seq} exceeds the index's 32-bit key space"))
+    })
+}
+
+/// The equality-filterable fields, in [`DocMeta::fields`] order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Field {
+    Tenant,
+    System,
+    Kind,
+    User,
+    Agent,
+    Session,
+    Project,
+    Tag,
+}
+
+const SCALAR_FIELDS: [Field; 7] =
+    [Field::Tenant, Field::System, Field::Kind, Field::User, Field::Agent, Field::Session, Field::Project];
+
+/// `0` means "no value" in interned slots.
+const NONE: u32 = 0;
+
+#[derive(Debug, Default)]
+struct Interner {
+    ids: HashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Interner {
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        self.names.push(s.into());
+        let id = self.names.len() as u32;
+        self.ids.insert(s.into(), id);
+        id
+    }
+
+    fn get(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
+    fn name(&self, id: u32) -> &str {
+        id.checked_sub(1).and_then(|i| self.names.get(i as usize)).map_or("", |s| s)
+    }
+}
+
+/// What the table keeps of one memory.
+#[derive(Debug, Clone)]
+pub struct DocMeta {
+    /// Interned tenant, system, kind, user, agent, session, project (`0` = none).
+    fields: [u32; 7],
+    tags: Box<[u32]>,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    /// Interned `(key, canonical JSON value)` of top-level scalar metadata.
+    metadata: Box<[(u32, u32)]>,
+    /// The first 8 bytes of the content hash: enough to collapse duplicates.
+    pub content_key: u64,
+    /// Whether the memory has a vector of the engine's model.
+    pub has_vector: bool,
+}
+
+/// The metadata the table needs, as read from a memory or from the store's columns.
+pub struct MetaSource<'a> {
+    pub tenant: &'a str,
+    pub system_id: &'a str,
+    pub kind: &'a str,
+    pub user_id: Option<&'a str>,
+    pub agent_id: Option<&'a str>,
+    pub session_id: Option<&'a str>,
+    pub project: Option<&'a str>,
+    pub tags: &'a [String],
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub metadata: &'a serde_json::Map<String, Value>,
+    pub content_hash: &'a str,
+    pub has_vector: bool,
+}
+
+impl<'a> MetaSource<'a> {
+    pub fn of(m: &'a Memory, model: &str) -> Self {
+        MetaSource {
+            tenant: &m.tenant,
+            system_id: &m.system_id,
+            kind: &m.kind,
+            user_id: m.user_id.as_deref(),
+            agent_id: m.agent_id.as_deref(),
+            session_id: m.session_id.as_deref(),
+            project: m.project.as_deref(),
+            tags: &m.tags,
+            created_at: m.created_at,
+            expires_at: m.expires_at,
+            metadata: &m.metadata,
+            content_hash: &m.content_hash,
+            has_vector: m.embedding.is_some() && m.embedding_model.as_deref() == Some(model),
+        }
+    }
+}
+
+fn content_key(hash: &str) -> u64 {
+    u64::from_str_radix(hash.get(..16).unwrap_or(hash), 16).unwrap_or_else(|_| {
+        // Not hex (imported data): fold the bytes.
+        hash.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    })
+}
+
+/// The filter table over all memories of the store.
+#[derive(Debug, Default)]
+pub struct FilterTable {
+    interner: Interner,
+    docs: HashMap<DocId, DocMeta>,
+    postings: HashMap<(Field, u32), RoaringBitmap>,
+    /// Memories with an `expires_at`: only these need the expiry check.
+    expiring: RoaringBitmap,
+}
+
+impl FilterTable {
+    pub fn len(&self) -> usize {
+        self.docs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.docs.is_empty()
+    }
+
+    pub fn get(&self, id: DocId) -> Option<&DocMeta> {
+        self.docs.get(&id)
+    }
+
+    pub fn docs(&self) -> impl Iterator<Item = (DocId, &DocMeta)> {
+        self.docs.iter().map(|(id, d)| (*id, d))
+    }
+
+    /// Insert or replace the entry for `id`.
+    pub fn upsert(&mut self, id: DocId, m: &MetaSource<'_>) {
+        self.remove(id);
+        let scalars = [Some(m.tenant), Some(m.system_id), Some(m.kind), m.user_id, m.agent_id, m.session_id, m.project];
+        let mut fields = [NONE; 7];
+        for ((slot, field), value) in fields.iter_mut().zip(SCALAR_FIELDS).zip(scalars) {
+            if let Some(v) = value {
+                *slot = self.interner.intern(v);
+                self.postings.entry((field, *slot)).or_default().insert(id);
+            }
+        }
+        let tags: Box<[u32]> = m.tags.iter().map(|t| self.interner.intern(t)).collect();
+        for &t in &*tags {
+            self.postings.entry((Field::Tag, t)).or_default().insert(id);
+        }
+        let metadata = m
+            .metadata
+            .iter()
+            .filter(|(_, v)| !(v.is_object() || v.is_array()))
+            .map(|(k, v)| (self.interner.intern(k), self.interner.intern(&v.to_string())))
+            .collect();
+        if m.expires_at.is_some() {
+            self.expiring.insert(id);
+        }
+        self.docs.insert(
+            id,
+            DocMeta {
+                fields,
+                tags,
+                created_at: m.created_at,
+                expires_at: m.expires_at,
+                metadata,
+                content_key: content_key(m.content_hash),
+                has_vector: m.has_vector,
+            },
+        );
+    }
+
+    pub fn remove(&mut self, id: DocId) {
+        let Some(d) = self.docs.remove(&id) else { return };
+        let keys = SCALAR_FIELDS.iter().zip(d.fields).filter(|(_, v)| *v != NONE).map(|(f, v)| (*f, v));
+        for key in keys.chain(d.tags.iter().map(|t| (Field::Tag, *t))) {
+            if let Some(b) = self.postings.get_mut(&key) {
+                b.remove(id);
+                if b.is_empty() {
+                    self.postings.remove(&key);
+                }
+            }
+        }
+        self.expiring.remove(id);
+    }
+
+    pub fn set_has_vector(&mut self, id: DocId, has: bool) {
+        if let Some(d) = self.docs.get_mut(&id) {
+            d.has_vector = has;
+        }
+    }
+
+    /// Compile a tenant, a filter and a clock into a [`Plan`]: the one definition of
+    /// "visible and matching" that list, count and every retriever use.
+    pub fn plan(&self, tenant: &str, filter: &MemoryFilter, now: i64) -> Plan<'_> {
+        let mut ids = Vec::new();
+        let mut unknown = false;
+        let mut want = |field: Field, value: Option<&str>| {
+            if let Some(v) = value {
+                match self.interner.get(v) {
+                    Some(i) => ids.push((field, i)),
+                    None => unknown = true,
+                }
+            }
+        };
+        want(Field::Tenant, Some(tenant));
+        want(Field::System, filter.system_id.as_deref());
+        want(Field::Kind, filter.kind.as_deref());
+        want(Field::User, filter.user_id.as_deref());
+        want(Field::Agent, filter.agent_id.as_deref());
+        want(Field::Session, filter.session_id.as_deref());
+        want(Field::Project, filter.project.as_deref());
+        for t in &filter.tags_all {
+            want(Field::Tag, Some(t));
+        }
+        let empty = RoaringBitmap::new();
+        let posting = |key: &(Field, u32)| self.postings.get(key).unwrap_or(&empty);
+        let mut allowed = if unknown {
+            RoaringBitmap::new()
+        } else {
+            // Intersect smallest first.
+            ids.sort_by_key(|k| posting(k).len());
+            let mut it = ids.iter();
+            let mut acc = it.next().map(|k| posting(k).clone()).unwrap_or_default();
+            for k in it {
+                acc &= posting(k);
+            }
+            acc
+        };
+        if !filter.tags.is_empty() {
+            let mut any = RoaringBitmap::new();
+            for t in &filter.tags {
+                if let Some(i) = self.interner.get(t) {
+                    any |= posting(&(Field::Tag, i));
+                }
+            }
+            allowed &= any;
+        }
+        let mut metadata = Vec::new();
+        if let Some(want) = &filter.metadata {
+            for (k, v) in want {
+                match (self.interner.get(k), self.interner.get(&v.to_string())) {
+                    (Some(k), Some(v)) => metadata.push((k, v)),
+                    _ => allowed.clear(),
+                }
+            }
+        }
+        Plan { table: self, allowed, since: filter.since, until: filter.until, now, metadata }
+    }
+}
+
+/// A compiled filter: a bitmap of candidates and the per-memory checks left.
+pub struct Plan<'a> {
+    table: &'a FilterTable,
+    allowed: RoaringBitmap,
+    since: Option<i64>,
+    until: Option<i64>,
+    now: i64,
+    metadata: Vec<(u32, u32)>,
+}
+
+impl Plan<'_> {
+    fn has_residual(&self) -> bool {
+        self.since.is_some() || self.until.is_some() || !self.metadata.is_empty()
+    }
+
+    /// Whether memory `id` is visible and matches.
+    pub fn matches(&self, id: DocId) -> bool {
+        if !self.allowed.contains(id) {
+            return false;
+        }
+        if !self.has_residual() && !self.table.expiring.contains(id) {
+            return true;
+        }
+        self.table.docs.get(&id).is_some_and(|d| self.residual_ok(d))
+    }
+
+    fn residual_ok(&self, d: &DocMeta) -> bool {
+        d.expires_at.is_none_or(|t| t > self.now)
+            && self.since.is_none_or(|s| d.created_at >= s)
+            && self.until.is_none_or(|u| d.created_at < u)
+            && self.metadata.iter().all(|kv| d.metadata.contains(kv))
+    }
+
+    /// An upper bound on the matching memories (exact when only equality filters are set).
+    pub fn estimate(&self) -> u64 {
+        self.allowed.len()
+    }
+
+    /// Matching memories, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = (DocId, &DocMeta)> + '_ {
+        self.allowed
+            .iter()
+            .filter_map(|id| self.table.docs.get(&id).map(|d| (id, d)))
+            .filter(|(id, d)| (!self.has_residual() && !self.table.expiring.contains(*id)) || self.residual_ok(d))
+    }
+
+    pub fn count(&self) -> usize {
+        if !self.has_residual() && self.allowed.is_disjoint(&self.table.expiring) {
+            return self.allowed.len() as usize;
+        }
+        self.iter().count()
+    }
+
+    /// Matching memories newest first (`created_at`, then id), strictly after `cursor`.
+    pub fn list(&self, after: Option<(i64, i64)>, n: usize) -> Vec<(i64, i64)> {
+        let mut keys: Vec<(i64, i64)> =
+            self.iter().map(|(id, d)| (d.created_at, i64::from(id))).filter(|k| after.is_none_or(|c| *k < c)).collect();
+        let n = n.min(keys.len());
+        if n < keys.len() {
+            keys.select_nth_unstable_by(n, |a, b| b.cmp(a));
+            keys.truncate(n);
+        }
+        keys.sort_unstable_by(|a, b| b.cmp(a));
+        keys
+    }
+
+    /// Counts of matching memories: `(total, with a vector, by kind, by system)`.
+    pub fn counts(&self) -> (usize, usize, BTreeMap<String, usize>, BTreeMap<String, usize>) {
+        let (mut total, mut with_vector) = (0, 0);
+        let (mut kinds, mut systems) = (HashMap::<u32, usize>::new(), HashMap::<u32, usize>::new());
+        for (_, d) in self.iter() {
+            total += 1;
+            with_vector += usize::from(d.has_vector);
+            *kinds.entry(d.fields[2]).or_default() += 1;
+            *systems.entry(d.fields[1]).or_default() += 1;
+        }
+        let names =
+            |m: HashMap<u32, usize>| m.into_iter().map(|(k, n)| (self.table.interner.name(k).to_string(), n)).collect();
+        (total, with_vector, names(kinds), names(systems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn meta<'a>(
+        tenant: &'a str,
+        system: &'a str,
+        tags: &'a [String],
+        md: &'a serde_json::Map<String, Value>,
+    ) -> MetaSource<'a> {
+        MetaSource {
+            tenant,
+            system_id: system,
+            kind: "note",
+            user_id: Some("u1"),
+            agent_id: None,
+            session_id: None,
+            project: None,
+            tags,
+            created_at: 100,
+            expires_at: None,
+            metadata: md,
+            content_hash: "00ff",
+            has_vector: false,
+        }
+    }
+
+    #[test]
+    fn a_plan_applies_every_filter_and_tenant_and_expiry() {
+        let tags = vec!["a".to_string(), "b".to_string()];
+        let md = json!({"speaker": "Ann", "n": 1, "nested": {"x": 1}}).as_object().unwrap().clone();
+        let mut t = FilterTable::default();
+        t.upsert(7, &meta("t1", "slack", &tags, &md));
+        t.upsert(8, &meta("t2", "slack", &tags, &md));
+        let all = MemoryFilter::default();
+        let m = |t: &FilterTable, tenant: &str, f: &MemoryFilter, now: i64| t.plan(tenant, f, now).matches(7);
+        assert!(m(&t, "t1", &all, 0));
+        assert!(!m(&t, "t2", &all, 0), "another tenant's plan never matches");
+        assert!(!m(&t, "t3", &all, 0), "an unknown tenant matches nothing");
+        let f = |f: MemoryFilter| m(&t, "t1", &f, 0);
+        assert!(f(MemoryFilter { system_id: Some("slack".into()), ..Default::default() }));
+        assert!(!f(MemoryFilter { system_id: Some("github".into()), ..Default::default() }));
+        assert!(f(MemoryFilter { user_id: Some("u1".into()), ..Default::default() }));
+        assert!(!f(MemoryFilter { user_id: Some("u2".into()), ..Default::default() }));
+        assert!(!f(MemoryFilter { session_id: Some("s".into()), ..Default::default() }));
+        assert!(f(MemoryFilter { tags: vec!["zz".into(), "b".into()], ..Default::default() }));
+        assert!(!f(MemoryFilter { tags: vec!["zz".into()], ..Default::default() }));
+        assert!(f(MemoryFilter { tags_all: vec!["a".into(), "b".into()], ..Default::default() }));
+        assert!(!f(MemoryFilter { tags_all: vec!["a".into(), "zz".into()], ..Default::default() }));
+        assert!(f(MemoryFilter { since: Some(100), until: Some(101), ..Default::default() }));
+        assert!(!f(MemoryFilter { until: Some(100), ..Default::default() }));
+        assert!(!f(MemoryFilter { since: Some(101), ..Default::default() }));
+        let by_meta = |v: Value| MemoryFilter {
+            metadata: Some(json!({"speaker": v}).as_object().unwrap().clone()),
+            ..Default::default()
+        };
+        assert!(f(by_meta(json!("Ann"))));
+        assert!(!f(by_meta(json!("Bob"))));
+        assert!(
+            !f(MemoryFilter { metadata: Some(json!({"n": "1"}).as_object().unwrap().clone()), ..Default::default() }),
+            "types count"
+        );
+        assert_eq!(t.plan("t1", &all, 0).count(), 1);
+
+        let mut expiring = meta("t1", "slack", &tags, &md);
+        expiring.expires_at = Some(50);
+        t.upsert(7, &expiring);
+        assert!(m(&t, "t1", &all, 49));
+        assert!(!m(&t, "t1", &all, 50), "expired at its expires_at");
+        assert_eq!(t.plan("t1", &all, 50).count(), 0);
+        t.remove(7);
+        assert!(!m(&t, "t1", &all, 0));
+        assert!(t.plan("t2", &all, 0).matches(8));
+    }
+
+    #[test]
+    fn list_pages_newest_first() {
+        let md = serde_json::Map::new();
+        let mut t = FilterTable::default();
+        for id in 1..=5u32 {
+            let mut m = meta("t", "s", &[], &md);
+            m.created_at = i64::from(id) * 10;
+            t.upsert(id, &m);
+        }
+        let plan = t.plan("t", &MemoryFilter::default(), 0);
+        let page = plan.list(None, 2);
+        assert_eq!(page, vec![(50, 5), (40, 4)]);
+        assert_eq!(plan.list(Some(page[1]), 10), vec![(30, 3), (20, 2), (10, 1)]);
+    }
+}

@@ -1,0 +1,470 @@
+//! The derived indexes. The store is the only source of truth; everything here is
+//! rebuilt or caught up from it:
+//!
+//! - [`FilterTable`]: metadata of every memory with a bitmap per field value; rebuilt
+//!   from the store's metadata columns on open (no content, no vectors).
+//! - [`TextIndex`] (tantivy BM25) and [`VectorIndex`] (usearch HNSW): persisted in
+//!   `data_dir/index/`, each with a [`Checkpoint`] of the last store change it holds;
+//!   on open they take only the changes after it.
+//! - [`PendingText`] / [`PendingVectors`]: changes the persisted indexes have not
+//!   taken yet. Writes land here; the maintainer thread drains them in the
+//!   background; searches read both.
+//!
+//! Lock order: `state` (read or write) before anything inside the persisted indexes.
+
+pub mod filters;
+pub mod pending;
+pub mod text;
+pub mod tokens;
+pub mod vectors;
+
+use std::path::Path;
+use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use memhub_types::{Memory, Result};
+use rusqlite::{params, Connection};
+use serde::{Deserialize, Serialize};
+
+pub use filters::{doc_id, DocId, DocMeta, FilterTable, MetaSource, Plan};
+pub use pending::{Analysed, PendingText, PendingVectors, TextHit};
+pub use text::TextIndex;
+pub use tokens::{normalized, query_terms, tokenize};
+pub use vectors::{HnswParams, VectorIndex};
+
+use crate::store::{self, storage};
+
+/// A normalised vector.
+type Vector = Box<[f32]>;
+
+/// What a persisted index has applied: every store change up to `change`, of the
+/// store `store_id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub store_id: String,
+    pub change: i64,
+}
+
+/// Filtered vector searches whose filter matches at most this many memories scan
+/// them exactly instead of walking the graph (faster and exact at that size).
+pub const EXACT_SCAN_MAX: u64 = 4096;
+
+/// Changes drained per maintainer round (bounds a round's commit and lock time).
+const DRAIN_BATCH: usize = 20_000;
+
+/// The in-memory part, behind one lock.
+#[derive(Debug, Default)]
+pub struct IndexState {
+    pub filters: FilterTable,
+    pub pending_text: PendingText,
+    pub pending_vectors: PendingVectors,
+    /// The last store change applied here.
+    pub applied_change: i64,
+}
+
+#[derive(Debug)]
+struct SaveState {
+    last_save: Instant,
+    unsaved: usize,
+}
+
+/// All derived indexes of one store.
+pub struct Indexes {
+    state: RwLock<IndexState>,
+    pub text: TextIndex,
+    pub vectors: VectorIndex,
+    store_id: String,
+    model: String,
+    writable: bool,
+    saves: Mutex<SaveState>,
+    /// Changes each persisted index took from the store at open (catch-up size).
+    caught_up: (usize, usize),
+    /// Wakes the maintainer: `true` = stop.
+    wake: (Mutex<bool>, Condvar),
+}
+
+/// Where an index's catch-up starts: `None` = from scratch.
+fn resume_from(checkpoint: Option<&Checkpoint>, store_id: &str, last_change: i64) -> Option<i64> {
+    checkpoint.filter(|c| c.store_id == store_id && c.change <= last_change).map(|c| c.change)
+}
+
+impl Indexes {
+    /// Open (or create) the indexes for the store whose read connection is `conn`,
+    /// rebuild the filter table and load every change the persisted indexes lack
+    /// into the pending sets.
+    /// Read-only (`writable = false`) uses what is on disk and catches up in memory.
+    pub fn open(
+        index_dir: &Path,
+        writable: bool,
+        conn: &Connection,
+        dim: usize,
+        model: &str,
+        params: HnswParams,
+    ) -> Result<Indexes> {
+        let store_id = store::store_id(conn).unwrap_or_default();
+        let last_change = store::last_change(conn)?;
+        let (text, text_cp) = TextIndex::open(&index_dir.join("text"), writable)?;
+        let vector_path = index_dir.join("vectors.usearch");
+        let (vectors, vector_cp) = VectorIndex::open(&vector_path, writable, dim, model, params)?;
+        let text_from = resume_from(text_cp.as_ref(), &store_id, last_change);
+        let vector_from = resume_from(vector_cp.as_ref(), &store_id, last_change);
+
+        let mut state = IndexState { applied_change: last_change, ..Default::default() };
+        load_filters(conn, model, &mut state.filters)?;
+        let text_stale = text_from.is_none() && text.searcher().num_docs() > 0;
+        // What each persisted index lacks: everything, or the changes after its checkpoint.
+        load_changes(conn, text_from, |id, m| {
+            state.pending_text.set(id, m.map(|(content, _)| Analysed::of(content)));
+        })?;
+        load_changes(conn, vector_from, |id, m| {
+            let v = m.and_then(|(_, v)| v.filter(|(_, mm)| mm == model).and_then(|(v, _)| normalized(&v)));
+            state.pending_vectors.put(id, v);
+        })?;
+        // An index on disk that cannot be resumed (another store's, or newer than the
+        // store) is emptied before the refill.
+        if text_stale {
+            text.clear()?;
+        }
+        if vector_from.is_none() && !vectors.is_empty() {
+            vectors.clear()?;
+        }
+        tracing::info!(
+            memories = state.filters.len(),
+            text_catch_up = state.pending_text.changes().len(),
+            vector_catch_up = state.pending_vectors.len(),
+            "indexes opened"
+        );
+        let caught_up = (state.pending_text.changes().len(), state.pending_vectors.len());
+        Ok(Indexes {
+            caught_up,
+            state: RwLock::new(state),
+            text,
+            vectors,
+            store_id,
+            model: model.into(),
+            writable,
+            saves: Mutex::new(SaveState { last_save: Instant::now(), unsaved: 0 }),
+            wake: (Mutex::new(false), Condvar::new()),
+        })
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, IndexState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, IndexState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Apply committed changes (`Some` upserts, `None` removes) made up to store change
+    /// `change`. Cheap: the persisted indexes take them later.
+    pub fn apply(&self, changes: &[(i64, Option<&Memory>)], change: i64) -> Result<()> {
+        let ids: Vec<DocId> = changes.iter().map(|(seq, _)| doc_id(*seq)).collect::<Result<_>>()?;
+        // Analyse outside the lock: tokenising is the costly part.
+        let prepared: Vec<(Option<Analysed>, Option<Vector>)> = changes
+            .iter()
+            .map(|(_, m)| match m {
+                Some(m) => (Some(Analysed::of(&m.content)), self.vector_of(m)),
+                None => (None, None),
+            })
+            .collect();
+        let mut state = self.write();
+        for ((id, (_, m)), (text, vector)) in ids.iter().zip(changes).zip(prepared) {
+            match m {
+                Some(m) => state.filters.upsert(*id, &MetaSource::of(m, &self.model)),
+                None => state.filters.remove(*id),
+            }
+            state.pending_text.set(*id, text);
+            state.pending_vectors.put(*id, vector);
+        }
+        state.applied_change = state.applied_change.max(change);
+        drop(state);
+        self.wake_maintainer(false);
+        Ok(())
+    }
+
+    /// A vector-only change (the server embedded an unchanged text).
+    pub fn apply_vector(&self, seq: i64, m: &Memory, change: i64) -> Result<()> {
+        let id = doc_id(seq)?;
+        let v = self.vector_of(m);
+        let mut state = self.write();
+        state.filters.set_has_vector(id, v.is_some());
+        state.pending_vectors.put(id, v);
+        state.applied_change = state.applied_change.max(change);
+        drop(state);
+        self.wake_maintainer(false);
+        Ok(())
+    }
+
+    fn vector_of(&self, m: &Memory) -> Option<Box<[f32]>> {
+        m.embedding.as_deref().filter(|_| m.embedding_model.as_deref() == Some(&self.model)).and_then(normalized)
+    }
+
+    /// BM25 top `n` over memories in `plan`: committed ones from tantivy, the rest
+    /// from the pending set, scored with the whole corpus's statistics.
+    pub fn text_search(&self, state: &IndexState, query: &str, plan: &Plan<'_>, n: usize) -> Result<Vec<TextHit>> {
+        let terms = query_terms(query);
+        if terms.is_empty() || n == 0 {
+            return Ok(Vec::new());
+        }
+        let searcher = self.text.searcher();
+        let pending = &state.pending_text;
+        let accept = |id: DocId| plan.matches(id) && !pending.changes().contains(id);
+        let mut hits = self.text.search(&searcher, &terms, &accept, n)?;
+        if !pending.changes().is_empty() {
+            let (base, extra) = (self.text.stats(&searcher), pending.stats());
+            let docs = base.docs + extra.docs;
+            let avg_len = ((base.tokens + extra.tokens) as f32 / docs.max(1) as f32).max(1.0);
+            let idf = |t: &str| pending::idf(docs, self.text.doc_freq(&searcher, t) + pending.doc_freq(t));
+            hits.extend(pending.search(&terms, &idf, avg_len, plan, n));
+            pending::top_n(&mut hits, n, |h| (h.bm25, h.id));
+        }
+        Ok(hits)
+    }
+
+    /// Top `n` by cosine over memories in `plan` with a vector of the model. A
+    /// selective filter is scanned exactly; otherwise the HNSW graph is searched with
+    /// the filter as its predicate (so the result is not cut short by the filter).
+    pub fn vector_search(&self, state: &IndexState, query: &[f32], plan: &Plan<'_>, n: usize) -> Vec<(DocId, f32)> {
+        let pending = &state.pending_vectors;
+        let exact = |plan: &Plan<'_>| {
+            self.vectors
+                .exact(query, plan.iter().filter(|(id, d)| d.has_vector && !pending.contains(*id)).map(|(id, _)| id))
+        };
+        let mut hits = if plan.estimate() <= EXACT_SCAN_MAX {
+            exact(plan)
+        } else {
+            let accept = |id: DocId| plan.matches(id) && !pending.contains(id);
+            self.vectors.search(query, n, &accept).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "graph search failed; scanning exactly");
+                exact(plan)
+            })
+        };
+        hits.extend(pending.search(query, plan));
+        pending::top_n(&mut hits, n, |h| (h.1, h.0));
+        hits
+    }
+
+    /// The normalised vector of a memory, if it has one of the model.
+    pub fn vector(&self, state: &IndexState, id: DocId) -> Option<Vec<f32>> {
+        if state.pending_vectors.contains(id) {
+            return state.pending_vectors.get(id).map(|v| v.to_vec());
+        }
+        self.vectors.get(id)
+    }
+
+    /// Move pending changes into the persisted indexes, at most `max` of each kind.
+    /// Returns whether changes are left.
+    pub fn drain(&self, max: usize) -> Result<bool> {
+        let (text_batch, text_cp, vector_batch, vector_cp) = {
+            let state = self.read();
+            let cp = Checkpoint { store_id: self.store_id.clone(), change: state.applied_change };
+            let t = state.pending_text.changes().snapshot(max);
+            let t_cp = (t.len() == state.pending_text.changes().len()).then(|| cp.clone());
+            let v = state.pending_vectors.snapshot(max);
+            let v_cp = (v.len() == state.pending_vectors.len()).then_some(cp);
+            (t, t_cp, v, v_cp)
+        };
+        if !text_batch.is_empty() {
+            let changes: Vec<(DocId, Option<Analysed>)> =
+                text_batch.iter().map(|(id, _, t)| (*id, t.clone())).collect();
+            self.text.apply(&changes, text_cp.as_ref())?;
+        }
+        if !vector_batch.is_empty() {
+            let changes: Vec<(DocId, Option<Box<[f32]>>)> =
+                vector_batch.iter().map(|(id, _, v)| (*id, v.clone())).collect();
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            self.vectors.apply(&changes, threads)?;
+        }
+        let more = {
+            let mut state = self.write();
+            state.pending_text.settle(&stamps(&text_batch));
+            state.pending_vectors.settle_drained(&stamps(&vector_batch));
+            !state.pending_text.changes().is_empty() || !state.pending_vectors.is_empty()
+        };
+        let mut saves = self.saves.lock().unwrap_or_else(|p| p.into_inner());
+        saves.unsaved += vector_batch.len();
+        if let Some(cp) = vector_cp {
+            if saves.unsaved >= 50_000 || (saves.unsaved > 0 && saves.last_save.elapsed() >= Duration::from_secs(60)) {
+                self.vectors.save(&cp)?;
+                *saves = SaveState { last_save: Instant::now(), unsaved: 0 };
+            }
+        }
+        Ok(more)
+    }
+
+    /// Drain everything and save the graph: the persisted indexes then hold every
+    /// change (graceful shutdown, `checkpoint`).
+    pub fn flush(&self) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        while self.drain(DRAIN_BATCH)? {}
+        let cp = Checkpoint { store_id: self.store_id.clone(), change: self.read().applied_change };
+        let mut saves = self.saves.lock().unwrap_or_else(|p| p.into_inner());
+        if saves.unsaved > 0 || self.vectors.disk_bytes() == 0 {
+            self.vectors.save(&cp)?;
+            *saves = SaveState { last_save: Instant::now(), unsaved: 0 };
+        }
+        Ok(())
+    }
+
+    fn wake_maintainer(&self, stop: bool) {
+        let (lock, cv) = &self.wake;
+        let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());
+        *s |= stop;
+        cv.notify_one();
+    }
+
+    /// The maintainer loop: drain shortly after writes (batching bursts), until
+    /// [`stop_maintainer`](Self::stop_maintainer). Run it on its own thread.
+    pub fn maintain(&self) {
+        let (lock, cv) = &self.wake;
+        loop {
+            {
+                let s = lock.lock().unwrap_or_else(|p| p.into_inner());
+                if *s {
+                    break;
+                }
+                let _unused = cv.wait_timeout(s, Duration::from_secs(1)).unwrap_or_else(|p| p.into_inner());
+            }
+            // Let a burst of writes gather into one commit.
+            std::thread::sleep(Duration::from_millis(100));
+            loop {
+                match self.drain(DRAIN_BATCH) {
+                    Ok(true) if !*lock.lock().unwrap_or_else(|p| p.into_inner()) => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "index maintenance failed; retrying");
+                        std::thread::sleep(Duration::from_secs(1));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn stop_maintainer(&self) {
+        self.wake_maintainer(true);
+    }
+
+    /// Memories and pending changes, for stats and benchmarks.
+    pub fn sizes(&self) -> IndexSizes {
+        let state = self.read();
+        IndexSizes {
+            memories: state.filters.len(),
+            vectors: self.vectors.len(),
+            pending_text: state.pending_text.changes().len(),
+            pending_vectors: state.pending_vectors.len(),
+            text_disk_bytes: self.text.disk_bytes(),
+            vector_disk_bytes: self.vectors.disk_bytes(),
+            vector_memory_bytes: self.vectors.memory_bytes(),
+            caught_up_text: self.caught_up.0,
+            caught_up_vectors: self.caught_up.1,
+        }
+    }
+}
+
+/// Sizes of the indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct IndexSizes {
+    pub memories: usize,
+    pub vectors: usize,
+    pub pending_text: usize,
+    pub pending_vectors: usize,
+    pub text_disk_bytes: u64,
+    pub vector_disk_bytes: u64,
+    pub vector_memory_bytes: usize,
+    /// Changes the text index took from the store when opened (all memories = rebuilt).
+    pub caught_up_text: usize,
+    /// The same for the vector index.
+    pub caught_up_vectors: usize,
+}
+
+/// Fill the filter table from the store's metadata columns.
+fn load_filters(conn: &Connection, model: &str, table: &mut FilterTable) -> Result<()> {
+    let mut st = conn
+        .prepare(
+            "SELECT seq, tenant, system_id, kind, user_id, agent_id, session_id, project, tags, created_at, \
+             expires_at, metadata, content_hash, (embedding IS NOT NULL AND embedding_model = ?1) FROM memories",
+        )
+        .map_err(storage)?;
+    let mut rows = st.query(params![model]).map_err(storage)?;
+    while let Some(r) = rows.next().map_err(storage)? {
+        let get_s = |i: usize| r.get::<_, String>(i).map_err(storage);
+        let get_o = |i: usize| r.get::<_, Option<String>>(i).map_err(storage);
+        let tags: Vec<String> = serde_json::from_str(&get_s(8)?).unwrap_or_default();
+        let metadata: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&get_s(11)?).unwrap_or_default();
+        let (tenant, system_id, kind) = (get_s(1)?, get_s(2)?, get_s(3)?);
+        let (user_id, agent_id, session_id, project) = (get_o(4)?, get_o(5)?, get_o(6)?, get_o(7)?);
+        let content_hash = get_s(12)?;
+        let source = MetaSource {
+            tenant: &tenant,
+            system_id: &system_id,
+            kind: &kind,
+            user_id: user_id.as_deref(),
+            agent_id: agent_id.as_deref(),
+            session_id: session_id.as_deref(),
+            project: project.as_deref(),
+            tags: &tags,
+            created_at: r.get(9).map_err(storage)?,
+            expires_at: r.get(10).map_err(storage)?,
+            metadata: &metadata,
+            content_hash: &content_hash,
+            has_vector: r.get(13).map_err(storage)?,
+        };
+        table.upsert(doc_id(r.get(0).map_err(storage)?)?, &source);
+    }
+    Ok(())
+}
+
+/// A changed memory as catch-up sees it: content and `(vector, model)`.
+type Changed<'a> = Option<(&'a str, Option<(Vec<f32>, String)>)>;
+
+/// Call `f` for every memory changed after store change `since` (`None`: every
+/// memory), with its current content and vector, or `None` if it is gone.
+fn load_changes(conn: &Connection, since: Option<i64>, mut f: impl FnMut(DocId, Changed<'_>)) -> Result<()> {
+    let sql = match since {
+        None => "SELECT seq, content, embedding, embedding_model FROM memories",
+        Some(_) => {
+            "SELECT c.memory_seq, m.content, m.embedding, m.embedding_model \
+             FROM (SELECT DISTINCT memory_seq FROM change_log WHERE seq > ?1) c \
+             LEFT JOIN memories m ON m.seq = c.memory_seq"
+        }
+    };
+    let mut st = conn.prepare(sql).map_err(storage)?;
+    let mut rows = match since {
+        None => st.query([]),
+        Some(s) => st.query(params![s]),
+    }
+    .map_err(storage)?;
+    while let Some(r) = rows.next().map_err(storage)? {
+        let id = doc_id(r.get(0).map_err(storage)?)?;
+        let content: Option<String> = r.get(1).map_err(storage)?;
+        let blob: Option<Vec<u8>> = r.get(2).map_err(storage)?;
+        let model: Option<String> = r.get(3).map_err(storage)?;
+        let vector = blob.zip(model).map(|(b, m)| (store::embedding_from_blob(&b), m));
+        f(id, content.as_deref().map(|c| (c, vector)));
+    }
+    Ok(())
+}
+
+/// `(id, generation)` of drained changes.
+fn stamps<T>(batch: &[(DocId, u64, T)]) -> Vec<(DocId, u64)> {
+    batch.iter().map(|(id, g, _)| (*id, *g)).collect()
+}
+
+/// Total size of the files under `dir`.
+pub(crate) fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    })
+}

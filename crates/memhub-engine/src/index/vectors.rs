@@ -1,0 +1,246 @@
+//! The persisted vector index: a usearch HNSW graph over L2-normalised vectors of
+//! the engine's model (cosine), stored as f16. Saved with a sidecar checkpoint so
+//! reopening loads the graph and catches up from the store instead of rebuilding.
+
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use memhub_types::{Error, ErrorCode, Result};
+use serde::{Deserialize, Serialize};
+use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
+
+use super::filters::DocId;
+use super::Checkpoint;
+
+fn vector_error(e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorCode::InternalError, format!("vector index: {e}"))
+}
+
+/// HNSW parameters. Chosen with `memhub bench search` (recall@10 vs exact).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HnswParams {
+    pub connectivity: usize,
+    pub expansion_add: usize,
+    pub expansion_search: usize,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        HnswParams { connectivity: 16, expansion_add: 128, expansion_search: 64 }
+    }
+}
+
+/// What the sidecar file records next to the graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Sidecar {
+    checkpoint: Checkpoint,
+    dim: usize,
+    model: String,
+    quantization: String,
+    params: HnswParams,
+}
+
+/// Concurrent searches usearch can serve at once; more callers fall back to exact.
+const SEARCH_THREADS: usize = 64;
+
+pub struct VectorIndex {
+    /// Write-locked only to grow capacity; adds and searches share the read lock
+    /// (usearch supports concurrent add and search).
+    index: RwLock<Index>,
+    path: Option<PathBuf>,
+    dim: usize,
+    model: String,
+    params: HnswParams,
+}
+
+impl VectorIndex {
+    fn create(dim: usize, params: HnswParams) -> Result<Index> {
+        let options = IndexOptions {
+            dimensions: dim,
+            metric: MetricKind::Cos,
+            quantization: ScalarKind::F16,
+            connectivity: params.connectivity,
+            expansion_add: params.expansion_add,
+            expansion_search: params.expansion_search,
+            multi: false,
+        };
+        let index = Index::new(&options).map_err(vector_error)?;
+        index.reserve_capacity_and_threads(1024, SEARCH_THREADS).map_err(vector_error)?;
+        Ok(index)
+    }
+
+    /// Open the graph saved at `path` if its sidecar matches `dim`, `model` and
+    /// `params`; otherwise an empty one. Returns the checkpoint it was saved at.
+    /// Only a `writable` index saves.
+    pub fn open(
+        path: &Path,
+        writable: bool,
+        dim: usize,
+        model: &str,
+        params: HnswParams,
+    ) -> Result<(VectorIndex, Option<Checkpoint>)> {
+        let mut loaded = None;
+        if path.exists() {
+            let sidecar: Option<Sidecar> =
+                std::fs::read(sidecar_path(path)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            match sidecar {
+                Some(s) if s.dim == dim && s.model == model && s.quantization == "f16" && s.params == params => {
+                    let index = Self::create(dim, params)?;
+                    match index.load(&path.to_string_lossy()) {
+                        Ok(()) => {
+                            let cap = index.size().max(1024) * 2;
+                            index.reserve_capacity_and_threads(cap, SEARCH_THREADS).map_err(vector_error)?;
+                            loaded = Some((index, s.checkpoint));
+                        }
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), error = %e, "vector index unreadable; rebuilding")
+                        }
+                    }
+                }
+                _ => tracing::info!(path = %path.display(), "vector index is of another model or format; rebuilding"),
+            }
+        }
+        let (index, checkpoint) = match loaded {
+            Some((i, c)) => (i, Some(c)),
+            None => (Self::create(dim, params)?, None),
+        };
+        let v = VectorIndex {
+            index: RwLock::new(index),
+            path: writable.then(|| path.to_path_buf()),
+            dim,
+            model: model.into(),
+            params,
+        };
+        Ok((v, checkpoint))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().size()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Approximate top `n` by cosine among ids `accept` allows: `(id, similarity)`.
+    pub fn search(&self, query: &[f32], n: usize, accept: &dyn Fn(DocId) -> bool) -> Result<Vec<(DocId, f32)>> {
+        let index = self.read();
+        if index.size() == 0 || n == 0 {
+            return Ok(Vec::new());
+        }
+        let found =
+            index.filtered_search(query, n, |key| DocId::try_from(key).is_ok_and(accept)).map_err(vector_error)?;
+        Ok(found.keys.iter().zip(&found.distances).map(|(k, d)| (*k as DocId, 1.0 - d)).collect())
+    }
+
+    /// The stored vector of `id` (dequantised), if present.
+    pub fn get(&self, id: DocId) -> Option<Vec<f32>> {
+        let index = self.read();
+        let mut buf = vec![0f32; self.dim];
+        match index.get(u64::from(id), &mut buf) {
+            Ok(n) if n > 0 => Some(buf),
+            _ => None,
+        }
+    }
+
+    /// Exact cosine of `query` against the stored vectors of `ids`.
+    pub fn exact(&self, query: &[f32], ids: impl Iterator<Item = DocId>) -> Vec<(DocId, f32)> {
+        let index = self.read();
+        let mut buf = vec![0f32; self.dim];
+        ids.filter_map(|id| match index.get(u64::from(id), &mut buf) {
+            Ok(n) if n > 0 => Some((id, super::pending::dot(&buf, query))),
+            _ => None,
+        })
+        .collect()
+    }
+
+    /// Apply drained changes: replace or remove each id's vector. Inserts run on
+    /// `threads` threads.
+    pub fn apply(&self, changes: &[(DocId, Option<Box<[f32]>>)], threads: usize) -> Result<()> {
+        {
+            let index = self.read();
+            for (id, _) in changes {
+                if index.contains(u64::from(*id)) {
+                    index.remove(u64::from(*id)).map_err(vector_error)?;
+                }
+            }
+        }
+        let adds: Vec<(DocId, &[f32])> = changes.iter().filter_map(|(id, v)| v.as_deref().map(|v| (*id, v))).collect();
+        let needed = self.read().size() + adds.len();
+        if needed > self.read().capacity() {
+            let index = self.index.write().unwrap_or_else(|p| p.into_inner());
+            index.reserve_capacity_and_threads(needed.next_power_of_two(), SEARCH_THREADS).map_err(vector_error)?;
+        }
+        let index = self.read();
+        let threads = threads.clamp(1, 8);
+        let chunk = adds.len().div_ceil(threads).max(1);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = adds
+                .chunks(chunk)
+                .map(|part| {
+                    let index = &*index;
+                    s.spawn(move || -> Result<()> {
+                        for (id, v) in part {
+                            index.add(u64::from(*id), v).map_err(vector_error)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().unwrap_or_else(|_| Err(vector_error("insert thread panicked"))))
+        })
+    }
+
+    /// Drop every vector (the graph belonged to another store).
+    pub fn clear(&self) -> Result<()> {
+        let fresh = Self::create(self.dim, self.params)?;
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+
+    /// Save the graph and its checkpoint (graph first, each via a rename, so a crash
+    /// leaves an older checkpoint at worst: catch-up then redoes a little more).
+    pub fn save(&self, checkpoint: &Checkpoint) -> Result<()> {
+        let Some(path) = &self.path else { return Ok(()) };
+        let tmp = path.with_extension("usearch.tmp");
+        self.read().save(&tmp.to_string_lossy()).map_err(vector_error)?;
+        sync_file(&tmp)?;
+        std::fs::rename(&tmp, path).map_err(vector_error)?;
+        let sidecar = Sidecar {
+            checkpoint: checkpoint.clone(),
+            dim: self.dim,
+            model: self.model.clone(),
+            quantization: "f16".into(),
+            params: self.params,
+        };
+        let side = sidecar_path(path);
+        let side_tmp = side.with_extension("json.tmp");
+        std::fs::write(&side_tmp, serde_json::to_vec(&sidecar).map_err(vector_error)?).map_err(vector_error)?;
+        sync_file(&side_tmp)?;
+        std::fs::rename(&side_tmp, &side).map_err(vector_error)
+    }
+
+    /// Bytes the graph takes in memory (vectors and links).
+    pub fn memory_bytes(&self) -> usize {
+        self.read().memory_usage()
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len())
+    }
+}
+
+fn sidecar_path(path: &Path) -> PathBuf {
+    path.with_extension("json")
+}
+
+fn sync_file(p: &Path) -> Result<()> {
+    std::fs::File::open(p).and_then(|f| f.sync_all()).map_err(vector_error)
+}

@@ -1,0 +1,206 @@
+//! The persisted indexes (tantivy + usearch): searches give the same answers before
+//! and after the background maintainer moves writes into them, deletes and updates
+//! are reflected on both sides, and reopening catches up from each index's
+//! checkpoint instead of rebuilding.
+
+use std::path::Path;
+
+use memhub_engine::{Engine, EngineConfig, OpenMode};
+use memhub_types::memory::IngestionMethod;
+use memhub_types::{MemoryFilter, NewMemory, SearchRequest, DEFAULT_TENANT};
+use uuid::Uuid;
+
+const DIM: usize = 8;
+
+fn config() -> EngineConfig {
+    EngineConfig { embedding_dim: DIM, ..EngineConfig::default() }
+}
+
+/// A unit vector mostly along axis `i % DIM`, a little along the next one.
+fn vector(i: usize) -> Vec<f32> {
+    let mut v = vec![0.0; DIM];
+    v[i % DIM] = 1.0;
+    v[(i + 1) % DIM] = 0.1 * (i / DIM) as f32;
+    v
+}
+
+fn memory(i: usize, content: &str) -> NewMemory {
+    NewMemory {
+        system_id: Some(format!("sys-{}", i % 4)),
+        memory_id: Some(format!("m{i}")),
+        content: content.into(),
+        embedding: Some(vector(i)),
+        ..Default::default()
+    }
+}
+
+fn store(engine: &Engine, items: Vec<NewMemory>) -> Vec<Uuid> {
+    engine.store_batch(items, IngestionMethod::Rest).unwrap().into_iter().map(|r| r.unwrap().memory.id).collect()
+}
+
+fn text(engine: &Engine, q: &str) -> Vec<String> {
+    let req = SearchRequest { query: q.into(), semantic_ratio: Some(0.0), limit: Some(50), ..Default::default() };
+    engine.search(DEFAULT_TENANT, &req).unwrap().results.into_iter().map(|h| h.memory.memory_id).collect()
+}
+
+fn nearest(engine: &Engine, v: Vec<f32>, filter: MemoryFilter) -> Vec<String> {
+    let req = SearchRequest { query_embedding: Some(v), limit: Some(3), filter, ..Default::default() };
+    engine.search(DEFAULT_TENANT, &req).unwrap().results.into_iter().map(|h| h.memory.memory_id).collect()
+}
+
+fn corpus() -> Vec<NewMemory> {
+    (0..40).map(|i| memory(i, &format!("note {i} about topic{} and the deploy_{i} pipeline", i % 5))).collect()
+}
+
+#[test]
+fn answers_are_the_same_from_pending_changes_and_from_the_persisted_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(), OpenMode::ReadWrite).unwrap();
+    let ids = store(&engine, corpus());
+    let before = (text(&engine, "topic3 pipeline"), nearest(&engine, vector(13), MemoryFilter::default()));
+    assert_eq!(before.0.len(), 40, "every note mentions the pipeline: {before:?}");
+    assert!(
+        before.0[..8].iter().all(|id| id[1..].parse::<usize>().unwrap() % 5 == 3),
+        "topic3 ranks first: {before:?}"
+    );
+    assert_eq!(before.1[0], "m13");
+
+    engine.checkpoint().unwrap();
+    let sizes = engine.indexes().sizes();
+    assert_eq!((sizes.pending_text, sizes.pending_vectors, sizes.vectors), (0, 0, 40), "{sizes:?}");
+    assert!(sizes.text_disk_bytes > 0 && sizes.vector_disk_bytes > 0, "{sizes:?}");
+    let after = (text(&engine, "topic3 pipeline"), nearest(&engine, vector(13), MemoryFilter::default()));
+    assert_eq!(before, after);
+    assert_eq!(text(&engine, "deploy_7"), vec!["m7"], "identifiers are whole terms in tantivy too");
+
+    // Changes on top of persisted entries: the stale persisted version never shows.
+    engine.delete(DEFAULT_TENANT, &ids[13]).unwrap();
+    store(&engine, vec![memory(3, "rewritten: nothing about that anymore")]);
+    assert!(!text(&engine, "topic3").contains(&"m3".to_string()));
+    assert_eq!(text(&engine, "rewritten"), vec!["m3"]);
+    assert_ne!(nearest(&engine, vector(13), MemoryFilter::default())[0], "m13", "deleted");
+    engine.checkpoint().unwrap();
+    assert!(!text(&engine, "topic3").contains(&"m3".to_string()));
+    assert_eq!(text(&engine, "rewritten"), vec!["m3"]);
+    assert!(!nearest(&engine, vector(13), MemoryFilter::default()).contains(&"m13".to_string()));
+    assert_eq!(engine.indexes().sizes().vectors, 39);
+}
+
+#[test]
+fn filters_apply_inside_both_retrievers_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(), OpenMode::ReadWrite).unwrap();
+    store(&engine, corpus());
+    engine.checkpoint().unwrap();
+    // Half persisted, half pending.
+    store(&engine, (40..80).map(|i| memory(i, &format!("late note {i} about topic{}", i % 5))).collect());
+    let sys = |s: &str| MemoryFilter { system_id: Some(s.into()), ..Default::default() };
+    for (i, found) in
+        [(13, nearest(&engine, vector(13), sys("sys-2"))), (53, nearest(&engine, vector(53), sys("sys-2")))]
+    {
+        assert_eq!(found.len(), 3, "a filter never cuts the result short: {found:?}");
+        for id in &found {
+            let n: usize = id[1..].parse().unwrap();
+            assert_eq!(n % 4, 2, "{id} is outside the filter (query {i})");
+        }
+    }
+    let req = SearchRequest {
+        query: "topic1".into(),
+        semantic_ratio: Some(0.0),
+        limit: Some(100),
+        filter: sys("sys-1"),
+        ..Default::default()
+    };
+    let found: Vec<String> =
+        engine.search(DEFAULT_TENANT, &req).unwrap().results.into_iter().map(|h| h.memory.memory_id).collect();
+    // topic1 = i % 5 == 1, sys-1 = i % 4 == 1: i % 20 == 1 -> 1, 21, 41, 61.
+    let mut found = found;
+    found.sort();
+    assert_eq!(found, vec!["m1", "m21", "m41", "m61"]);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn reopening_catches_up_from_the_checkpoint_of_indexes_that_lag_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::open(dir.path(), config(), OpenMode::ReadWrite).unwrap();
+        let ids = store(&engine, corpus());
+        engine.checkpoint().unwrap();
+        // Keep the indexes as they are now: later they stand in for indexes a crash
+        // left behind.
+        copy_dir(&dir.path().join("index"), saved.path());
+        engine.delete(DEFAULT_TENANT, &ids[13]).unwrap();
+        store(&engine, vec![memory(3, "rewritten after the checkpoint"), memory(100, "brand new after it")]);
+    }
+    let index_dir = dir.path().join("index");
+    std::fs::remove_dir_all(&index_dir).unwrap();
+    copy_dir(saved.path(), &index_dir);
+
+    let engine = Engine::open(dir.path(), config(), OpenMode::ReadWrite).unwrap();
+    let sizes = engine.indexes().sizes();
+    assert_eq!((sizes.caught_up_text, sizes.caught_up_vectors), (3, 3), "only the 3 changed memories: {sizes:?}");
+    assert!(!text(&engine, "topic3").contains(&"m3".to_string()), "the lagging index's old text is hidden");
+    assert_eq!(text(&engine, "rewritten"), vec!["m3"]);
+    assert_eq!(text(&engine, "brand"), vec!["m100"]);
+    assert!(!nearest(&engine, vector(13), MemoryFilter::default()).contains(&"m13".to_string()));
+    engine.checkpoint().unwrap();
+    assert!(!nearest(&engine, vector(13), MemoryFilter::default()).contains(&"m13".to_string()));
+    assert_eq!(engine.indexes().sizes().vectors, 40);
+    drop(engine);
+
+    // A clean close leaves nothing to catch up.
+    let engine = Engine::open(dir.path(), config(), OpenMode::ReadWrite).unwrap();
+    let sizes = engine.indexes().sizes();
+    assert_eq!((sizes.caught_up_text, sizes.caught_up_vectors), (0, 0), "{sizes:?}");
+    assert_eq!(text(&engine, "rewritten"), vec!["m3"]);
+}
+
+#[test]
+fn indexes_of_another_store_are_rebuilt_not_trusted() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    {
+        let engine = Engine::open(a.path(), config(), OpenMode::ReadWrite).unwrap();
+        store(&engine, corpus());
+    }
+    {
+        let engine = Engine::open(b.path(), config(), OpenMode::ReadWrite).unwrap();
+        store(&engine, vec![memory(0, "the only memory of store b")]);
+    }
+    let index_b = b.path().join("index");
+    std::fs::remove_dir_all(&index_b).unwrap();
+    copy_dir(&a.path().join("index"), &index_b);
+    let engine = Engine::open(b.path(), config(), OpenMode::ReadWrite).unwrap();
+    let sizes = engine.indexes().sizes();
+    assert_eq!((sizes.caught_up_text, sizes.caught_up_vectors), (1, 1), "{sizes:?}");
+    assert_eq!(text(&engine, "topic3"), Vec::<String>::new(), "store a's texts are gone");
+    assert_eq!(nearest(&engine, vector(13), MemoryFilter::default()), vec!["m0"]);
+    engine.checkpoint().unwrap();
+    assert_eq!(text(&engine, "note"), Vec::<String>::new());
+    assert_eq!(engine.indexes().sizes().vectors, 1);
+}
+
+#[test]
+fn a_read_only_engine_sees_writes_its_indexes_lack() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(), OpenMode::ReadWrite).unwrap();
+    store(&engine, corpus());
+    engine.checkpoint().unwrap();
+    store(&engine, vec![memory(200, "written after the last checkpoint")]);
+    let reader = Engine::open(dir.path(), config(), OpenMode::ReadOnly).unwrap();
+    assert_eq!(text(&reader, "checkpoint"), vec!["m200"]);
+    assert_eq!(text(&reader, "deploy_7"), vec!["m7"]);
+    assert_eq!(reader.indexes().sizes().caught_up_text, 1);
+}
