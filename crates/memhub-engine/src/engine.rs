@@ -572,17 +572,34 @@ impl Engine {
                     c.similarity = similarity;
                 }
             };
-            if use_text {
+            // The two retrievers are independent: with both, the vector one runs on a
+            // second thread (an agent waits on the slower of the two, not their sum).
+            let vector_query = query_vector.as_deref().filter(|_| use_vector);
+            let (text_hits, vector_hits) = std::thread::scope(|s| {
+                let vector = vector_query.map(|q| {
+                    let (state, plan) = (&state, &plan);
+                    let run = move || self.indexes.vector_search(state, q, plan, candidates);
+                    if use_text {
+                        Err(s.spawn(run))
+                    } else {
+                        Ok(run())
+                    }
+                });
+                let text =
+                    if use_text { Some(self.indexes.text_search(&state, &req.query, &plan, candidates)) } else { None };
+                let vector =
+                    vector.map(|v| v.or_else(|h| h.join().map_err(|_| Error::internal("vector search panicked"))));
+                (text.transpose(), vector.transpose())
+            });
+            if let Some(hits) = text_hits? {
                 let w = if use_vector { 1.0 - ratio } else { 1.0 };
-                let hits = self.indexes.text_search(&state, &req.query, &plan, candidates)?;
                 let ranks = competition_ranks(hits.iter().map(|h| h.bm25));
                 for (hit, rank) in hits.into_iter().zip(ranks) {
                     add(hit.id, rank, w, hit.coverage, "text");
                 }
             }
-            if let Some(q) = query_vector.as_deref().filter(|_| use_vector) {
+            if let Some(hits) = vector_hits? {
                 let w = if use_text { ratio } else { 1.0 };
-                let hits = self.indexes.vector_search(&state, q, &plan, candidates);
                 let ranks = competition_ranks(hits.iter().map(|h| h.1));
                 for ((id, cos), rank) in hits.into_iter().zip(ranks) {
                     add(id, rank, w, cos, "vector");

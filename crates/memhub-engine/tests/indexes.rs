@@ -70,7 +70,11 @@ fn answers_are_the_same_from_pending_changes_and_from_the_persisted_indexes() {
     assert_eq!((sizes.pending_text, sizes.pending_vectors, sizes.vectors), (0, 0, 40), "{sizes:?}");
     assert!(sizes.text_disk_bytes > 0 && sizes.vector_disk_bytes > 0, "{sizes:?}");
     let after = (text(&engine, "topic3 pipeline"), nearest(&engine, vector(13), MemoryFilter::default()));
-    assert_eq!(before, after);
+    assert_eq!(before.0, after.0);
+    // Persisted vectors are quantised (f16 graph, i8 scan copy): near-ties may swap.
+    assert_eq!(before.1[0], after.1[0]);
+    let set = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(set(&before.1), set(&after.1));
     assert_eq!(text(&engine, "deploy_7"), vec!["m7"], "identifiers are whole terms in tantivy too");
 
     // Changes on top of persisted entries: the stale persisted version never shows.
@@ -84,6 +88,17 @@ fn answers_are_the_same_from_pending_changes_and_from_the_persisted_indexes() {
     assert_eq!(text(&engine, "rewritten"), vec!["m3"]);
     assert!(!nearest(&engine, vector(13), MemoryFilter::default()).contains(&"m13".to_string()));
     assert_eq!(engine.indexes().sizes().vectors, 39);
+}
+
+#[test]
+fn an_empty_engine_finds_nothing_without_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(), OpenMode::ReadWrite).unwrap();
+    assert!(text(&engine, "anything").is_empty());
+    assert!(nearest(&engine, vector(1), MemoryFilter::default()).is_empty());
+    engine.checkpoint().unwrap();
+    let req = SearchRequest { query: "anything".into(), query_embedding: Some(vector(1)), ..Default::default() };
+    assert_eq!(engine.search(DEFAULT_TENANT, &req).unwrap().total_results, 0);
 }
 
 #[test]

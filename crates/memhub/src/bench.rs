@@ -34,6 +34,19 @@ pub enum Which {
         /// Queries per measurement.
         #[arg(long, default_value_t = 500)]
         queries: usize,
+        /// Per-dimension noise around the 200 cluster centres (uniform ±noise before
+        /// normalising): 0.06 puts members of a cluster at cosine ~0.7, like
+        /// sentence embeddings of one topic; 0.35 is close to uniform noise.
+        #[arg(long, default_value_t = 0.06)]
+        noise: f32,
+    },
+    /// (Used by `bench search`.) Open a data dir, run searches, print resident memory.
+    #[command(hide = true)]
+    SearchProbe {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
     },
     /// Sentences per second of the local encoder at several batch sizes.
     Embed {
@@ -222,7 +235,8 @@ pub fn run(which: Which, config: &Config) -> Result<(), String> {
             rt.block_on(ingest(config, count, batch, concurrency, singles))
         }
         Which::Embed { sentences, min_words, max_words } => embed(config, sentences, min_words, max_words),
-        Which::Search { count, queries } => search(config, count, queries),
+        Which::Search { count, queries, noise } => search(config, count, queries, noise),
+        Which::SearchProbe { dir, queries } => search_probe(config, &dir, queries),
         Which::Locomo { data, text } => locomo(config, &data, text),
     }
 }
@@ -563,11 +577,27 @@ fn locomo(config: &Config, data: &std::path::Path, text_mode: LocomoText) -> Res
 }
 
 /// A unit vector near one of `centroids` (clustered data, as real embeddings are).
-fn clustered(rng: &mut Rng, centroids: &[Vec<f32>]) -> Vec<f32> {
+fn clustered(rng: &mut Rng, centroids: &[Vec<f32>], noise: f32) -> Vec<f32> {
     let c = &centroids[(rng.next() % centroids.len() as u64) as usize];
-    let mut v: Vec<f32> = c.iter().map(|x| x + 0.35 * rng.unit()).collect();
+    let mut v: Vec<f32> = c.iter().map(|x| x + noise * rng.unit()).collect();
     memhub_embed::l2_normalize(&mut v);
     v
+}
+
+fn search_probe(config: &Config, dir: &std::path::Path, queries: usize) -> Result<(), String> {
+    use memhub_types::{SearchRequest, DEFAULT_TENANT};
+    let engine = memhub_engine::Engine::open(dir, config.engine.clone(), memhub_engine::OpenMode::ReadWrite)
+        .map_err(|e| e.to_string())?;
+    let mut rng = Rng(11);
+    let dim = config.engine.embedding_dim;
+    for _ in 0..queries {
+        let mut v: Vec<f32> = (0..dim).map(|_| rng.unit()).collect();
+        memhub_embed::l2_normalize(&mut v);
+        let req = SearchRequest { query: "memory".into(), query_embedding: Some(v), ..Default::default() };
+        engine.search(DEFAULT_TENANT, &req).map_err(|e| e.to_string())?;
+    }
+    println!("{}", json!({ "rss_kib": rss_kib(std::process::id()) }));
+    Ok(())
 }
 
 /// A Zipf-distributed vocabulary of made-up words: real text has a few very common
@@ -626,7 +656,7 @@ fn latency(mut ms: Vec<f64>) -> Value {
     json!({"p50_ms": round(percentile(&ms, 0.5)), "p99_ms": round(percentile(&ms, 0.99))})
 }
 
-fn search(config: &Config, count: usize, queries: usize) -> Result<(), String> {
+fn search(config: &Config, count: usize, queries: usize, noise: f32) -> Result<(), String> {
     use memhub_engine::index::DocId;
     use memhub_types::{MemoryFilter, NewMemory, SearchRequest, DEFAULT_TENANT};
     let dim = config.engine.embedding_dim;
@@ -651,13 +681,12 @@ fn search(config: &Config, count: usize, queries: usize) -> Result<(), String> {
     for start in (0..count).step_by(1000) {
         let batch: Vec<NewMemory> = (start..(start + 1000).min(count))
             .map(|i| NewMemory {
-                // 100 systems: a system_id filter selects 1% of the corpus; 10 kinds: 10%.
+                // 100 systems: a system_id filter selects 1% of the corpus; 10 projects: 10%.
                 system_id: Some(format!("sys-{}", i % 100)),
-                kind: Some(["note", "chat", "event", "insight", "decision"][i % 5].into()),
                 project: Some(format!("p{}", i % 10)),
                 memory_id: Some(format!("m{i}")),
                 content: format!("memory {i}: {}", vocabulary.text(&mut rng, 20)),
-                embedding: Some(clustered(&mut rng, &centroids)),
+                embedding: Some(clustered(&mut rng, &centroids, noise)),
                 ..Default::default()
             })
             .collect();
@@ -688,7 +717,7 @@ fn search(config: &Config, count: usize, queries: usize) -> Result<(), String> {
         let (mut hits, mut wanted) = (0usize, 0usize);
         for q in 0..queries {
             let query = vocabulary.text(&mut rng, 3);
-            let qv = clustered(&mut rng, &centroids);
+            let qv = clustered(&mut rng, &centroids, noise);
             let filter = filter(q);
             let req = SearchRequest {
                 query: query.clone(),
@@ -706,11 +735,13 @@ fn search(config: &Config, count: usize, queries: usize) -> Result<(), String> {
             timed_ms(&mut vector, || drop(engine.search(DEFAULT_TENANT, &vreq)));
             let treq = SearchRequest { semantic_ratio: Some(0.0), query_embedding: None, ..req.clone() };
             timed_ms(&mut text, || drop(engine.search(DEFAULT_TENANT, &treq)));
-            // Recall@10 of the vector retriever against an exact scan of the same filter.
+            // Recall@10 of the vector retriever against an exact scan of the same filter;
+            // the retriever is asked for as many candidates as a limit-10 search asks.
             let indexes = engine.indexes();
             let state = indexes.read();
             let plan = state.filters.plan(DEFAULT_TENANT, &filter, memhub_types::time::now_micros());
-            let ann: Vec<DocId> = indexes.vector_search(&state, &qv, &plan, 10).into_iter().map(|h| h.0).collect();
+            let ann: Vec<DocId> =
+                indexes.vector_search(&state, &qv, &plan, 100).into_iter().take(10).map(|h| h.0).collect();
             let mut truth = Vec::new();
             timed_ms(&mut exact_ms, || {
                 truth = indexes.vectors.exact(&qv, plan.iter().map(|(id, _)| id));
@@ -728,11 +759,30 @@ fn search(config: &Config, count: usize, queries: usize) -> Result<(), String> {
         report_recall.insert(format!("filter_{name}"), json!(round(hits as f64 / wanted.max(1) as f64)));
     }
     let store_bytes = engine.stats(DEFAULT_TENANT).map(|s| s.store_bytes).unwrap_or(0);
+    let simd = engine.indexes().vectors.hardware_acceleration();
     drop(engine);
     let reopen = Instant::now();
     let engine = open()?;
     let reopen_s = reopen.elapsed().as_secs_f64();
     let caught_up = engine.indexes().sizes();
+    drop(engine);
+    // Resident memory of a fresh process serving this data dir, minus one serving
+    // an empty one: what a server holds per memory (the bulk load's peak is gone).
+    let probe = |dir: &std::path::Path| -> Result<f64, String> {
+        let out = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+            .args(["bench", "search-probe", "--dir"])
+            .arg(dir)
+            .env("MEMHUB_EMBEDDING_DIM", dim.to_string())
+            .env("MEMHUB_EMBEDDER", "none")
+            .output()
+            .map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("probe: {e}: {}", String::from_utf8_lossy(&out.stderr)))?;
+        Ok(v["rss_kib"].as_f64().unwrap_or(0.0) * 1024.0)
+    };
+    let empty = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let serving = probe(dir.path())?;
+    let baseline = probe(empty.path())?;
     let rss_growth = rss_after.saturating_sub(rss_before) as f64 * 1024.0;
     let report = json!({
         "memories": count,
@@ -746,8 +796,12 @@ fn search(config: &Config, count: usize, queries: usize) -> Result<(), String> {
         "text_index_bytes": sizes.text_disk_bytes,
         "vector_index_bytes": sizes.vector_disk_bytes,
         "vector_index_memory_bytes": sizes.vector_memory_bytes,
-        "rss_growth_mib": (rss_growth / 1048576.0).round(),
-        "resident_bytes_per_memory": (rss_growth / count as f64).round(),
+        "simd": simd,
+        "noise": noise,
+        "bulk_load_rss_growth_mib": (rss_growth / 1048576.0).round(),
+        "serving_rss_mib": (serving / 1048576.0).round(),
+        "empty_server_rss_mib": (baseline / 1048576.0).round(),
+        "resident_bytes_per_memory": ((serving - baseline) / count as f64).round(),
         "recall_at_10_vs_exact": report_recall,
         "latency": report_latency,
     });

@@ -37,6 +37,27 @@ enum Field {
     Tag,
 }
 
+impl Field {
+    /// The prefix of this field's terms in the text index's filter field.
+    fn code(self) -> char {
+        match self {
+            Field::Tenant => 't',
+            Field::System => 's',
+            Field::Kind => 'k',
+            Field::User => 'u',
+            Field::Agent => 'a',
+            Field::Session => 'e',
+            Field::Project => 'p',
+            Field::Tag => 'g',
+        }
+    }
+}
+
+/// A filter term as the text index stores it: field code, `:`, value.
+fn filter_term(field: Field, value: &str) -> String {
+    format!("{}:{value}", field.code())
+}
+
 const SCALAR_FIELDS: [Field; 7] =
     [Field::Tenant, Field::System, Field::Kind, Field::User, Field::Agent, Field::Session, Field::Project];
 
@@ -208,6 +229,17 @@ impl FilterTable {
         self.expiring.remove(id);
     }
 
+    /// The equality-filter terms of a memory, for the text index (which uses the
+    /// narrowest one of a plan to drive selective searches).
+    pub fn filter_terms(&self, id: DocId) -> Vec<String> {
+        let Some(d) = self.docs.get(&id) else { return Vec::new() };
+        let scalars = SCALAR_FIELDS.iter().zip(d.fields).filter(|(_, v)| *v != NONE).map(|(f, v)| (*f, v));
+        scalars
+            .chain(d.tags.iter().map(|t| (Field::Tag, *t)))
+            .map(|(f, v)| filter_term(f, self.interner.name(v)))
+            .collect()
+    }
+
     pub fn set_has_vector(&mut self, id: DocId, has: bool) {
         if let Some(d) = self.docs.get_mut(&id) {
             d.has_vector = has;
@@ -239,11 +271,12 @@ impl FilterTable {
         }
         let empty = RoaringBitmap::new();
         let posting = |key: &(Field, u32)| self.postings.get(key).unwrap_or(&empty);
+        ids.sort_by_key(|k| posting(k).len());
+        let narrowest = ids.first().map(|(f, v)| (filter_term(*f, self.interner.name(*v)), posting(&(*f, *v)).len()));
         let mut allowed = if unknown {
             RoaringBitmap::new()
         } else {
             // Intersect smallest first.
-            ids.sort_by_key(|k| posting(k).len());
             let mut it = ids.iter();
             let mut acc = it.next().map(|k| posting(k).clone()).unwrap_or_default();
             for k in it {
@@ -269,7 +302,7 @@ impl FilterTable {
                 }
             }
         }
-        Plan { table: self, allowed, since: filter.since, until: filter.until, now, metadata }
+        Plan { table: self, allowed, since: filter.since, until: filter.until, now, metadata, narrowest }
     }
 }
 
@@ -281,6 +314,8 @@ pub struct Plan<'a> {
     until: Option<i64>,
     now: i64,
     metadata: Vec<(u32, u32)>,
+    /// The equality constraint with the fewest memories, as a filter term, and its count.
+    narrowest: Option<(String, u64)>,
 }
 
 impl Plan<'_> {
@@ -304,6 +339,12 @@ impl Plan<'_> {
             && self.since.is_none_or(|s| d.created_at >= s)
             && self.until.is_none_or(|u| d.created_at < u)
             && self.metadata.iter().all(|kv| d.metadata.contains(kv))
+    }
+
+    /// The filter term of the plan's most selective equality constraint and how many
+    /// memories have it.
+    pub fn narrowest(&self) -> Option<(&str, u64)> {
+        self.narrowest.as_ref().map(|(t, n)| (t.as_str(), *n))
     }
 
     /// An upper bound on the matching memories (exact when only equality filters are set).

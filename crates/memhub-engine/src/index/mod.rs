@@ -77,6 +77,8 @@ pub struct Indexes {
     model: String,
     writable: bool,
     saves: Mutex<SaveState>,
+    /// One drain at a time (the maintainer and `flush` may both call it).
+    draining: Mutex<()>,
     /// Changes each persisted index took from the store at open (catch-up size).
     caught_up: (usize, usize),
     /// Wakes the maintainer: `true` = stop.
@@ -128,6 +130,9 @@ impl Indexes {
         if vector_from.is_none() && !vectors.is_empty() {
             vectors.clear()?;
         }
+        if !vectors.is_empty() {
+            vectors.fill_arena(state.filters.docs().filter(|(_, d)| d.has_vector).map(|(id, _)| id));
+        }
         tracing::info!(
             memories = state.filters.len(),
             text_catch_up = state.pending_text.changes().len(),
@@ -137,6 +142,7 @@ impl Indexes {
         let caught_up = (state.pending_text.changes().len(), state.pending_vectors.len());
         Ok(Indexes {
             caught_up,
+            draining: Mutex::new(()),
             state: RwLock::new(state),
             text,
             vectors,
@@ -210,7 +216,10 @@ impl Indexes {
         let searcher = self.text.searcher();
         let pending = &state.pending_text;
         let accept = |id: DocId| plan.matches(id) && !pending.changes().contains(id);
-        let mut hits = self.text.search(&searcher, &terms, &accept, n)?;
+        // Drive by the filter when it keeps under a tenth of the corpus.
+        let total = state.filters.len() as u64;
+        let narrow = plan.narrowest().filter(|(_, count)| count * 10 < total).map(|(t, _)| t);
+        let mut hits = self.text.search(&searcher, &terms, narrow, &accept, n)?;
         if !pending.changes().is_empty() {
             let (base, extra) = (self.text.stats(&searcher), pending.stats());
             let docs = base.docs + extra.docs;
@@ -253,60 +262,75 @@ impl Indexes {
         self.vectors.get(id)
     }
 
-    /// Move pending changes into the persisted indexes, at most `max` of each kind.
-    /// Returns whether changes are left.
+    /// Move pending changes into the persisted indexes, at most `max` of each kind,
+    /// and save the graph when enough changed. Returns whether changes are left.
     pub fn drain(&self, max: usize) -> Result<bool> {
+        let _one_at_a_time = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        let (more, vector_cp) = self.drain_locked(max)?;
+        if let Some(cp) = vector_cp {
+            self.save_vectors(&cp, false)?;
+        }
+        Ok(more)
+    }
+
+    /// One drain round (the caller holds `draining`). Also returns the checkpoint the
+    /// graph now holds when this round took every pending vector change.
+    fn drain_locked(&self, max: usize) -> Result<(bool, Option<Checkpoint>)> {
         let (text_batch, text_cp, vector_batch, vector_cp) = {
             let state = self.read();
             let cp = Checkpoint { store_id: self.store_id.clone(), change: state.applied_change };
             let t = state.pending_text.changes().snapshot(max);
             let t_cp = (t.len() == state.pending_text.changes().len()).then(|| cp.clone());
+            let t: Vec<_> = t
+                .into_iter()
+                .map(|(id, g, text)| (id, g, text.map(|text| (text, state.filters.filter_terms(id)))))
+                .collect();
             let v = state.pending_vectors.snapshot(max);
             let v_cp = (v.len() == state.pending_vectors.len()).then_some(cp);
             (t, t_cp, v, v_cp)
         };
         if !text_batch.is_empty() {
-            let changes: Vec<(DocId, Option<Analysed>)> =
-                text_batch.iter().map(|(id, _, t)| (*id, t.clone())).collect();
-            self.text.apply(&changes, text_cp.as_ref())?;
+            self.text.apply(text_batch.iter().map(|(id, _, t)| (*id, t.as_ref())), text_cp.as_ref())?;
         }
         if !vector_batch.is_empty() {
-            let changes: Vec<(DocId, Option<Box<[f32]>>)> =
+            let changes: Vec<(DocId, Option<Vector>)> =
                 vector_batch.iter().map(|(id, _, v)| (*id, v.clone())).collect();
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
             self.vectors.apply(&changes, threads)?;
+            self.saves.lock().unwrap_or_else(|p| p.into_inner()).unsaved += vector_batch.len();
         }
-        let more = {
-            let mut state = self.write();
-            state.pending_text.settle(&stamps(&text_batch));
-            state.pending_vectors.settle_drained(&stamps(&vector_batch));
-            !state.pending_text.changes().is_empty() || !state.pending_vectors.is_empty()
-        };
+        let mut state = self.write();
+        state.pending_text.settle(&stamps(&text_batch));
+        state.pending_vectors.settle_drained(&stamps(&vector_batch));
+        let more = !state.pending_text.changes().is_empty() || !state.pending_vectors.is_empty();
+        Ok((more, vector_cp))
+    }
+
+    /// Save the graph at `cp` if it changed since the last save and either `now` or
+    /// enough changed (50 000 changes or 60 s).
+    fn save_vectors(&self, cp: &Checkpoint, now: bool) -> Result<()> {
         let mut saves = self.saves.lock().unwrap_or_else(|p| p.into_inner());
-        saves.unsaved += vector_batch.len();
-        if let Some(cp) = vector_cp {
-            if saves.unsaved >= 50_000 || (saves.unsaved > 0 && saves.last_save.elapsed() >= Duration::from_secs(60)) {
-                self.vectors.save(&cp)?;
-                *saves = SaveState { last_save: Instant::now(), unsaved: 0 };
-            }
+        let due = saves.unsaved >= 50_000 || saves.last_save.elapsed() >= Duration::from_secs(60);
+        let never_saved = self.vectors.disk_bytes() == 0;
+        if (saves.unsaved > 0 && (now || due)) || (now && never_saved) {
+            self.vectors.save(cp)?;
+            *saves = SaveState { last_save: Instant::now(), unsaved: 0 };
         }
-        Ok(more)
+        Ok(())
     }
 
     /// Drain everything and save the graph: the persisted indexes then hold every
-    /// change (graceful shutdown, `checkpoint`).
+    /// change made before the call (graceful shutdown, `checkpoint`).
     pub fn flush(&self) -> Result<()> {
         if !self.writable {
             return Ok(());
         }
-        while self.drain(DRAIN_BATCH)? {}
-        let cp = Checkpoint { store_id: self.store_id.clone(), change: self.read().applied_change };
-        let mut saves = self.saves.lock().unwrap_or_else(|p| p.into_inner());
-        if saves.unsaved > 0 || self.vectors.disk_bytes() == 0 {
-            self.vectors.save(&cp)?;
-            *saves = SaveState { last_save: Instant::now(), unsaved: 0 };
+        let _one_at_a_time = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let (_, Some(cp)) = self.drain_locked(DRAIN_BATCH)? {
+                return self.save_vectors(&cp, true);
+            }
         }
-        Ok(())
     }
 
     fn wake_maintainer(&self, stop: bool) {

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use memhub_types::{Error, ErrorCode, Result};
 use tantivy::collector::{Collector, SegmentCollector};
-use tantivy::query::{BooleanQuery, Occur, Query, TermQuery, Weight};
+use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery, Weight};
 use tantivy::schema::{Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions};
 use tantivy::tokenizer::{PreTokenizedString, Token};
 use tantivy::{
@@ -31,18 +31,21 @@ pub struct TextIndex {
     writer: Option<Mutex<IndexWriter>>,
     content: Field,
     seq: Field,
+    /// Equality-filter terms (`s:slack`, `t:acme`, ...), to drive selective searches.
+    filters: Field,
     dir: Option<std::path::PathBuf>,
     /// The checkpoint of the last commit; a commit of part of the pending changes
     /// records it again (re-applying changes is harmless, skipping them is not).
     checkpoint: Mutex<Option<Checkpoint>>,
 }
 
-fn schema() -> (Schema, Field, Field) {
+fn schema() -> (Schema, Field, Field, Field) {
     let mut b = Schema::builder();
     let indexing = TextFieldIndexing::default().set_index_option(IndexRecordOption::WithFreqs).set_fieldnorms(true);
     let content = b.add_text_field("content", TextOptions::default().set_indexing_options(indexing));
     let seq = b.add_u64_field("seq", NumericOptions::default().set_indexed().set_fast());
-    (b.build(), content, seq)
+    let filters = b.add_text_field("filters", tantivy::schema::STRING);
+    (b.build(), content, seq, filters)
 }
 
 impl TextIndex {
@@ -50,7 +53,7 @@ impl TextIndex {
     /// returns it with the checkpoint of its last commit. Read-only without an index
     /// on disk gives an empty in-memory one (everything is then caught up in memory).
     pub fn open(dir: &Path, writable: bool) -> Result<(TextIndex, Option<Checkpoint>)> {
-        let (schema, content, seq) = schema();
+        let (schema, content, seq, filters) = schema();
         let existing = Index::open_in_dir(dir).ok().filter(|i| i.schema() == schema);
         let (index, checkpoint) = match existing {
             Some(index) => {
@@ -75,7 +78,10 @@ impl TextIndex {
             None
         };
         let dir = index.directory().exists(Path::new("meta.json")).unwrap_or(false).then(|| dir.to_path_buf());
-        Ok((TextIndex { reader, writer, content, seq, dir, checkpoint: Mutex::new(checkpoint.clone()) }, checkpoint))
+        Ok((
+            TextIndex { reader, writer, content, seq, filters, dir, checkpoint: Mutex::new(checkpoint.clone()) },
+            checkpoint,
+        ))
     }
 
     pub fn searcher(&self) -> Searcher {
@@ -105,6 +111,7 @@ impl TextIndex {
         &self,
         searcher: &Searcher,
         terms: &[(String, bool)],
+        narrow: Option<&str>,
         accept: &(dyn Fn(DocId) -> bool + Sync),
         n: usize,
     ) -> Result<Vec<TextHit>> {
@@ -124,13 +131,22 @@ impl TextIndex {
                 .collect()
         };
         let (content, stop) = (query_of(true), query_of(false));
-        let query: Box<dyn Query> = if stop.is_empty() {
+        let mut query: Box<dyn Query> = if stop.is_empty() {
             Box::new(BooleanQuery::new(content))
         } else {
             let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, Box::new(BooleanQuery::new(content)))];
             clauses.extend(stop);
             Box::new(BooleanQuery::new(clauses))
         };
+        if let Some(term) = narrow {
+            // A selective filter drives the search: intersecting with its postings
+            // visits only its memories instead of every match of the query's terms.
+            let filter = TermQuery::new(Term::from_field_text(self.filters, term), IndexRecordOption::Basic);
+            query = Box::new(BooleanQuery::new(vec![
+                (Occur::Must, query),
+                (Occur::Must, Box::new(BoostQuery::new(Box::new(filter), 0.0))),
+            ]));
+        }
         let found = searcher.search(&*query, &FilteredTopN { n, accept }).map_err(text_error)?;
         // Coverage: which query terms each hit contains, by seeking the postings.
         let mut hits = Vec::with_capacity(found.len());
@@ -161,14 +177,19 @@ impl TextIndex {
 
     /// Apply drained changes (`None` removes) and commit. With `checkpoint`, the
     /// commit records it: every change up to it is in the index.
-    pub fn apply(&self, changes: &[(DocId, Option<Analysed>)], checkpoint: Option<&Checkpoint>) -> Result<()> {
+    /// Each change is a memory's analysed text with its filter terms, or `None`.
+    pub fn apply<'a>(
+        &self,
+        changes: impl Iterator<Item = (DocId, Option<&'a (Analysed, Vec<String>)>)>,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<()> {
         let Some(writer) = &self.writer else {
             return Err(Error::new(ErrorCode::InternalError, "text index: opened read-only"));
         };
         let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
         for (id, text) in changes {
-            writer.delete_term(Term::from_field_u64(self.seq, u64::from(*id)));
-            let Some(text) = text else { continue };
+            writer.delete_term(Term::from_field_u64(self.seq, u64::from(id)));
+            let Some((text, filter_terms)) = text else { continue };
             let mut tokens = Vec::with_capacity(text.len as usize);
             for (term, tf) in &text.terms {
                 for _ in 0..*tf {
@@ -177,8 +198,11 @@ impl TextIndex {
                 }
             }
             let mut doc = TantivyDocument::new();
-            doc.add_u64(self.seq, u64::from(*id));
+            doc.add_u64(self.seq, u64::from(id));
             doc.add_pre_tokenized_text(self.content, PreTokenizedString { text: String::new(), tokens });
+            for t in filter_terms {
+                doc.add_text(self.filters, t);
+            }
             writer.add_document(doc).map_err(text_error)?;
         }
         let mut last = self.checkpoint.lock().unwrap_or_else(|p| p.into_inner());

@@ -44,10 +44,74 @@ struct Sidecar {
 /// Concurrent searches usearch can serve at once; more callers fall back to exact.
 const SEARCH_THREADS: usize = 64;
 
+/// A contiguous copy of the graph's vectors as i8 with a per-vector scale, indexed
+/// by id: exact scans (selective filters, similarity of text-only hits) read it at
+/// memory speed instead of asking the graph one key at a time.
+#[derive(Debug, Default)]
+struct Arena {
+    dim: usize,
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+    present: roaring::RoaringBitmap,
+}
+
+impl Arena {
+    fn set(&mut self, id: DocId, v: Option<&[f32]>) {
+        let i = id as usize;
+        let Some(v) = v else {
+            self.present.remove(id);
+            return;
+        };
+        if self.scales.len() <= i {
+            let len = (i + 1).next_power_of_two();
+            self.scales.resize(len, 0.0);
+            self.codes.resize(len * self.dim, 0);
+        }
+        let max = v.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE);
+        let scale = max / 127.0;
+        for (c, x) in self.codes[i * self.dim..(i + 1) * self.dim].iter_mut().zip(v) {
+            *c = (x / scale).round() as i8;
+        }
+        self.scales[i] = scale;
+        self.present.insert(id);
+    }
+
+    fn dot(&self, id: DocId, q: &[f32]) -> Option<f32> {
+        if !self.present.contains(id) {
+            return None;
+        }
+        let i = id as usize;
+        let codes = &self.codes[i * self.dim..(i + 1) * self.dim];
+        // Eight independent sums so the compiler can keep them in one SIMD register
+        // (a single f32 sum must be added in order and does not vectorise).
+        let mut acc = [0f32; 8];
+        let (code_chunks, q_chunks) = (codes.chunks_exact(8), q.chunks_exact(8));
+        let tail: f32 = code_chunks.remainder().iter().zip(q_chunks.remainder()).map(|(c, x)| f32::from(*c) * x).sum();
+        for (c, x) in code_chunks.zip(q_chunks) {
+            for k in 0..8 {
+                acc[k] += f32::from(c[k]) * x[k];
+            }
+        }
+        Some((acc.iter().sum::<f32>() + tail) * self.scales[i])
+    }
+
+    fn get(&self, id: DocId) -> Option<Vec<f32>> {
+        let i = id as usize;
+        self.present.contains(id).then(|| {
+            self.codes[i * self.dim..(i + 1) * self.dim].iter().map(|c| f32::from(*c) * self.scales[i]).collect()
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        self.codes.capacity() + self.scales.capacity() * 4 + self.present.serialized_size()
+    }
+}
+
 pub struct VectorIndex {
     /// Write-locked only to grow capacity; adds and searches share the read lock
     /// (usearch supports concurrent add and search).
     index: RwLock<Index>,
+    arena: RwLock<Arena>,
     path: Option<PathBuf>,
     dim: usize,
     model: String,
@@ -107,6 +171,7 @@ impl VectorIndex {
         };
         let v = VectorIndex {
             index: RwLock::new(index),
+            arena: RwLock::new(Arena { dim, ..Arena::default() }),
             path: writable.then(|| path.to_path_buf()),
             dim,
             model: model.into(),
@@ -138,25 +203,37 @@ impl VectorIndex {
         Ok(found.keys.iter().zip(&found.distances).map(|(k, d)| (*k as DocId, 1.0 - d)).collect())
     }
 
-    /// The stored vector of `id` (dequantised), if present.
-    pub fn get(&self, id: DocId) -> Option<Vec<f32>> {
+    /// Refill the exact-scan copy from the graph for `ids` (after a load).
+    pub fn fill_arena(&self, ids: impl Iterator<Item = DocId>) {
         let index = self.read();
+        let mut arena = self.arena.write().unwrap_or_else(|p| p.into_inner());
         let mut buf = vec![0f32; self.dim];
-        match index.get(u64::from(id), &mut buf) {
-            Ok(n) if n > 0 => Some(buf),
-            _ => None,
+        for id in ids {
+            if let Ok(1) = index.get(u64::from(id), &mut buf) {
+                arena.set(id, Some(&buf));
+            }
         }
     }
 
-    /// Exact cosine of `query` against the stored vectors of `ids`.
+    fn arena(&self) -> std::sync::RwLockReadGuard<'_, Arena> {
+        self.arena.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stored vector of `id` (dequantised), if present.
+    pub fn get(&self, id: DocId) -> Option<Vec<f32>> {
+        self.arena().get(id)
+    }
+
+    /// Cosine of `query` against the stored vectors of `ids` (an exact scan; the
+    /// vectors are 8-bit, so scores are within ~1% of the f32 ones).
     pub fn exact(&self, query: &[f32], ids: impl Iterator<Item = DocId>) -> Vec<(DocId, f32)> {
-        let index = self.read();
-        let mut buf = vec![0f32; self.dim];
-        ids.filter_map(|id| match index.get(u64::from(id), &mut buf) {
-            Ok(n) if n > 0 => Some((id, super::pending::dot(&buf, query))),
-            _ => None,
-        })
-        .collect()
+        let arena = self.arena();
+        ids.filter_map(|id| arena.dot(id, query).map(|s| (id, s))).collect()
+    }
+
+    /// The SIMD kernels usearch picked on this CPU.
+    pub fn hardware_acceleration(&self) -> String {
+        self.read().hardware_acceleration()
     }
 
     /// Apply drained changes: replace or remove each id's vector. Inserts run on
@@ -175,6 +252,12 @@ impl VectorIndex {
         if needed > self.read().capacity() {
             let index = self.index.write().unwrap_or_else(|p| p.into_inner());
             index.reserve_capacity_and_threads(needed.next_power_of_two(), SEARCH_THREADS).map_err(vector_error)?;
+        }
+        {
+            let mut arena = self.arena.write().unwrap_or_else(|p| p.into_inner());
+            for (id, v) in changes {
+                arena.set(*id, v.as_deref());
+            }
         }
         let index = self.read();
         let threads = threads.clamp(1, 8);
@@ -202,6 +285,7 @@ impl VectorIndex {
     pub fn clear(&self) -> Result<()> {
         let fresh = Self::create(self.dim, self.params)?;
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        *self.arena.write().unwrap_or_else(|p| p.into_inner()) = Arena { dim: self.dim, ..Arena::default() };
         Ok(())
     }
 
@@ -227,9 +311,9 @@ impl VectorIndex {
         std::fs::rename(&side_tmp, &side).map_err(vector_error)
     }
 
-    /// Bytes the graph takes in memory (vectors and links).
+    /// Bytes the graph (vectors and links) and the exact-scan copy take in memory.
     pub fn memory_bytes(&self) -> usize {
-        self.read().memory_usage()
+        self.read().memory_usage() + self.arena().bytes()
     }
 
     pub fn disk_bytes(&self) -> u64 {
