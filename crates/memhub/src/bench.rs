@@ -39,6 +39,9 @@ pub enum Which {
         /// sentence embeddings of one topic; 0.35 is close to uniform noise.
         #[arg(long, default_value_t = 0.06)]
         noise: f32,
+        /// HNSW search breadths to sweep for unfiltered vector-only recall and latency.
+        #[arg(long, value_delimiter = ',', default_value = "64,128,256,512")]
+        ef_sweep: Vec<usize>,
     },
     /// (Used by `bench search`.) Open a data dir, run searches, print resident memory.
     #[command(hide = true)]
@@ -235,7 +238,7 @@ pub fn run(which: Which, config: &Config) -> Result<(), String> {
             rt.block_on(ingest(config, count, batch, concurrency, singles))
         }
         Which::Embed { sentences, min_words, max_words } => embed(config, sentences, min_words, max_words),
-        Which::Search { count, queries, noise } => search(config, count, queries, noise),
+        Which::Search { count, queries, noise, ef_sweep } => search(config, count, queries, noise, &ef_sweep),
         Which::SearchProbe { dir, queries } => search_probe(config, &dir, queries),
         Which::Locomo { data, text } => locomo(config, &data, text),
     }
@@ -656,7 +659,7 @@ fn latency(mut ms: Vec<f64>) -> Value {
     json!({"p50_ms": round(percentile(&ms, 0.5)), "p99_ms": round(percentile(&ms, 0.99))})
 }
 
-fn search(config: &Config, count: usize, queries: usize, noise: f32) -> Result<(), String> {
+fn search(config: &Config, count: usize, queries: usize, noise: f32, ef_sweep: &[usize]) -> Result<(), String> {
     use memhub_engine::index::DocId;
     use memhub_types::{MemoryFilter, NewMemory, SearchRequest, DEFAULT_TENANT};
     let dim = config.engine.embedding_dim;
@@ -675,6 +678,9 @@ fn search(config: &Config, count: usize, queries: usize, noise: f32) -> Result<(
             c
         })
         .collect();
+    // Every vector in f32, for the exact ground truth (the engine's own exact scans
+    // read 8-bit copies). Memory i gets store seq i + 1 in a fresh store.
+    let mut all_vectors: Vec<f32> = Vec::with_capacity(count * dim);
     let rss_before = rss_kib(std::process::id()).unwrap_or(0);
     let started = Instant::now();
     let progress = indicatif::ProgressBar::new(count as u64);
@@ -690,6 +696,9 @@ fn search(config: &Config, count: usize, queries: usize, noise: f32) -> Result<(
                 ..Default::default()
             })
             .collect();
+        for m in &batch {
+            all_vectors.extend_from_slice(m.embedding.as_deref().unwrap_or_default());
+        }
         for r in engine.store_batch(batch, memhub_types::memory::IngestionMethod::Import).map_err(|e| e.to_string())? {
             r.map_err(|e| e.to_string())?;
         }
@@ -703,6 +712,19 @@ fn search(config: &Config, count: usize, queries: usize, noise: f32) -> Result<(
     let build_s = started.elapsed().as_secs_f64();
     let rss_after = rss_kib(std::process::id()).unwrap_or(0);
     let sizes = engine.indexes().sizes();
+    if sizes.memories != count {
+        return Err(format!("expected {count} memories, the index has {}", sizes.memories));
+    }
+    let exact_top10 = |q: &[f32], ids: &mut dyn Iterator<Item = DocId>| -> Vec<DocId> {
+        let mut scored: Vec<(DocId, f32)> = ids
+            .map(|id| {
+                let v = &all_vectors[(id as usize - 1) * dim..id as usize * dim];
+                (id, v.iter().zip(q).map(|(a, b)| a * b).sum::<f32>())
+            })
+            .collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        scored.into_iter().take(10).map(|h| h.0).collect()
+    };
 
     type FilterOf = fn(usize) -> MemoryFilter;
     let filters: [(&str, FilterOf); 3] = [
@@ -742,13 +764,10 @@ fn search(config: &Config, count: usize, queries: usize, noise: f32) -> Result<(
             let plan = state.filters.plan(DEFAULT_TENANT, &filter, memhub_types::time::now_micros());
             let ann: Vec<DocId> =
                 indexes.vector_search(&state, &qv, &plan, 100).into_iter().take(10).map(|h| h.0).collect();
-            let mut truth = Vec::new();
-            timed_ms(&mut exact_ms, || {
-                truth = indexes.vectors.exact(&qv, plan.iter().map(|(id, _)| id));
-                truth.sort_by(|a, b| b.1.total_cmp(&a.1));
-                truth.truncate(10);
-            });
-            hits += truth.iter().filter(|t| ann.contains(&t.0)).count();
+            // The engine's exact path (8-bit copies) for its latency; f32 for the truth.
+            timed_ms(&mut exact_ms, || drop(indexes.vectors.exact(&qv, plan.ids())));
+            let truth = exact_top10(&qv, &mut plan.ids());
+            hits += truth.iter().filter(|t| ann.contains(t)).count();
             wanted += truth.len();
         }
         report_latency.insert(
@@ -757,6 +776,28 @@ fn search(config: &Config, count: usize, queries: usize, noise: f32) -> Result<(
                    "exact_vector_scan": latency(exact_ms)}),
         );
         report_recall.insert(format!("filter_{name}"), json!(round(hits as f64 / wanted.max(1) as f64)));
+    }
+    // Recall and latency of the unfiltered vector retriever as the search breadth grows.
+    let mut sweep = Vec::new();
+    {
+        let indexes = engine.indexes();
+        let queries: Vec<Vec<f32>> = (0..queries.min(200)).map(|_| clustered(&mut rng, &centroids, noise)).collect();
+        let state = indexes.read();
+        let plan = state.filters.plan(DEFAULT_TENANT, &MemoryFilter::default(), memhub_types::time::now_micros());
+        let truths: Vec<Vec<DocId>> = queries.iter().map(|q| exact_top10(q, &mut plan.ids())).collect();
+        for &ef in ef_sweep {
+            indexes.vectors.set_expansion_search(ef);
+            let (mut ms, mut hits) = (Vec::new(), 0);
+            for (q, truth) in queries.iter().zip(&truths) {
+                let mut found = Vec::new();
+                timed_ms(&mut ms, || found = indexes.vector_search(&state, q, &plan, 100));
+                hits += found.iter().take(10).filter(|h| truth.contains(&h.0)).count();
+            }
+            sweep
+                .push(json!({"expansion_search": ef, "recall_at_10": round(hits as f64 / (10 * queries.len()) as f64),
+                              "vector_retriever": latency(ms)}));
+        }
+        indexes.vectors.set_expansion_search(config.engine.hnsw.expansion_search);
     }
     let store_bytes = engine.stats(DEFAULT_TENANT).map(|s| s.store_bytes).unwrap_or(0);
     let simd = engine.indexes().vectors.hardware_acceleration();
@@ -786,7 +827,7 @@ fn search(config: &Config, count: usize, queries: usize, noise: f32) -> Result<(
     let rss_growth = rss_after.saturating_sub(rss_before) as f64 * 1024.0;
     let report = json!({
         "memories": count,
-        "engine": "tantivy BM25 + usearch HNSW (f16, M=16), RRF; exact scan for filters matching <= 4096",
+        "engine": "tantivy BM25 + usearch HNSW (f16, M=16), RRF; exact 8-bit scan for filters matching <= 16384",
         "hnsw": config.engine.hnsw,
         "ingest_seconds": round(ingest_s),
         "index_build_seconds": round(build_s),
@@ -803,6 +844,7 @@ fn search(config: &Config, count: usize, queries: usize, noise: f32) -> Result<(
         "empty_server_rss_mib": (baseline / 1048576.0).round(),
         "resident_bytes_per_memory": ((serving - baseline) / count as f64).round(),
         "recall_at_10_vs_exact": report_recall,
+        "ef_sweep_unfiltered": sweep,
         "latency": report_latency,
     });
     println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);

@@ -360,6 +360,16 @@ impl Plan<'_> {
             .filter(|(id, d)| (!self.has_residual() && !self.table.expiring.contains(*id)) || self.residual_ok(d))
     }
 
+    /// Matching memory ids, ascending, without touching per-memory data unless a
+    /// time, metadata or expiry check needs it.
+    pub fn ids(&self) -> impl Iterator<Item = DocId> + '_ {
+        let residual = self.has_residual();
+        self.allowed.iter().filter(move |id| {
+            (!residual && !self.table.expiring.contains(*id))
+                || self.table.docs.get(id).is_some_and(|d| self.residual_ok(d))
+        })
+    }
+
     pub fn count(&self) -> usize {
         if !self.has_residual() && self.allowed.is_disjoint(&self.table.expiring) {
             return self.allowed.len() as usize;
