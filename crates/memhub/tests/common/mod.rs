@@ -21,8 +21,21 @@ pub fn manifest_dir() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A `memhub serve` child process. Killed (SIGKILL) on drop if still running.
@@ -51,36 +64,53 @@ impl Server {
         s
     }
 
-    /// Start on `data_dir` (kept after the server stops).
+    /// Start on `data_dir` (kept after the server stops). The server picks its own
+    /// port (`127.0.0.1:0`) and the port is read from its start-up log line, so
+    /// parallel tests never race for a port another test's server may answer on.
     pub fn start_in(data_dir: &Path, env: &[(&str, &str)]) -> Server {
-        let port = free_port();
         let mut cmd = Command::new(memhub_bin());
-        cmd.args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data-dir"])
+        cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .env("MEMHUB_LOG", "warn")
+            .env("MEMHUB_LOG", "warn,memhub=info")
+            .env("NO_COLOR", "1")
             // Tests that want the local encoder name its directory explicitly.
             .env("MEMHUB_MODEL_DIR", data_dir.join("no-model"))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("start memhub serve");
-        let server =
-            Server { child, port, base: format!("http://127.0.0.1:{port}"), data_dir: data_dir.into(), _tmp: None };
-        server.wait_ready();
-        server
+        let mut child = cmd.spawn().expect("start memhub serve");
+        let port = Self::read_port(child.stderr.take().expect("piped stderr"));
+        Server { child, port, base: format!("http://127.0.0.1:{port}"), data_dir: data_dir.into(), _tmp: None }
     }
 
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+    /// Read the server's log until it says where it listens; a thread then copies the
+    /// rest of its log to the test's stderr.
+    fn read_port(stderr: std::process::ChildStderr) -> u16 {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let plain: String = strip_ansi(&line);
+                let port = plain
+                    .contains("memhub listening")
+                    .then(|| {
+                        plain
+                            .split_whitespace()
+                            .find_map(|w| w.strip_prefix("addr=")?.rsplit(':').next()?.parse::<u16>().ok())
+                    })
+                    .flatten();
+                match (port, &tx) {
+                    (Some(p), Some(_)) => {
+                        let _ = tx.take().map(|t| t.send(p));
+                    }
+                    _ => eprintln!("{line}"),
+                }
             }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("memhub did not start listening on {}", self.port);
+        });
+        rx.recv_timeout(Duration::from_secs(60)).expect("memhub did not report a listening address")
     }
 
     pub fn url(&self, path: &str) -> String {
