@@ -346,6 +346,7 @@ impl Indexes {
     /// The maintainer loop: drain shortly after writes (batching bursts), until
     /// [`stop_maintainer`](Self::stop_maintainer). Run it on its own thread.
     pub fn maintain(&self) {
+        lower_thread_priority();
         let (lock, cv) = &self.wake;
         loop {
             {
@@ -475,6 +476,19 @@ fn load_changes(conn: &Connection, since: Option<i64>, mut f: impl FnMut(DocId, 
         f(id, content.as_deref().map(|c| (c, vector)));
     }
     Ok(())
+}
+
+/// Index maintenance is deferred work: on Linux its thread (and the insert threads
+/// it spawns, which inherit the setting) runs at nice 10, so acknowledged writes and
+/// searches get the cores first and the indexes catch up when they are free.
+fn lower_thread_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority with who = 0 changes only the calling thread's nice value.
+    unsafe {
+        if libc::setpriority(libc::PRIO_PROCESS, 0, 10) != 0 {
+            tracing::debug!("could not lower the index thread's priority");
+        }
+    }
 }
 
 /// `(id, generation)` of drained changes.
