@@ -325,13 +325,14 @@ impl Plan<'_> {
 
     /// Whether memory `id` is visible and matches.
     pub fn matches(&self, id: DocId) -> bool {
-        if !self.allowed.contains(id) {
-            return false;
-        }
-        if !self.has_residual() && !self.table.expiring.contains(id) {
-            return true;
-        }
-        self.table.docs.get(&id).is_some_and(|d| self.residual_ok(d))
+        self.allowed.contains(id) && self.passes_checks(id)
+    }
+
+    /// The per-memory checks (time range, metadata, expiry) for an id already in
+    /// the bitmap; per-memory data is read only when a check needs it.
+    fn passes_checks(&self, id: DocId) -> bool {
+        (!self.has_residual() && !self.table.expiring.contains(id))
+            || self.table.docs.get(&id).is_some_and(|d| self.residual_ok(d))
     }
 
     fn residual_ok(&self, d: &DocMeta) -> bool {
@@ -352,22 +353,14 @@ impl Plan<'_> {
         self.allowed.len()
     }
 
-    /// Matching memories, ascending.
-    pub fn iter(&self) -> impl Iterator<Item = (DocId, &DocMeta)> + '_ {
-        self.allowed
-            .iter()
-            .filter_map(|id| self.table.docs.get(&id).map(|d| (id, d)))
-            .filter(|(id, d)| (!self.has_residual() && !self.table.expiring.contains(*id)) || self.residual_ok(d))
+    /// Matching memory ids, ascending.
+    pub fn ids(&self) -> impl Iterator<Item = DocId> + '_ {
+        self.allowed.iter().filter(|id| self.passes_checks(*id))
     }
 
-    /// Matching memory ids, ascending, without touching per-memory data unless a
-    /// time, metadata or expiry check needs it.
-    pub fn ids(&self) -> impl Iterator<Item = DocId> + '_ {
-        let residual = self.has_residual();
-        self.allowed.iter().filter(move |id| {
-            (!residual && !self.table.expiring.contains(*id))
-                || self.table.docs.get(id).is_some_and(|d| self.residual_ok(d))
-        })
+    /// Matching memories with their data, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = (DocId, &DocMeta)> + '_ {
+        self.ids().filter_map(|id| self.table.docs.get(&id).map(|d| (id, d)))
     }
 
     pub fn count(&self) -> usize {

@@ -88,6 +88,12 @@ pub struct Indexes {
     wake: (Mutex<bool>, Condvar),
 }
 
+/// What the vector index holds for a memory: its vector, normalised, when it was
+/// made by `model`; vectors of other models are never compared.
+fn model_vector(embedding: Option<&[f32]>, embedding_model: Option<&str>, model: &str) -> Option<Vector> {
+    embedding.filter(|_| embedding_model == Some(model)).and_then(normalized)
+}
+
 /// Where an index's catch-up starts: `None` = from scratch.
 fn resume_from(checkpoint: Option<&Checkpoint>, store_id: &str, last_change: i64) -> Option<i64> {
     checkpoint.filter(|c| c.store_id == store_id && c.change <= last_change).map(|c| c.change)
@@ -122,8 +128,8 @@ impl Indexes {
             state.pending_text.set(id, m.map(|(content, _)| Analysed::of(content)));
         })?;
         load_changes(conn, vector_from, |id, m| {
-            let v = m.and_then(|(_, v)| v.filter(|(_, mm)| mm == model).and_then(|(v, _)| normalized(&v)));
-            state.pending_vectors.put(id, v);
+            let v = m.and_then(|(_, v)| v).and_then(|(v, m)| model_vector(Some(&v), Some(&m), model));
+            state.pending_vectors.set(id, v);
         })?;
         // An index on disk that cannot be resumed (another store's, or newer than the
         // store) is emptied before the refill.
@@ -184,7 +190,7 @@ impl Indexes {
                 None => state.filters.remove(*id),
             }
             state.pending_text.set(*id, text);
-            state.pending_vectors.put(*id, vector);
+            state.pending_vectors.set(*id, vector);
         }
         state.applied_change = state.applied_change.max(change);
         drop(state);
@@ -198,15 +204,15 @@ impl Indexes {
         let v = self.vector_of(m);
         let mut state = self.write();
         state.filters.set_has_vector(id, v.is_some());
-        state.pending_vectors.put(id, v);
+        state.pending_vectors.set(id, v);
         state.applied_change = state.applied_change.max(change);
         drop(state);
         self.wake_maintainer(false);
         Ok(())
     }
 
-    fn vector_of(&self, m: &Memory) -> Option<Box<[f32]>> {
-        m.embedding.as_deref().filter(|_| m.embedding_model.as_deref() == Some(&self.model)).and_then(normalized)
+    fn vector_of(&self, m: &Memory) -> Option<Vector> {
+        model_vector(m.embedding.as_deref(), m.embedding_model.as_deref(), &self.model)
     }
 
     /// BM25 top `n` over memories in `plan`: committed ones from tantivy, the rest
@@ -304,7 +310,7 @@ impl Indexes {
         }
         let mut state = self.write();
         state.pending_text.settle(&stamps(&text_batch));
-        state.pending_vectors.settle_drained(&stamps(&vector_batch));
+        state.pending_vectors.settle(&stamps(&vector_batch));
         let more = !state.pending_text.changes().is_empty() || !state.pending_vectors.is_empty();
         Ok((more, vector_cp))
     }

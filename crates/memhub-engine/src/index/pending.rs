@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 
 use super::filters::{DocId, Plan};
-use super::tokens::query_terms;
 
 /// Changed memories with their current state (`None` = deleted or nothing to index),
 /// each stamped with a generation so a drain can tell whether it changed again.
@@ -24,7 +23,8 @@ impl<T> Default for Changes<T> {
 }
 
 impl<T: Clone> Changes<T> {
-    fn set(&mut self, id: DocId, value: Option<T>) -> Option<T> {
+    /// Record `id`'s new state; returns the pending state it replaces.
+    pub fn set(&mut self, id: DocId, value: Option<T>) -> Option<T> {
         self.next_gen += 1;
         self.entries.insert(id, (self.next_gen, value)).and_then(|(_, old)| old)
     }
@@ -58,7 +58,7 @@ impl<T: Clone> Changes<T> {
 
     /// Forget drained changes that did not change again since their snapshot;
     /// returns the states removed.
-    fn settle(&mut self, drained: &[(DocId, u64)]) -> Vec<(DocId, Option<T>)> {
+    pub fn settle(&mut self, drained: &[(DocId, u64)]) -> Vec<(DocId, Option<T>)> {
         let mut removed = Vec::new();
         for (id, g) in drained {
             if self.entries.get(id).is_some_and(|(cur, _)| cur == g) {
@@ -210,23 +210,10 @@ pub fn idf(docs: u64, df: u64) -> f32 {
     (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
 }
 
-/// Distinct query terms with whether each is a content term (see [`query_terms`]).
-pub fn analyse_query(q: &str) -> Vec<(String, bool)> {
-    query_terms(q)
-}
-
 /// Vector changes: the memory's normalised vector of the engine's model, or `None`.
 pub type PendingVectors = Changes<Box<[f32]>>;
 
 impl PendingVectors {
-    pub fn put(&mut self, id: DocId, v: Option<Box<[f32]>>) {
-        self.set(id, v);
-    }
-
-    pub fn settle_drained(&mut self, drained: &[(DocId, u64)]) {
-        self.settle(drained);
-    }
-
     /// Exact cosine over pending vectors that match `plan`.
     pub fn search(&self, query: &[f32], plan: &Plan<'_>) -> Vec<(DocId, f32)> {
         self.iter().filter(|(id, _)| plan.matches(*id)).map(|(id, v)| (id, dot(v, query))).collect()
@@ -255,6 +242,7 @@ pub fn top_n<T, K: Ord + Copy, F: Fn(&T) -> (f32, K)>(items: &mut Vec<T>, n: usi
 #[cfg(test)]
 mod tests {
     use super::super::filters::{FilterTable, MetaSource};
+    use super::super::tokens::query_terms;
     use super::*;
     use memhub_types::MemoryFilter;
 
@@ -285,7 +273,7 @@ mod tests {
     }
 
     fn search(p: &PendingText, t: &FilterTable, tenant: &str, q: &str) -> Vec<TextHit> {
-        let terms = analyse_query(q);
+        let terms = query_terms(q);
         let stats = p.stats();
         let avg = stats.tokens as f32 / stats.docs.max(1) as f32;
         let plan = t.plan(tenant, &MemoryFilter::default(), 0);
@@ -330,7 +318,7 @@ mod tests {
     fn a_bounded_snapshot_takes_the_oldest_changes() {
         let mut v = PendingVectors::default();
         for id in [5, 3, 9, 1] {
-            v.put(id, Some(vec![1.0].into()));
+            v.set(id, Some(vec![1.0].into()));
         }
         let mut ids: Vec<DocId> = v.snapshot(2).iter().map(|e| e.0).collect();
         ids.sort();
