@@ -10,7 +10,7 @@ use memhub_types::schema::KindSchema;
 use memhub_types::time::now_micros;
 use memhub_types::{
     Embedder, Entity, Error, ErrorCode, Memory, MemoryFilter, MemoryPatch, NewEntity, NewMemory, NewRelation, Relation,
-    Result, SchemaRegistry, SearchHit, SearchRequest, SearchResponse, StoreOutcome,
+    Result, RetentionPolicy, SchemaRegistry, Scope, SearchHit, SearchRequest, SearchResponse, StoreOutcome,
 };
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
@@ -45,11 +45,13 @@ pub struct Stats {
     pub with_embedding: usize,
     pub by_kind: BTreeMap<String, usize>,
     pub by_system: BTreeMap<String, usize>,
-    pub history_versions: i64,
+    /// Old versions kept (only for a caller who sees the whole tenant).
+    pub history_versions: Option<i64>,
     /// Memories waiting for a server-side vector (all tenants).
     pub embedding_backlog: usize,
-    pub entities: i64,
-    pub relations: i64,
+    /// Knowledge-graph sizes (only for a caller who sees the whole tenant).
+    pub entities: Option<i64>,
+    pub relations: Option<i64>,
     pub store_bytes: u64,
     /// The derived indexes (all tenants): sizes and changes not yet persisted.
     pub index: IndexSizes,
@@ -63,6 +65,28 @@ pub struct ImportReport {
     pub unchanged: usize,
 }
 
+/// What an erasure or a purge removed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Removed {
+    pub memories: usize,
+    pub history_versions: usize,
+}
+
+/// The scopes a caller reads and writes in: they differ for a manager, who reads the
+/// whole tenant but writes only some kinds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub read: Scope,
+    pub write: Scope,
+}
+
+impl Access {
+    /// Read and write everything in `tenant`.
+    pub fn tenant(tenant: &str) -> Self {
+        Access { read: Scope::tenant(tenant), write: Scope::tenant(tenant) }
+    }
+}
+
 /// The memhub engine. Thread-safe; share it behind an `Arc`.
 pub struct Engine {
     store: Store,
@@ -72,6 +96,8 @@ pub struct Engine {
     config: EngineConfig,
     embedder: Option<Arc<dyn Embedder>>,
     embed_queue: EmbeddingQueue,
+    /// Policies from the config file followed by those set through the API.
+    retention: RwLock<Vec<RetentionPolicy>>,
 }
 
 /// A list cursor: `(created_at, seq)` of the last memory returned.
@@ -204,7 +230,9 @@ impl Engine {
             config,
             embedder,
             embed_queue: EmbeddingQueue::default(),
+            retention: RwLock::new(Vec::new()),
         };
+        engine.load_retention()?;
         if engine.embedder.is_some() && writable {
             for (id, doc) in engine.indexes.read().filters.docs() {
                 if !doc.has_vector {
@@ -305,14 +333,39 @@ impl Engine {
         Ok(())
     }
 
+    /// Validate `new` and check it against the write scope: the scope's tenant and
+    /// user fill in what the client left out; anything outside the scope is refused.
+    fn prepare_in(
+        &self,
+        scope: &Scope,
+        mut new: NewMemory,
+        method: IngestionMethod,
+        registry: &SchemaRegistry,
+        now: i64,
+    ) -> Result<Prepared> {
+        new.tenant.get_or_insert_with(|| scope.tenant.clone());
+        let mut prepared = prepare::prepare(new, method, &self.config, registry, now)?;
+        if prepared.memory.user_id.is_none() {
+            prepared.memory.user_id.clone_from(&scope.user_id);
+        }
+        match scope.refusal(&prepared.memory) {
+            Some(why) => Err(Error::forbidden(why)),
+            None => Ok(prepared),
+        }
+    }
+
     /// Write one prepared memory inside `tx`: insert, replace (new version) or no-op.
-    fn write_prepared(tx: &Transaction<'_>, prepared: Prepared) -> Result<(i64, Stored)> {
+    /// The inner error refuses this item only (it would replace a memory outside `scope`).
+    fn write_prepared(tx: &Transaction<'_>, scope: &Scope, prepared: Prepared) -> Result<Result<(i64, Stored)>> {
         let Prepared { mut memory, created_at_given } = prepared;
         let existing = store::find_by_key(tx, &memory.tenant, &memory.system_id, &memory.memory_id)?;
         let Some((seq, old)) = existing else {
             let seq = store::insert_memory(tx, &memory)?;
-            return Ok((seq, Stored { outcome: StoreOutcome::Created, memory }));
+            return Ok(Ok((seq, Stored { outcome: StoreOutcome::Created, memory })));
         };
+        if !scope.permits(&old) {
+            return Ok(Err(Error::forbidden("this memory_id belongs to a memory you may not change")));
+        }
         if !created_at_given {
             memory.created_at = old.created_at;
         }
@@ -323,13 +376,13 @@ impl Engine {
             memory.embedding_model.clone_from(&old.embedding_model);
         }
         if same_revision(&memory, &old) {
-            return Ok((seq, Stored { outcome: StoreOutcome::Unchanged, memory: old }));
+            return Ok(Ok((seq, Stored { outcome: StoreOutcome::Unchanged, memory: old })));
         }
         memory.id = old.id;
         memory.ingested_at = old.ingested_at;
         memory.version = old.version + 1;
         store::replace_memory(tx, seq, &memory, memory.updated_at)?;
-        Ok((seq, Stored { outcome: StoreOutcome::Updated, memory }))
+        Ok(Ok((seq, Stored { outcome: StoreOutcome::Updated, memory })))
     }
 
     fn changed<'a>(written: impl IntoIterator<Item = &'a (i64, Stored)>) -> Vec<(i64, Option<&'a Memory>)> {
@@ -340,15 +393,19 @@ impl Engine {
             .collect()
     }
 
-    /// Store one memory. Durable when this returns `Ok`.
-    pub fn store_memory(&self, new: NewMemory, method: IngestionMethod) -> Result<Stored> {
-        let prepared = prepare::prepare(new, method, &self.config, &self.registry(), now_micros())?;
+    /// Store one memory within the write scope `scope`. Durable when this returns `Ok`.
+    pub fn store_memory(&self, scope: &Scope, new: NewMemory, method: IngestionMethod) -> Result<Stored> {
+        let prepared = self.prepare_in(scope, new, method, &self.registry(), now_micros())?;
         let (_, stored) = self
             .store
             .write_then(
-                |tx| Self::write_prepared(tx, prepared).map(|w| vec![w]),
-                |written, change| self.apply(&Self::changed(written), change),
-            )?
+                |tx| Self::write_prepared(tx, scope, prepared).map(|w| w.map(|w| vec![w])),
+                |written, change| {
+                    if let Ok(written) = written {
+                        self.apply(&Self::changed(written), change)
+                    }
+                },
+            )??
             .pop()
             .expect("one write");
         Ok(stored)
@@ -357,7 +414,12 @@ impl Engine {
     /// Store many memories in one durable transaction. An item that fails validation
     /// gets its error at its position in the result and is skipped; the others are all
     /// written or, if the store fails, none is.
-    pub fn store_batch(&self, items: Vec<NewMemory>, method: IngestionMethod) -> Result<Vec<Result<Stored>>> {
+    pub fn store_batch(
+        &self,
+        scope: &Scope,
+        items: Vec<NewMemory>,
+        method: IngestionMethod,
+    ) -> Result<Vec<Result<Stored>>> {
         if items.len() > self.config.max_batch {
             return Err(Error::field(
                 ErrorCode::BatchTooLarge,
@@ -370,7 +432,7 @@ impl Engine {
         // Item errors name fields within the item; the caller knows each item's position
         // in its own request and prefixes it.
         let prepared: Vec<Result<Prepared>> =
-            items.into_iter().map(|new| prepare::prepare(new, method, &self.config, &registry, now)).collect();
+            items.into_iter().map(|new| self.prepare_in(scope, new, method, &registry, now)).collect();
         drop(registry);
         let mut results: Vec<Option<Result<Stored>>> = Vec::with_capacity(prepared.len());
         let mut valid = Vec::new();
@@ -388,31 +450,49 @@ impl Engine {
                 |tx| {
                     valid
                         .into_iter()
-                        .map(|(i, p)| Self::write_prepared(tx, p).map(|w| (i, w)))
+                        .map(|(i, p)| Self::write_prepared(tx, scope, p).map(|w| (i, w)))
                         .collect::<Result<Vec<_>>>()
                 },
-                |written, change| self.apply(&Self::changed(written.iter().map(|(_, w)| w)), change),
+                |written, change| {
+                    self.apply(&Self::changed(written.iter().filter_map(|(_, w)| w.as_ref().ok())), change)
+                },
             )?;
-            for (i, (_, stored)) in written {
-                results[i] = Some(Ok(stored));
+            for (i, w) in written {
+                results[i] = Some(w.map(|(_, stored)| stored));
             }
         }
         Ok(results.into_iter().map(|r| r.expect("every item has a result")).collect())
     }
 
-    /// A memory by server id, if visible in `tenant` (expired ones are not).
-    pub fn get(&self, tenant: &str, id: &Uuid) -> Result<Memory> {
+    /// Whether `m` is past its `expires_at` or its kind's retention at `now`.
+    fn expired(&self, m: &Memory, now: i64) -> bool {
+        m.expires_at.is_some_and(|t| t <= now)
+            || self
+                .retention
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|p| p.covers(&m.tenant, &m.system_id, &m.kind) && m.created_at < p.cutoff(now))
+    }
+
+    fn visible(&self, scope: &Scope, m: &Memory, now: i64) -> bool {
+        scope.permits(m) && !self.expired(m, now)
+    }
+
+    /// A memory by server id, if visible in `scope` (expired ones are not).
+    pub fn get(&self, scope: &Scope, id: &Uuid) -> Result<Memory> {
         let now = now_micros();
         self.store
-            .read(|c| store::find_by_id(c, tenant, id))?
+            .read(|c| store::find_by_id(c, &scope.tenant, id))?
             .map(|(_, m)| m)
-            .filter(|m| m.expires_at.is_none_or(|t| t > now))
+            .filter(|m| self.visible(scope, m, now))
             .ok_or_else(|| Error::not_found(format!("no memory with id {id}")))
     }
 
     /// A memory by the client's `memory_id`. Without `system_id`, the id must be
     /// unique in the tenant.
-    pub fn get_by_memory_id(&self, tenant: &str, system_id: Option<&str>, memory_id: &str) -> Result<Memory> {
+    pub fn get_by_memory_id(&self, scope: &Scope, system_id: Option<&str>, memory_id: &str) -> Result<Memory> {
+        let tenant = scope.tenant.as_str();
         let now = now_micros();
         let found: Vec<Memory> = self.store.read(|c| {
             let sql = format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant = ?1 AND memory_id = ?2 AND (?3 IS NULL OR system_id = ?3) LIMIT 2");
@@ -420,7 +500,7 @@ impl Engine {
             let rows = st.query_map(params![tenant, memory_id, system_id], |r| store::memory_from_row(r, 0)).map_err(storage)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
         })?;
-        let mut found: Vec<Memory> = found.into_iter().filter(|m| m.expires_at.is_none_or(|t| t > now)).collect();
+        let mut found: Vec<Memory> = found.into_iter().filter(|m| self.visible(scope, m, now)).collect();
         match found.len() {
             0 => Err(Error::not_found(format!("no memory with memory_id {memory_id:?}"))),
             1 => Ok(found.pop().expect("one")),
@@ -432,9 +512,19 @@ impl Engine {
         }
     }
 
+    /// The memory `id` for a change by `access`: 404 if it may not read it, 403 if it
+    /// may read but not change it.
+    fn get_for_change(&self, access: &Access, id: &Uuid) -> Result<Memory> {
+        let current = self.get(&access.read, id)?;
+        match access.write.refusal(&current) {
+            Some(why) => Err(Error::forbidden(why)),
+            None => Ok(current),
+        }
+    }
+
     /// Apply a patch: a new version, the old one kept in history.
-    pub fn update(&self, tenant: &str, id: &Uuid, patch: MemoryPatch) -> Result<Stored> {
-        let current = self.get(tenant, id)?;
+    pub fn update(&self, access: &Access, id: &Uuid, patch: MemoryPatch) -> Result<Stored> {
+        let current = self.get_for_change(access, id)?;
         let mut new = NewMemory {
             tenant: Some(current.tenant.clone()),
             system_id: Some(current.system_id.clone()),
@@ -458,15 +548,17 @@ impl Engine {
             new.embedding = Some(e);
             new.embedding_model = patch.embedding_model;
         }
-        self.store_memory(new, current.ingestion_method)
+        self.store_memory(&access.write, new, current.ingestion_method)
     }
 
     /// Delete a memory and its history for real.
-    pub fn delete(&self, tenant: &str, id: &Uuid) -> Result<Memory> {
+    pub fn delete(&self, access: &Access, id: &Uuid) -> Result<Memory> {
+        self.get_for_change(access, id)?;
         self.store
             .write_then(
                 |tx| {
-                    let (seq, m) = store::find_by_id(tx, tenant, id)?
+                    let (seq, m) = store::find_by_id(tx, &access.write.tenant, id)?
+                        .filter(|(_, m)| access.write.permits(m))
                         .ok_or_else(|| Error::not_found(format!("no memory with id {id}")))?;
                     store::delete_memory(tx, seq, id)?;
                     Ok((seq, m))
@@ -477,8 +569,9 @@ impl Engine {
     }
 
     /// Every version of a memory, newest first (the current one included).
-    pub fn history(&self, tenant: &str, id: &Uuid) -> Result<Vec<Memory>> {
-        let current = self.get(tenant, id)?;
+    pub fn history(&self, scope: &Scope, id: &Uuid) -> Result<Vec<Memory>> {
+        let current = self.get(scope, id)?;
+        let tenant = scope.tenant.as_str();
         let mut versions = vec![current];
         let old: Vec<Memory> = self.store.read(|c| {
             let mut st = c
@@ -497,7 +590,7 @@ impl Engine {
     /// A page of memories matching `filter`, newest first.
     pub fn list(
         &self,
-        tenant: &str,
+        scope: &Scope,
         filter: &MemoryFilter,
         limit: Option<usize>,
         cursor: Option<&str>,
@@ -506,7 +599,7 @@ impl Engine {
         let after = cursor.map(decode_cursor).transpose()?;
         let keys = {
             let state = self.indexes.read();
-            state.filters.plan(tenant, filter, now_micros()).list(after, limit + 1)
+            state.filters.plan(scope, filter, now_micros()).list(after, limit + 1)
         };
         let more = keys.len() > limit;
         let keys = &keys[..keys.len().min(limit)];
@@ -518,7 +611,7 @@ impl Engine {
     }
 
     /// Hybrid search: BM25 and exact vector scan, fused by reciprocal rank.
-    pub fn search(&self, tenant: &str, req: &SearchRequest) -> Result<SearchResponse> {
+    pub fn search(&self, scope: &Scope, req: &SearchRequest) -> Result<SearchResponse> {
         let limit = check_limit(req.limit, 10, 1000)?;
         let ratio = req.semantic_ratio.unwrap_or(DEFAULT_SEMANTIC_RATIO);
         if !(0.0..=1.0).contains(&ratio) {
@@ -557,7 +650,7 @@ impl Engine {
         let mut fused: HashMap<DocId, Candidate> = HashMap::new();
         {
             let state = self.indexes.read();
-            let plan = state.filters.plan(tenant, &req.filter, now);
+            let plan = state.filters.plan(scope, &req.filter, now);
             let mut add = |id: DocId, rank: usize, weight: f32, similarity: f32, retriever: &'static str| {
                 let c = fused.entry(id).or_insert_with(|| Candidate {
                     seq: i64::from(id),
@@ -777,6 +870,20 @@ impl Engine {
         Ok(Relation { id, tenant: tenant.into(), relation: r, created_at: now })
     }
 
+    /// Call `f` for every visible memory of `scope`, oldest write first.
+    pub fn export_scope(&self, scope: &Scope, mut f: impl FnMut(Memory) -> Result<()>) -> Result<usize> {
+        let now = now_micros();
+        let mut n = 0;
+        self.export(Some(&scope.tenant), |m| {
+            if self.visible(scope, &m, now) {
+                n += 1;
+                f(m)?;
+            }
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
     /// Call `f` for every stored memory (of `tenant`, or all), oldest write first.
     pub fn export(&self, tenant: Option<&str>, mut f: impl FnMut(Memory) -> Result<()>) -> Result<usize> {
         self.store.read(|c| {
@@ -842,29 +949,32 @@ impl Engine {
             .map(|(report, _)| report)
     }
 
-    /// Counts for a tenant.
-    pub fn stats(&self, tenant: &str) -> Result<Stats> {
+    /// Counts of what `scope` sees.
+    pub fn stats(&self, scope: &Scope) -> Result<Stats> {
+        let tenant = scope.tenant.as_str();
         let (memories, with_embedding, by_kind, by_system) = {
             let state = self.indexes.read();
-            state.filters.plan(tenant, &MemoryFilter::default(), now_micros()).counts()
+            state.filters.plan(scope, &MemoryFilter::default(), now_micros()).counts()
         };
         let mut stats = Stats {
             memories,
             with_embedding,
             by_kind,
             by_system,
-            history_versions: 0,
+            history_versions: None,
             embedding_backlog: self.embed_queue.len(),
-            entities: 0,
-            relations: 0,
+            entities: None,
+            relations: None,
             store_bytes: 0,
             index: self.indexes.sizes(),
         };
         let count =
             |sql: &str| self.store.read(|c| c.query_row(sql, params![tenant], |r| r.get::<_, i64>(0)).map_err(storage));
-        stats.history_versions = count("SELECT COUNT(*) FROM memory_history WHERE tenant = ?1")?;
-        stats.entities = count("SELECT COUNT(*) FROM kg_entities WHERE tenant = ?1")?;
-        stats.relations = count("SELECT COUNT(*) FROM kg_relations WHERE tenant = ?1")?;
+        if scope.is_whole_tenant() {
+            stats.history_versions = Some(count("SELECT COUNT(*) FROM memory_history WHERE tenant = ?1")?);
+            stats.entities = Some(count("SELECT COUNT(*) FROM kg_entities WHERE tenant = ?1")?);
+            stats.relations = Some(count("SELECT COUNT(*) FROM kg_relations WHERE tenant = ?1")?);
+        }
         let path = self.store.path();
         stats.store_bytes = [path.to_path_buf(), path.with_extension("db-wal")]
             .iter()
@@ -872,6 +982,137 @@ impl Engine {
             .map(|m| m.len())
             .sum();
         Ok(stats)
+    }
+
+    /// Load the stored retention policies after the configured ones.
+    fn load_retention(&self) -> Result<()> {
+        let stored: Vec<RetentionPolicy> = self.store.read(|c| {
+            let mut st = c
+                .prepare("SELECT tenant, kind, system_id, ttl_seconds FROM retention_policies ORDER BY tenant, kind, system_id")
+                .map_err(storage)?;
+            let rows = st
+                .query_map([], |r| {
+                    let system: String = r.get(2)?;
+                    Ok(RetentionPolicy {
+                        tenant: Some(r.get(0)?),
+                        kind: r.get(1)?,
+                        system_id: (!system.is_empty()).then_some(system),
+                        ttl_seconds: r.get::<_, i64>(3)?.max(1) as u64,
+                    })
+                })
+                .map_err(storage)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
+        })?;
+        let policies: Vec<RetentionPolicy> = self.config.retention.iter().cloned().chain(stored).collect();
+        self.indexes.set_retention(policies.clone());
+        *self.retention.write().unwrap_or_else(|p| p.into_inner()) = policies;
+        Ok(())
+    }
+
+    /// The retention policies that apply in `tenant`: the configured ones, then the
+    /// tenant's own.
+    pub fn retention(&self, tenant: &str) -> Vec<RetentionPolicy> {
+        let all = self.retention.read().unwrap_or_else(|p| p.into_inner());
+        all.iter().filter(|p| p.tenant.as_deref().is_none_or(|t| t == tenant)).cloned().collect()
+    }
+
+    /// Replace `tenant`'s own retention policies (the configured ones stay). Memories
+    /// past a new TTL are invisible at once and purged by [`purge_expired`](Self::purge_expired).
+    pub fn set_retention(&self, tenant: &str, policies: Vec<RetentionPolicy>) -> Result<Vec<RetentionPolicy>> {
+        for (i, p) in policies.iter().enumerate() {
+            if p.kind.trim().is_empty() {
+                return Err(Error::field(ErrorCode::InvalidField, format!("policies[{i}].kind"), "must not be empty"));
+            }
+            if p.tenant.as_deref().is_some_and(|t| t != tenant) {
+                return Err(Error::field(
+                    ErrorCode::InvalidField,
+                    format!("policies[{i}].tenant"),
+                    "must be your tenant",
+                ));
+            }
+        }
+        self.store.write(|tx| {
+            tx.execute("DELETE FROM retention_policies WHERE tenant = ?1", params![tenant]).map_err(storage)?;
+            for p in &policies {
+                tx.execute(
+                    "INSERT OR REPLACE INTO retention_policies (tenant, kind, system_id, ttl_seconds) VALUES (?1, ?2, ?3, ?4)",
+                    params![tenant, p.kind, p.system_id.as_deref().unwrap_or(""), i64::try_from(p.ttl_seconds).unwrap_or(i64::MAX)],
+                )
+                .map_err(storage)?;
+            }
+            Ok(())
+        })?;
+        self.load_retention()?;
+        Ok(self.retention(tenant))
+    }
+
+    /// Delete the memories at `seqs` (and their history) for which `still` holds when
+    /// the deleting transaction looks at them. The one removal path for purge and
+    /// erasure: a tier that keeps copies (cold storage) must delete there too.
+    fn remove_where(&self, seqs: &[i64], still: impl Fn(&Memory) -> bool) -> Result<Removed> {
+        let mut removed = Removed::default();
+        for chunk in seqs.chunks(1000) {
+            let (done, _) = self
+                .store
+                .write_then(
+                    |tx| {
+                        let mut done = Vec::new();
+                        let mut history = 0;
+                        for &seq in chunk {
+                            if let Some(h) = store::delete_if(tx, seq, &still)? {
+                                done.push(seq);
+                                history += h;
+                            }
+                        }
+                        Ok((done, history))
+                    },
+                    |(done, _), change| self.apply(&done.iter().map(|s| (*s, None)).collect::<Vec<_>>(), change),
+                )
+                .map(|(done, history)| {
+                    removed.history_versions += history;
+                    (done, history)
+                })?;
+            removed.memories += done.len();
+        }
+        Ok(removed)
+    }
+
+    /// Remove every memory past its `expires_at` or its kind's retention, with its
+    /// history, from the store and the indexes. The background purge job calls this.
+    pub fn purge_expired(&self) -> Result<Removed> {
+        let now = now_micros();
+        let seqs: Vec<i64> = self.indexes.read().filters.expired(now).into_iter().map(i64::from).collect();
+        if seqs.is_empty() {
+            return Ok(Removed::default());
+        }
+        let removed = self.remove_where(&seqs, |m| self.expired(m, now))?;
+        tracing::info!(
+            memories = removed.memories,
+            history_versions = removed.history_versions,
+            "purged expired memories"
+        );
+        Ok(removed)
+    }
+
+    /// Erase every memory of `scope` matching `filter` (expired ones included) with
+    /// its history, then compact the store and the text index so the erased text is
+    /// gone from disk.
+    pub fn erase(&self, scope: &Scope, filter: &MemoryFilter) -> Result<Removed> {
+        let seqs: Vec<i64> = {
+            let state = self.indexes.read();
+            let plan = state.filters.plan(scope, filter, i64::MIN);
+            plan.ids().map(i64::from).collect()
+        };
+        let removed = self.remove_where(&seqs, |m| scope.permits(m))?;
+        self.compact()?;
+        Ok(removed)
+    }
+
+    /// Rewrite the store and the text index without deleted data (`VACUUM`, segment
+    /// merge). Slow on a large store; erasure runs it.
+    pub fn compact(&self) -> Result<()> {
+        self.indexes.compact()?;
+        self.store.vacuum()
     }
 
     /// Bring the persisted indexes up to date and flush the write-ahead log into the

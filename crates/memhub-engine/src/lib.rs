@@ -6,8 +6,8 @@
 //! use memhub_types::{NewMemory, SearchRequest, memory::IngestionMethod};
 //!
 //! let engine = Engine::open("/tmp/memhub".as_ref(), EngineConfig::default(), OpenMode::ReadWrite)?;
-//! engine.store_memory(NewMemory { content: "deploys happen on Tuesdays".into(), ..Default::default() }, IngestionMethod::Rest)?;
-//! let found = engine.search("default", &SearchRequest { query: "deploy tuesday".into(), ..Default::default() })?;
+//! engine.store_memory(&"default".into(), NewMemory { content: "deploys happen on Tuesdays".into(), ..Default::default() }, IngestionMethod::Rest)?;
+//! let found = engine.search(&"default".into(), &SearchRequest { query: "deploy tuesday".into(), ..Default::default() })?;
 //! # Ok::<(), memhub_types::Error>(())
 //! ```
 
@@ -18,7 +18,7 @@ mod prepare;
 pub mod store;
 
 pub use embedding::EmbeddingWorker;
-pub use engine::{Engine, ImportReport, Page, Stats, Stored, DEFAULT_SEMANTIC_RATIO};
+pub use engine::{Access, Engine, ImportReport, Page, Removed, Stats, Stored, DEFAULT_SEMANTIC_RATIO};
 pub use prepare::content_hash;
 pub use store::OpenMode;
 
@@ -36,6 +36,9 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Vector graph parameters (changing them rebuilds the graph on next open).
     pub hnsw: index::HnswParams,
+    /// Retention policies from the config file (`[[engine.retention]]`); tenants add
+    /// their own through the API.
+    pub retention: Vec<memhub_types::RetentionPolicy>,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +49,7 @@ impl Default for EngineConfig {
             max_content_bytes: 1024 * 1024,
             max_batch: 1000,
             hnsw: index::HnswParams::default(),
+            retention: Vec::new(),
         }
     }
 }

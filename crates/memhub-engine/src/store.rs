@@ -85,6 +85,13 @@ CREATE TABLE IF NOT EXISTS kind_schemas (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (kind, version)
 );
+CREATE TABLE IF NOT EXISTS retention_policies (
+    tenant TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    system_id TEXT NOT NULL DEFAULT '',
+    ttl_seconds INTEGER NOT NULL,
+    PRIMARY KEY (tenant, kind, system_id)
+);
 CREATE TABLE IF NOT EXISTS kg_entities (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,
@@ -191,6 +198,8 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // FULL: the WAL is fsynced at every commit, so an acknowledged write is on disk.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "cache_size", -64_000)?;
+    // Deleted rows are overwritten, not left in free pages: erasure is real.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     Ok(())
 }
 
@@ -310,6 +319,17 @@ impl Store {
         out
     }
 
+    /// Copy the database into a fresh file without free pages (`VACUUM`) and empty
+    /// the WAL: nothing deleted before this survives in the store's files.
+    pub fn vacuum(&self) -> Result<()> {
+        if self.mode == OpenMode::ReadOnly {
+            return Ok(());
+        }
+        let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute_batch("VACUUM").map_err(storage)?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(storage)
+    }
+
     /// Flush the WAL into the main database file (on graceful shutdown).
     pub fn checkpoint(&self) -> Result<()> {
         if self.mode == OpenMode::ReadOnly {
@@ -423,6 +443,20 @@ pub(crate) fn delete_memory(tx: &Transaction<'_>, seq: i64, id: &Uuid) -> Result
     tx.execute("DELETE FROM memories WHERE seq = ?1", params![seq]).map_err(storage)?;
     tx.execute("DELETE FROM memory_history WHERE id = ?1", params![id.to_string()]).map_err(storage)?;
     log_change(tx, seq, "delete")
+}
+
+/// Delete the memory at `seq` and its history, if it is still there and `still`
+/// holds for it (checked inside the transaction). Returns the history rows removed.
+pub(crate) fn delete_if(tx: &Transaction<'_>, seq: i64, still: impl Fn(&Memory) -> bool) -> Result<Option<usize>> {
+    let found = tx
+        .prepare_cached(&format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE seq = ?1"))
+        .and_then(|mut st| st.query_row(params![seq], |r| memory_from_row(r, 0)).optional())
+        .map_err(storage)?;
+    let Some(m) = found.filter(|m| still(m)) else { return Ok(None) };
+    tx.execute("DELETE FROM memories WHERE seq = ?1", params![seq]).map_err(storage)?;
+    let history = tx.execute("DELETE FROM memory_history WHERE id = ?1", params![m.id.to_string()]).map_err(storage)?;
+    log_change(tx, seq, "delete")?;
+    Ok(Some(history))
 }
 
 /// The last `change_log` sequence number (0 when none).

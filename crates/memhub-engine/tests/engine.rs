@@ -1,8 +1,16 @@
 //! Engine behaviour across its public API: tenancy on every path, reopen, import.
 
-use memhub_engine::{Engine, EngineConfig, OpenMode};
+use memhub_engine::{Access, Engine, EngineConfig, OpenMode, Stored};
 use memhub_types::memory::IngestionMethod;
-use memhub_types::{ErrorCode, MemoryFilter, MemoryPatch, NewMemory, SearchRequest, StoreOutcome};
+use memhub_types::{
+    ErrorCode, MemoryFilter, MemoryPatch, NewMemory, Result, Scope, SearchRequest, StoreOutcome, DEFAULT_TENANT,
+};
+
+/// Store as a caller who may write anywhere in the memory's tenant.
+fn store(engine: &Engine, new: NewMemory) -> Result<Stored> {
+    let scope = Scope::tenant(new.tenant.clone().unwrap_or_else(|| DEFAULT_TENANT.into()));
+    engine.store_memory(&scope, new, IngestionMethod::Rest)
+}
 
 fn config() -> EngineConfig {
     EngineConfig { embedding_dim: 3, ..EngineConfig::default() }
@@ -27,30 +35,34 @@ fn not_found<T: std::fmt::Debug>(r: Result<T, memhub_types::Error>) {
 fn tenants_never_see_or_touch_each_others_memories() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path(), config(), OpenMode::ReadWrite).unwrap();
-    let a = engine.store_memory(new("a", "m1", "secret plans of tenant a"), IngestionMethod::Rest).unwrap().memory;
+    let a = store(&engine, new("a", "m1", "secret plans of tenant a")).unwrap().memory;
     // The same key in another tenant is another memory.
-    let b = engine.store_memory(new("b", "m1", "tenant b's notes"), IngestionMethod::Rest).unwrap();
+    let b = store(&engine, new("b", "m1", "tenant b's notes")).unwrap();
     assert_eq!(b.outcome, StoreOutcome::Created);
     assert_ne!(a.id, b.memory.id);
 
-    not_found(engine.get("b", &a.id));
-    not_found(engine.history("b", &a.id));
-    not_found(engine.update("b", &a.id, MemoryPatch { content: Some("overwritten".into()), ..Default::default() }));
-    not_found(engine.delete("b", &a.id));
-    not_found(engine.get_by_memory_id("c", None, "m1"));
-    assert_eq!(engine.get("a", &a.id).unwrap().content, "secret plans of tenant a", "untouched");
+    not_found(engine.get(&"b".into(), &a.id));
+    not_found(engine.history(&"b".into(), &a.id));
+    not_found(engine.update(
+        &Access::tenant("b"),
+        &a.id,
+        MemoryPatch { content: Some("overwritten".into()), ..Default::default() },
+    ));
+    not_found(engine.delete(&Access::tenant("b"), &a.id));
+    not_found(engine.get_by_memory_id(&"c".into(), None, "m1"));
+    assert_eq!(engine.get(&"a".into(), &a.id).unwrap().content, "secret plans of tenant a", "untouched");
 
     let search = |tenant: &str| {
         let req =
             SearchRequest { query: "tenant".into(), query_embedding: Some(vec![1.0, 0.0, 0.0]), ..Default::default() };
-        engine.search(tenant, &req).unwrap().results.into_iter().map(|h| h.memory.tenant).collect::<Vec<_>>()
+        engine.search(&tenant.into(), &req).unwrap().results.into_iter().map(|h| h.memory.tenant).collect::<Vec<_>>()
     };
     assert_eq!(search("a"), vec!["a"]);
     assert_eq!(search("b"), vec!["b"]);
     assert!(search("c").is_empty());
-    let page = engine.list("b", &MemoryFilter::default(), None, None).unwrap();
+    let page = engine.list(&"b".into(), &MemoryFilter::default(), None, None).unwrap();
     assert_eq!(page.memories.len(), 1);
-    assert_eq!(engine.stats("a").unwrap().memories, 1);
+    assert_eq!(engine.stats(&"a".into()).unwrap().memories, 1);
     let mut exported = Vec::new();
     engine
         .export(Some("a"), |m| {
@@ -67,35 +79,39 @@ fn reopening_rebuilds_the_index_from_the_store() {
     {
         let engine = Engine::open(dir.path(), config(), OpenMode::ReadWrite).unwrap();
         let items = (0..20).map(|i| new("t", &format!("m{i}"), &format!("item number {i} about rust"))).collect();
-        assert!(engine.store_batch(items, IngestionMethod::Rest).unwrap().iter().all(Result::is_ok));
-        let gone = engine.get_by_memory_id("t", None, "m3").unwrap();
-        engine.delete("t", &gone.id).unwrap();
-        let changed = engine.get_by_memory_id("t", None, "m4").unwrap();
+        assert!(engine.store_batch(&"t".into(), items, IngestionMethod::Rest).unwrap().iter().all(Result::is_ok));
+        let gone = engine.get_by_memory_id(&"t".into(), None, "m3").unwrap();
+        engine.delete(&Access::tenant("t"), &gone.id).unwrap();
+        let changed = engine.get_by_memory_id(&"t".into(), None, "m4").unwrap();
         engine
-            .update("t", &changed.id, MemoryPatch { content: Some("now about zebras".into()), ..Default::default() })
+            .update(
+                &Access::tenant("t"),
+                &changed.id,
+                MemoryPatch { content: Some("now about zebras".into()), ..Default::default() },
+            )
             .unwrap();
         // No checkpoint: dropped as if the process ended.
     }
     let engine = Engine::open(dir.path(), config(), OpenMode::ReadWrite).unwrap();
     let req = |q: &str| SearchRequest { query: q.into(), limit: Some(100), ..Default::default() };
-    assert_eq!(engine.search("t", &req("rust")).unwrap().total_results, 18);
-    let zebra = engine.search("t", &req("zebras")).unwrap();
+    assert_eq!(engine.search(&"t".into(), &req("rust")).unwrap().total_results, 18);
+    let zebra = engine.search(&"t".into(), &req("zebras")).unwrap();
     assert_eq!(zebra.results[0].memory.memory_id, "m4");
     assert_eq!(zebra.results[0].memory.version, 2);
-    assert_eq!(engine.stats("t").unwrap().history_versions, 1);
+    assert_eq!(engine.stats(&"t".into()).unwrap().history_versions, Some(1));
     // A second writer on the same data dir is refused.
     let err = Engine::open(dir.path(), config(), OpenMode::ReadWrite).err().expect("locked");
     assert_eq!(err.code, ErrorCode::DataDirLocked);
     // A reader is not.
     let reader = Engine::open(dir.path(), config(), OpenMode::ReadOnly).unwrap();
-    assert_eq!(reader.stats("t").unwrap().memories, 19);
+    assert_eq!(reader.stats(&"t".into()).unwrap().memories, 19);
 }
 
 #[test]
 fn import_validates_every_record_before_writing_any() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(dir.path(), config(), OpenMode::ReadWrite).unwrap();
-    let good = engine.store_memory(new("t", "m1", "kept"), IngestionMethod::Rest).unwrap().memory;
+    let good = store(&engine, new("t", "m1", "kept")).unwrap().memory;
     let mut other = good.clone();
     other.memory_id = "m2".into();
     other.id = uuid::Uuid::now_v7();
@@ -104,7 +120,7 @@ fn import_validates_every_record_before_writing_any() {
     tampered.content = "changed without rehashing".into();
     let err = engine.import(vec![other, tampered]).unwrap_err();
     assert_eq!(err.field.as_deref(), Some("records[1].content_hash"));
-    assert_eq!(engine.stats("t").unwrap().memories, 1, "nothing of the refused import was written");
+    assert_eq!(engine.stats(&"t".into()).unwrap().memories, 1, "nothing of the refused import was written");
 }
 
 /// A deterministic stand-in for a real model: hashed bag of words in 3 dimensions.
@@ -140,39 +156,39 @@ fn memories_without_vectors_are_embedded_in_the_background_and_keep_them_on_re_p
         Engine::open_with(dir.path(), config(), OpenMode::ReadWrite, Some(embedder.clone())).unwrap(),
     );
     let plain = NewMemory { embedding: None, ..new("t", "m1", "abc de f") };
-    let stored = engine.store_memory(plain.clone(), IngestionMethod::Rest).unwrap().memory;
+    let stored = store(&engine, plain.clone()).unwrap().memory;
     assert_eq!(stored.embedding, None);
     // A client vector of another model is queued too; one of the embedder's model is not.
     let other = NewMemory { embedding_model: Some("other-model".into()), ..new("t", "m2", "xyz") };
-    engine.store_memory(other, IngestionMethod::Rest).unwrap();
+    store(&engine, other).unwrap();
     let own = NewMemory { embedding_model: Some("toy".into()), ..new("t", "m3", "own vector") };
-    engine.store_memory(own, IngestionMethod::Rest).unwrap();
+    store(&engine, own).unwrap();
     assert_eq!(engine.embedding_backlog(), 2);
 
     let worker = memhub_engine::EmbeddingWorker::start(engine.clone());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while engine.embedding_backlog() > 0 || engine.get("t", &stored.id).unwrap().embedding.is_none() {
+    while engine.embedding_backlog() > 0 || engine.get(&"t".into(), &stored.id).unwrap().embedding.is_none() {
         assert!(std::time::Instant::now() < deadline, "the worker did not drain the queue");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     worker.stop();
-    let embedded = engine.get("t", &stored.id).unwrap();
+    let embedded = engine.get(&"t".into(), &stored.id).unwrap();
     assert_eq!(embedded.embedding_model.as_deref(), Some("toy"));
     assert_eq!(embedded.embedding.as_ref().unwrap(), &embedder.embed(&["abc de f"]).unwrap()[0]);
     assert_eq!(embedded.version, 1, "a server-made vector is not a new version");
-    assert_eq!(engine.get_by_memory_id("t", None, "m2").unwrap().embedding_model.as_deref(), Some("toy"));
+    assert_eq!(engine.get_by_memory_id(&"t".into(), None, "m2").unwrap().embedding_model.as_deref(), Some("toy"));
 
     // Re-pushing the same content without a vector keeps the server's vector: no new version.
-    let again = engine.store_memory(plain.clone(), IngestionMethod::Rest).unwrap();
+    let again = store(&engine, plain.clone()).unwrap();
     assert_eq!(again.outcome, StoreOutcome::Unchanged);
     // New content without a vector: a new version, queued again.
-    let changed =
-        engine.store_memory(NewMemory { content: "brand new words".into(), ..plain }, IngestionMethod::Rest).unwrap();
+    let changed = store(&engine, NewMemory { content: "brand new words".into(), ..plain }).unwrap();
     assert_eq!((changed.outcome, changed.memory.embedding.is_none()), (StoreOutcome::Updated, true));
     assert_eq!(engine.embedding_backlog(), 1);
 
     // A text-only search is embedded on the server: hybrid, with cosine similarities.
-    let found = engine.search("t", &SearchRequest { query: "own vector".into(), ..Default::default() }).unwrap();
+    let found =
+        engine.search(&"t".into(), &SearchRequest { query: "own vector".into(), ..Default::default() }).unwrap();
     assert_eq!(found.mode, "hybrid");
     let hit = &found.results[0];
     assert_eq!(hit.memory.memory_id, "m3");
@@ -201,25 +217,26 @@ fn recency_half_life_favours_newer_memories() {
             embedding: None,
             ..new("t", id, "quarterly planning notes")
         };
-        engine.store_memory(m, IngestionMethod::Rest).unwrap();
+        store(&engine, m).unwrap();
     }
     let search = |half_life: Option<f64>| {
         let req = SearchRequest { query: "planning".into(), recency_half_life: half_life, ..Default::default() };
-        engine.search("t", &req).unwrap().results.into_iter().map(|h| (h.memory.memory_id, h.score)).collect::<Vec<_>>()
+        engine
+            .search(&"t".into(), &req)
+            .unwrap()
+            .results
+            .into_iter()
+            .map(|h| (h.memory.memory_id, h.score))
+            .collect::<Vec<_>>()
     };
     let plain = search(None);
     assert_eq!(plain.len(), 1, "same content collapses: {plain:?}");
     // Distinct contents so both come back.
-    engine
-        .store_memory(
-            NewMemory {
-                created_at: Some(now - 30 * day),
-                embedding: None,
-                ..new("t", "old", "planning notes, quarterly")
-            },
-            IngestionMethod::Rest,
-        )
-        .unwrap();
+    store(
+        &engine,
+        NewMemory { created_at: Some(now - 30 * day), embedding: None, ..new("t", "old", "planning notes, quarterly") },
+    )
+    .unwrap();
     let plain = search(None);
     assert_eq!(plain[0].0, "old");
     let recent = search(Some(7.0 * 86_400.0));

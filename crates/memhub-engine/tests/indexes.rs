@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use memhub_engine::{Engine, EngineConfig, OpenMode};
+use memhub_engine::{Access, Engine, EngineConfig, OpenMode};
 use memhub_types::memory::IngestionMethod;
 use memhub_types::{MemoryFilter, NewMemory, SearchRequest, DEFAULT_TENANT};
 use uuid::Uuid;
@@ -35,17 +35,22 @@ fn memory(i: usize, content: &str) -> NewMemory {
 }
 
 fn store(engine: &Engine, items: Vec<NewMemory>) -> Vec<Uuid> {
-    engine.store_batch(items, IngestionMethod::Rest).unwrap().into_iter().map(|r| r.unwrap().memory.id).collect()
+    engine
+        .store_batch(&DEFAULT_TENANT.into(), items, IngestionMethod::Rest)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap().memory.id)
+        .collect()
 }
 
 fn text(engine: &Engine, q: &str) -> Vec<String> {
     let req = SearchRequest { query: q.into(), semantic_ratio: Some(0.0), limit: Some(50), ..Default::default() };
-    engine.search(DEFAULT_TENANT, &req).unwrap().results.into_iter().map(|h| h.memory.memory_id).collect()
+    engine.search(&DEFAULT_TENANT.into(), &req).unwrap().results.into_iter().map(|h| h.memory.memory_id).collect()
 }
 
 fn nearest(engine: &Engine, v: Vec<f32>, filter: MemoryFilter) -> Vec<String> {
     let req = SearchRequest { query_embedding: Some(v), limit: Some(3), filter, ..Default::default() };
-    engine.search(DEFAULT_TENANT, &req).unwrap().results.into_iter().map(|h| h.memory.memory_id).collect()
+    engine.search(&DEFAULT_TENANT.into(), &req).unwrap().results.into_iter().map(|h| h.memory.memory_id).collect()
 }
 
 fn corpus() -> Vec<NewMemory> {
@@ -78,7 +83,7 @@ fn answers_are_the_same_from_pending_changes_and_from_the_persisted_indexes() {
     assert_eq!(text(&engine, "deploy_7"), vec!["m7"], "identifiers are whole terms in tantivy too");
 
     // Changes on top of persisted entries: the stale persisted version never shows.
-    engine.delete(DEFAULT_TENANT, &ids[13]).unwrap();
+    engine.delete(&Access::tenant(DEFAULT_TENANT), &ids[13]).unwrap();
     store(&engine, vec![memory(3, "rewritten: nothing about that anymore")]);
     assert!(!text(&engine, "topic3").contains(&"m3".to_string()));
     assert_eq!(text(&engine, "rewritten"), vec!["m3"]);
@@ -98,7 +103,7 @@ fn an_empty_engine_finds_nothing_without_error() {
     assert!(nearest(&engine, vector(1), MemoryFilter::default()).is_empty());
     engine.checkpoint().unwrap();
     let req = SearchRequest { query: "anything".into(), query_embedding: Some(vector(1)), ..Default::default() };
-    assert_eq!(engine.search(DEFAULT_TENANT, &req).unwrap().total_results, 0);
+    assert_eq!(engine.search(&DEFAULT_TENANT.into(), &req).unwrap().total_results, 0);
 }
 
 #[test]
@@ -127,7 +132,7 @@ fn filters_apply_inside_both_retrievers_on_both_sides() {
         ..Default::default()
     };
     let found: Vec<String> =
-        engine.search(DEFAULT_TENANT, &req).unwrap().results.into_iter().map(|h| h.memory.memory_id).collect();
+        engine.search(&DEFAULT_TENANT.into(), &req).unwrap().results.into_iter().map(|h| h.memory.memory_id).collect();
     // topic1 = i % 5 == 1, sys-1 = i % 4 == 1: i % 20 == 1 -> 1, 21, 41, 61.
     let mut found = found;
     found.sort();
@@ -157,7 +162,7 @@ fn reopening_catches_up_from_the_checkpoint_of_indexes_that_lag_the_store() {
         // Keep the indexes as they are now: later they stand in for indexes a crash
         // left behind.
         copy_dir(&dir.path().join("index"), saved.path());
-        engine.delete(DEFAULT_TENANT, &ids[13]).unwrap();
+        engine.delete(&Access::tenant(DEFAULT_TENANT), &ids[13]).unwrap();
         store(&engine, vec![memory(3, "rewritten after the checkpoint"), memory(100, "brand new after it")]);
     }
     let index_dir = dir.path().join("index");

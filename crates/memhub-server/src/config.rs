@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use memhub_engine::EngineConfig;
+
+use crate::auth::{AuthConfig, AuthMode};
 use serde::{Deserialize, Serialize};
 
 /// Everything a memhub server is configured with.
@@ -22,9 +24,12 @@ pub struct Config {
     pub mcp_allowed_hosts: Vec<String>,
     /// `tracing` filter, e.g. `info` or `memhub=debug`.
     pub log: String,
-    /// memhub has no authentication yet, so it refuses to listen on a non-loopback
-    /// address unless this is set (put it behind an authenticating proxy).
+    /// Allow auth mode `open` on a non-loopback address (e.g. behind an
+    /// authenticating proxy). Without it the server refuses to start that way.
     pub allow_unauthenticated_public: bool,
+    /// Seconds between runs of the purge job (expired memories and retention).
+    pub purge_interval_seconds: u64,
+    pub auth: AuthConfig,
     pub engine: EngineConfig,
     pub embedder: EmbedderConfig,
 }
@@ -79,6 +84,8 @@ impl Default for Config {
             mcp_allowed_hosts: Vec::new(),
             log: "info".into(),
             allow_unauthenticated_public: false,
+            purge_interval_seconds: 60,
+            auth: AuthConfig::default(),
             engine: EngineConfig::default(),
             embedder: EmbedderConfig::default(),
         }
@@ -148,6 +155,29 @@ impl Config {
         if let Some(v) = env_value("MEMHUB_ALLOW_UNAUTHENTICATED_PUBLIC", &get)? {
             self.allow_unauthenticated_public = v;
         }
+        if let Some(v) = get("MEMHUB_AUTH") {
+            self.auth.mode = match v.as_str() {
+                "auto" => AuthMode::Auto,
+                "open" => AuthMode::Open,
+                "required" => AuthMode::Required,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "MEMHUB_AUTH".into(),
+                        value: v,
+                        reason: "expected auto, open or required".into(),
+                    })
+                }
+            };
+        }
+        if let Some(v) = env_value("MEMHUB_RATE_PER_SECOND", &get)? {
+            self.auth.rate_per_second = v;
+        }
+        if let Some(v) = env_value("MEMHUB_AUTH_FAILURES_PER_MINUTE", &get)? {
+            self.auth.auth_failures_per_minute = v;
+        }
+        if let Some(v) = env_value("MEMHUB_PURGE_INTERVAL_SECONDS", &get)? {
+            self.purge_interval_seconds = v;
+        }
         if let Some(v) = get("MEMHUB_LOG") {
             self.log = v;
         }
@@ -190,15 +220,25 @@ impl Config {
         Ok(())
     }
 
+    /// Whether requests need credentials, given whether any key or JWT key exists.
+    pub fn auth_required(&self, credentials_exist: bool) -> bool {
+        match self.auth.mode {
+            AuthMode::Required => true,
+            AuthMode::Open => false,
+            AuthMode::Auto => credentials_exist || !self.addr.ip().is_loopback(),
+        }
+    }
+
     /// Refuse configurations that would expose every memory without authentication.
-    pub fn check_exposure(&self) -> Result<(), String> {
-        if self.addr.ip().is_loopback() || self.allow_unauthenticated_public {
+    pub fn check_exposure(&self, auth_required: bool) -> Result<(), String> {
+        if auth_required || self.addr.ip().is_loopback() || self.allow_unauthenticated_public {
             return Ok(());
         }
         Err(format!(
-            "refusing to listen on {}: memhub has no authentication yet, so every memory would be readable \
-             and writable from the network. Listen on 127.0.0.1, or put memhub behind an authenticating proxy \
-             and set allow_unauthenticated_public = true (MEMHUB_ALLOW_UNAUTHENTICATED_PUBLIC=true)",
+            "refusing to listen on {} with auth mode open: every memory would be readable and writable from the \
+             network. Use auth mode required (create a key with `memhub keys create --role admin`), listen on \
+             127.0.0.1, or, behind an authenticating proxy, set allow_unauthenticated_public = true \
+             (MEMHUB_ALLOW_UNAUTHENTICATED_PUBLIC=true)",
             self.addr
         ))
     }
@@ -244,13 +284,18 @@ mod tests {
     }
 
     #[test]
-    fn public_addresses_need_an_explicit_opt_in() {
+    fn open_auth_on_a_public_address_needs_an_explicit_opt_in() {
         let mut c = Config::default();
-        assert!(c.check_exposure().is_ok());
+        assert!(!c.auth_required(false), "loopback without keys: open");
+        assert!(c.auth_required(true), "any key: required");
+        assert!(c.check_exposure(false).is_ok());
         c.addr = "0.0.0.0:8682".parse().unwrap();
-        assert!(c.check_exposure().unwrap_err().contains("no authentication"));
+        assert!(c.auth_required(false), "auto on a public address: required");
+        c.apply_env(|k| (k == "MEMHUB_AUTH").then(|| "open".to_string())).unwrap();
+        assert!(!c.auth_required(true));
+        assert!(c.check_exposure(false).unwrap_err().contains("auth mode open"));
         c.apply_env(|k| (k == "MEMHUB_ALLOW_UNAUTHENTICATED_PUBLIC").then(|| "true".to_string())).unwrap();
-        assert!(c.check_exposure().is_ok());
+        assert!(c.check_exposure(false).is_ok());
     }
 
     #[test]

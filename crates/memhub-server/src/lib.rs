@@ -2,6 +2,8 @@
 //! compatibility paths of the Akosha / Session-Buddy clients. All of them call the
 //! same [`memhub_engine::Engine`]; none holds data of its own.
 
+pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod mcp;
 pub mod openapi;
@@ -26,13 +28,42 @@ pub use config::Config;
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub config: Arc<Config>,
+    pub guard: Arc<auth::Guard>,
     pub mcp: mcp::McpService,
 }
 
+/// The audit log's file in a data dir.
+pub fn audit_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("audit.db")
+}
+
 impl AppState {
-    pub fn new(engine: Arc<Engine>, config: Config) -> Self {
-        let mcp = mcp::http_service(engine.clone(), &config.allowed_hosts(), config.max_body_bytes);
-        AppState { engine, config: Arc::new(config), mcp }
+    /// Open the key store and the audit log next to the store, load the JWT keys,
+    /// decide the auth mode, and refuse an open server on a public address.
+    pub fn new(engine: Arc<Engine>, config: Config) -> Result<Self, Error> {
+        let keys = Arc::new(memhub_govern::KeyStore::open(&config.data_dir)?);
+        let audit = Arc::new(memhub_govern::AuditLog::open(&audit_path(&config.data_dir))?);
+        let secret = std::env::var(&config.auth.jwt.hs256_secret_env).ok().filter(|s| !s.is_empty());
+        let jwt = memhub_govern::JwtVerifier::new(&config.auth.jwt, secret.as_deref().map(str::as_bytes))?;
+        let required = config.auth_required(jwt.is_some() || keys.any()?);
+        config.check_exposure(required).map_err(|e| Error::new(ErrorCode::InvalidField, e))?;
+        if required {
+            tracing::info!(jwt = jwt.is_some(), "auth required: every request needs an API key or a JWT");
+        } else {
+            tracing::warn!(
+                "auth mode OPEN: no credentials needed, every caller is an admin of every tenant (loopback only); \
+                 create a key with `memhub keys create --role admin` to require authentication"
+            );
+        }
+        let hosts = config.allowed_hosts();
+        let guard = Arc::new(auth::Guard::new(required, keys, jwt, audit.clone(), &config.auth, &hosts));
+        let mcp = mcp::http_service(engine.clone(), audit, &hosts, config.max_body_bytes);
+        Ok(AppState { engine, config: Arc::new(config), guard, mcp })
+    }
+
+    /// The context MCP tools run in for `caller`.
+    pub fn tools(&self, caller: auth::Caller) -> tools::ToolContext {
+        tools::ToolContext { engine: self.engine.clone(), caller, audit: Some(self.guard.audit.clone()) }
     }
 }
 
@@ -97,14 +128,42 @@ pub fn router(state: AppState) -> Router {
         .route("/mcp/mcp/v1", any(mcp::mcp_endpoint))
         .route("/mcp/store_memory", post(raw_store_memory))
         .route("/mcp/status", get(status))
+        .route("/v1/export", get(admin::export))
+        .route("/v1/keys", post(admin::create_key).get(admin::list_keys))
+        .route("/v1/keys/{id}", axum::routing::delete(admin::revoke_key))
+        .route("/v1/retention", get(admin::get_retention).put(admin::set_retention))
+        .route("/v1/erase", post(admin::erase))
+        .route("/v1/audit", get(admin::query_audit))
         .route("/status", get(status))
         .route("/health", get(health))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(TraceLayer::new_for_http())
+        .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::COOKIE,
+        ]))
         .with_state(state)
+}
+
+/// Purge expired memories every `interval` seconds (0: never).
+fn spawn_purge_job(engine: Arc<Engine>, interval: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if interval == 0 {
+            return;
+        }
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(interval));
+        loop {
+            tick.tick().await;
+            let engine = engine.clone();
+            if let Err(e) = blocking(move || engine.purge_expired()).await {
+                tracing::error!(error = %e, "purge job failed; retrying next round");
+            }
+        }
+    })
 }
 
 /// Serve on `listener` until `shutdown` resolves, then drain in-flight requests
@@ -115,8 +174,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let engine = state.engine.clone();
+    let audit = state.guard.audit.clone();
+    let purge = spawn_purge_job(engine.clone(), state.config.purge_interval_seconds);
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    purge.abort();
+    audit.flush();
     if let Err(e) = tokio::task::spawn_blocking(move || engine.checkpoint()).await.unwrap_or(Ok(())) {
         tracing::warn!(error = %e, "checkpoint on shutdown failed");
     }

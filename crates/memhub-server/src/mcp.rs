@@ -29,19 +29,24 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
 use serde_json::{json, Map, Value};
 
+use crate::auth::Caller;
 use crate::rest::{read_body, ApiError};
-use crate::tools::{call_tool, tool_specs, ToolOutput};
+use crate::tools::{call_tool, tool_specs, ToolContext, ToolOutput};
 use crate::AppState;
+use memhub_govern::AuditLog;
 
-/// The rmcp handler: lists the catalogue and dispatches calls.
+/// The rmcp handler: lists the catalogue and dispatches calls as the request's
+/// caller (over HTTP, set by the auth guard) or as the local principal (stdio).
 #[derive(Clone)]
 pub struct McpHandler {
     engine: Arc<Engine>,
+    audit: Arc<AuditLog>,
+    local: Option<Caller>,
     tools: Arc<Vec<Tool>>,
 }
 
 impl McpHandler {
-    pub fn new(engine: Arc<Engine>) -> Self {
+    pub fn new(engine: Arc<Engine>, audit: Arc<AuditLog>, local: Option<Caller>) -> Self {
         let tools = tool_specs()
             .into_iter()
             .map(|s| {
@@ -49,7 +54,7 @@ impl McpHandler {
                 Tool::new(s.name, s.description, Arc::new(schema))
             })
             .collect();
-        McpHandler { engine, tools: Arc::new(tools) }
+        McpHandler { engine, audit, local, tools: Arc::new(tools) }
     }
 }
 
@@ -87,10 +92,16 @@ impl ServerHandler for McpHandler {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let args = request.arguments.unwrap_or_default();
-        match call_tool(&self.engine, &request.name, args).await {
+        let from_http =
+            context.extensions.get::<axum::http::request::Parts>().and_then(|p| p.extensions.get::<Caller>());
+        let Some(caller) = from_http.or(self.local.as_ref()).cloned() else {
+            return Err(McpError::invalid_request("no authenticated caller for this request", None));
+        };
+        let ctx = ToolContext { engine: self.engine.clone(), caller, audit: Some(self.audit.clone()) };
+        match call_tool(&ctx, &request.name, args).await {
             Ok(out) => Ok(CallToolResponse::Complete(to_call_result(out))),
             Err(unknown) => Err(McpError::invalid_params(format!("unknown tool {:?}", unknown.0), None)),
         }
@@ -101,7 +112,12 @@ impl ServerHandler for McpHandler {
 pub type McpService = StreamableHttpService<McpHandler, LocalSessionManager>;
 
 /// Build the streamable HTTP service.
-pub fn http_service(engine: Arc<Engine>, allowed_hosts: &[String], max_body: usize) -> McpService {
+pub fn http_service(
+    engine: Arc<Engine>,
+    audit: Arc<AuditLog>,
+    allowed_hosts: &[String],
+    max_body: usize,
+) -> McpService {
     let mut config = StreamableHttpServerConfig::default().with_max_request_body_bytes(max_body);
     config = if allowed_hosts.iter().any(|h| h == "*") {
         config.disable_allowed_hosts()
@@ -109,15 +125,19 @@ pub fn http_service(engine: Arc<Engine>, allowed_hosts: &[String], max_body: usi
         config.with_allowed_hosts(allowed_hosts.iter().cloned())
     };
     StreamableHttpService::new(
-        move || Ok(McpHandler::new(engine.clone())),
+        move || Ok(McpHandler::new(engine.clone(), audit.clone(), None)),
         Arc::new(LocalSessionManager::default()),
         config,
     )
 }
 
-/// Serve MCP over stdin/stdout until the client closes it.
-pub async fn serve_stdio(engine: Arc<Engine>) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let service = McpHandler::new(engine).serve(rmcp::transport::stdio()).await?;
+/// Serve MCP over stdin/stdout as `caller` until the client closes it.
+pub async fn serve_stdio(
+    engine: Arc<Engine>,
+    audit: Arc<AuditLog>,
+    caller: Caller,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let service = McpHandler::new(engine, audit, Some(caller)).serve(rmcp::transport::stdio()).await?;
     service.waiting().await?;
     Ok(())
 }
@@ -174,22 +194,24 @@ pub async fn mcp_endpoint(State(state): State<AppState>, req: Request<Body>) -> 
     }
     let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
     let has_session = parts.headers.contains_key("mcp-session-id");
-    if let Some(body) = parsed.as_ref().filter(|b| b.is_object()) {
+    let caller = parts.extensions.get::<Caller>().cloned();
+    if let (Some(body), Some(caller)) = (parsed.as_ref().filter(|b| b.is_object()), caller) {
+        let ctx = state.tools(caller);
         let method = body.get("method").and_then(Value::as_str).unwrap_or("");
         let is_jsonrpc = body.get("jsonrpc").is_some();
         if !is_jsonrpc && matches!(method, "tools/call" | "tools/list") {
-            return bare_call(&state, method, body).await;
+            return bare_call(&ctx, method, body).await;
         }
         if is_jsonrpc && !has_session && !wants_sse(&parts.headers) && matches!(method, "tools/call" | "tools/list") {
             if let Some(id) = body.get("id").cloned() {
-                return stateless_jsonrpc(&state, method, id, body).await;
+                return stateless_jsonrpc(&ctx, method, id, body).await;
             }
         }
     }
     forward(&state, parts, bytes).await
 }
 
-async fn bare_call(state: &AppState, method: &str, body: &Value) -> Response {
+async fn bare_call(ctx: &ToolContext, method: &str, body: &Value) -> Response {
     if method == "tools/list" {
         return Json(tools_list_value()).into_response();
     }
@@ -197,7 +219,7 @@ async fn bare_call(state: &AppState, method: &str, body: &Value) -> Response {
         Ok(p) => p,
         Err(e) => return ApiError(e).into_response(),
     };
-    match call_tool(&state.engine, &name, args).await {
+    match call_tool(ctx, &name, args).await {
         Ok(out) => Json(out.value).into_response(),
         Err(unknown) => {
             ApiError(Error::new(ErrorCode::NotFound, format!("unknown tool {:?}", unknown.0))).into_response()
@@ -205,7 +227,7 @@ async fn bare_call(state: &AppState, method: &str, body: &Value) -> Response {
     }
 }
 
-async fn stateless_jsonrpc(state: &AppState, method: &str, id: Value, body: &Value) -> Response {
+async fn stateless_jsonrpc(ctx: &ToolContext, method: &str, id: Value, body: &Value) -> Response {
     let rpc_error = |code: i64, message: String| {
         Json(json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})).into_response()
     };
@@ -216,7 +238,7 @@ async fn stateless_jsonrpc(state: &AppState, method: &str, id: Value, body: &Val
         Ok(p) => p,
         Err(e) => return rpc_error(-32602, e.message()),
     };
-    match call_tool(&state.engine, &name, args).await {
+    match call_tool(ctx, &name, args).await {
         Ok(out) => Json(json!({"jsonrpc": "2.0", "id": id, "result": flattened_result(&out)})).into_response(),
         Err(unknown) => rpc_error(-32602, format!("unknown tool {:?}", unknown.0)),
     }

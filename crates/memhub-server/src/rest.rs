@@ -5,13 +5,13 @@
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use memhub_engine::Stored;
 use memhub_types::memory::IngestionMethod;
 use memhub_types::time::{format_micros, now_micros, parse_timestamp};
 use memhub_types::{
     Error, ErrorCode, KindSchema, Memory, MemoryFilter, MemoryPatch, NewMemory, SearchRequest, SearchResponse,
-    DEFAULT_TENANT,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -19,7 +19,9 @@ use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::auth::{AuditNote, Caller};
 use crate::{blocking, decode_json, decode_slice, AppState};
+use memhub_govern::Permission;
 
 /// The one mapping from the error catalogue to HTTP: status from the code, body
 /// `{"error":{"code","type","message","field"}}`.
@@ -96,15 +98,14 @@ pub(crate) async fn read_body(
     Ok(buf.freeze())
 }
 
-/// The tenant a request reads or writes: `X-Memhub-Tenant`, else `default`.
-/// (The governance layer replaces this with the caller's principal.)
-fn tenant(headers: &HeaderMap) -> String {
-    headers
-        .get("x-memhub-tenant")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .unwrap_or(DEFAULT_TENANT)
-        .to_string()
+/// Audit targets for the response's record.
+fn note(targets: Vec<String>) -> Extension<AuditNote> {
+    Extension(AuditNote { targets, filters: Value::Null })
+}
+
+/// Audit filters for the response's record (never the query text).
+fn note_filters(filter: &MemoryFilter) -> Extension<AuditNote> {
+    Extension(AuditNote { targets: Vec::new(), filters: serde_json::to_value(filter).unwrap_or(Value::Null) })
 }
 
 fn parse_id(id: &str) -> ApiResult<Uuid> {
@@ -138,13 +139,13 @@ fn store_response(s: Stored) -> (StatusCode, Json<StoreResponse>) {
               (status = 400, description = "invalid field"), (status = 413, description = "too large"), (status = 422, description = "schema validation failed")))]
 pub async fn create_memory(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    ApiJson(mut new): ApiJson<NewMemory>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(new): ApiJson<NewMemory>,
 ) -> ApiResult<impl IntoResponse> {
-    new.tenant.get_or_insert_with(|| tenant(&headers));
+    caller.require(Permission::Write)?;
     let engine = state.engine.clone();
-    let stored = blocking(move || engine.store_memory(new, IngestionMethod::Rest)).await?;
-    Ok(store_response(stored))
+    let stored = blocking(move || engine.store_memory(&caller.access.write, new, IngestionMethod::Rest)).await?;
+    Ok((note(vec![stored.memory.id.to_string()]), store_response(stored)))
 }
 
 /// A batch of memories.
@@ -158,7 +159,12 @@ pub struct BatchRequest {
 /// Store up to 1000 memories in one durable transaction; invalid items are reported, not stored.
 #[utoipa::path(post, path = "/v1/memories/batch", request_body = BatchRequest,
     responses((status = 200, description = "{status, total, stored, failed, errors[], results[], stored_at}"), (status = 413, description = "batch too large")))]
-pub async fn create_batch(State(state): State<AppState>, headers: HeaderMap, req: Request) -> ApiResult<Json<Value>> {
+pub async fn create_batch(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Permission::Write)?;
     let (parts, body) = req.into_parts();
     let bytes = read_body(&parts.headers, body, state.config.max_body_bytes).await?;
     // Fast path: every item is a valid `NewMemory`. Otherwise parse item by item so
@@ -188,7 +194,6 @@ pub async fn create_batch(State(state): State<AppState>, headers: HeaderMap, req
             format!("Batch size exceeds maximum of {max} memories (got {total})"),
         )));
     }
-    let tenant = tenant(&headers);
     let engine = state.engine.clone();
     let (results, parse_errors) = blocking(move || {
         let mut news = Vec::new();
@@ -196,15 +201,14 @@ pub async fn create_batch(State(state): State<AppState>, headers: HeaderMap, req
         let mut parse_errors = Vec::new();
         for (i, item) in parsed.into_iter().enumerate() {
             match item {
-                Ok(mut n) => {
-                    n.tenant.get_or_insert_with(|| tenant.clone());
+                Ok(n) => {
                     news.push(n);
                     positions.push(i);
                 }
                 Err(e) => parse_errors.push((i, e)),
             }
         }
-        let results = engine.store_batch(news, IngestionMethod::Rest)?;
+        let results = engine.store_batch(&caller.access.write, news, IngestionMethod::Rest)?;
         Ok((positions.into_iter().zip(results).collect::<Vec<_>>(), parse_errors))
     })
     .await?;
@@ -213,9 +217,11 @@ pub async fn create_batch(State(state): State<AppState>, headers: HeaderMap, req
         .map(|(i, e)| (i, json!({"index": i, "memory_id": null, "code": e.code.as_str(), "error": e.message()})))
         .collect();
     let mut items = Vec::new();
+    let mut targets = Vec::new();
     for (i, r) in results {
         match r {
             Ok(s) => {
+                targets.push(s.memory.id.to_string());
                 items.push(json!({"index": i, "id": s.memory.id, "memory_id": s.memory.memory_id, "status": s.outcome}))
             }
             Err(e) => {
@@ -233,11 +239,14 @@ pub async fn create_batch(State(state): State<AppState>, headers: HeaderMap, req
     } else {
         "failed"
     };
-    Ok(Json(json!({
-        "status": status, "total": total, "stored": stored, "failed": failed,
-        "errors": errors.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
-        "results": items, "stored_at": format_micros(now_micros()),
-    })))
+    Ok((
+        note(targets),
+        Json(json!({
+            "status": status, "total": total, "stored": stored, "failed": failed,
+            "errors": errors.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
+            "results": items, "stored_at": format_micros(now_micros()),
+        })),
+    ))
 }
 
 /// Options for reading a memory.
@@ -253,14 +262,14 @@ pub struct GetQuery {
     responses((status = 200, body = Memory), (status = 404, description = "memory_not_found")))]
 pub async fn get_memory(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<GetQuery>,
 ) -> ApiResult<Json<Memory>> {
+    caller.require(Permission::Read)?;
     let id = parse_id(&id)?;
-    let tenant = tenant(&headers);
     let engine = state.engine.clone();
-    let m = blocking(move || engine.get(&tenant, &id)).await?;
+    let m = blocking(move || engine.get(&caller.access.read, &id)).await?;
     Ok(Json(public(m, q.include_embedding)))
 }
 
@@ -269,14 +278,16 @@ pub async fn get_memory(
     responses((status = 200, body = StoreResponse), (status = 404, description = "memory_not_found")))]
 pub async fn patch_memory(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<MemoryPatch>,
 ) -> ApiResult<impl IntoResponse> {
+    // Changing a memory by id needs seeing it: the answer shows it.
+    caller.require(Permission::Read)?;
+    caller.require(Permission::Write)?;
     let id = parse_id(&id)?;
-    let tenant = tenant(&headers);
     let engine = state.engine.clone();
-    let stored = blocking(move || engine.update(&tenant, &id, patch)).await?;
+    let stored = blocking(move || engine.update(&caller.access, &id, patch)).await?;
     Ok((StatusCode::OK, Json(StoreResponse { status: stored.outcome, memory: public(stored.memory, false) })))
 }
 
@@ -285,13 +296,14 @@ pub async fn patch_memory(
     responses((status = 200, description = "{status: deleted, id}"), (status = 404, description = "memory_not_found")))]
 pub async fn delete_memory(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    caller.require(Permission::Read)?;
+    caller.require(Permission::Write)?;
     let id = parse_id(&id)?;
-    let tenant = tenant(&headers);
     let engine = state.engine.clone();
-    let m = blocking(move || engine.delete(&tenant, &id)).await?;
+    let m = blocking(move || engine.delete(&caller.access, &id)).await?;
     Ok(Json(json!({"status": "deleted", "id": m.id, "memory_id": m.memory_id, "system_id": m.system_id})))
 }
 
@@ -300,13 +312,13 @@ pub async fn delete_memory(
     responses((status = 200, description = "{id, versions: [Memory]}"), (status = 404, description = "memory_not_found")))]
 pub async fn memory_history(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
+    caller.require(Permission::Read)?;
     let id = parse_id(&id)?;
-    let tenant = tenant(&headers);
     let engine = state.engine.clone();
-    let versions = blocking(move || engine.history(&tenant, &id)).await?;
+    let versions = blocking(move || engine.history(&caller.access.read, &id)).await?;
     let versions: Vec<Memory> = versions.into_iter().map(|m| public(m, false)).collect();
     Ok(Json(json!({"id": id, "versions": versions})))
 }
@@ -356,9 +368,10 @@ pub struct ListResponse {
 #[utoipa::path(get, path = "/v1/memories", params(ListQuery), responses((status = 200, body = ListResponse), (status = 400, description = "invalid filter or cursor")))]
 pub async fn list_memories(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<ListResponse>> {
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Permission::Read)?;
     let filter = MemoryFilter {
         system_id: q.system_id,
         kind: q.kind,
@@ -372,22 +385,23 @@ pub async fn list_memories(
         until: time_param("until", q.until)?,
         metadata: None,
     };
-    let tenant = tenant(&headers);
+    let audit = note_filters(&filter);
     let engine = state.engine.clone();
-    let page = blocking(move || engine.list(&tenant, &filter, q.limit, q.cursor.as_deref())).await?;
-    Ok(Json(ListResponse { memories: page.memories, next_cursor: page.next_cursor }))
+    let page = blocking(move || engine.list(&caller.access.read, &filter, q.limit, q.cursor.as_deref())).await?;
+    Ok((audit, Json(ListResponse { memories: page.memories, next_cursor: page.next_cursor })))
 }
 
 /// Hybrid search within filters.
 #[utoipa::path(post, path = "/v1/search", request_body = SearchRequest, responses((status = 200, body = SearchResponse), (status = 400, description = "invalid request")))]
 pub async fn search(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     ApiJson(req): ApiJson<SearchRequest>,
-) -> ApiResult<Json<SearchResponse>> {
-    let tenant = tenant(&headers);
+) -> ApiResult<(Extension<AuditNote>, Json<SearchResponse>)> {
+    caller.require(Permission::Read)?;
+    let audit = note_filters(&req.filter);
     let engine = state.engine.clone();
-    Ok(Json(blocking(move || engine.search(&tenant, &req)).await?))
+    Ok((audit, Json(blocking(move || engine.search(&caller.access.read, &req)).await?)))
 }
 
 /// A schema registration.
@@ -417,8 +431,10 @@ pub async fn list_schemas(State(state): State<AppState>) -> Json<Value> {
     responses((status = 201, body = KindSchema), (status = 200, body = KindSchema, description = "identical version existed"), (status = 409, description = "schema_version_exists")))]
 pub async fn register_schema(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     ApiJson(r): ApiJson<RegisterSchema>,
 ) -> ApiResult<impl IntoResponse> {
+    caller.require(Permission::Administer)?;
     let engine = state.engine.clone();
     let (schema, is_new) =
         blocking(move || engine.register_schema(&r.kind, r.version, r.description, r.schema)).await?;
@@ -427,10 +443,10 @@ pub async fn register_schema(
 
 /// Counts per kind and system, history size, store size.
 #[utoipa::path(get, path = "/v1/stats", responses((status = 200, description = "counts")))]
-pub async fn stats(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Json<Value>> {
-    let tenant = tenant(&headers);
+pub async fn stats(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
+    caller.require(Permission::Read)?;
     let engine = state.engine.clone();
-    let s = blocking(move || engine.stats(&tenant)).await?;
+    let s = blocking(move || engine.stats(&caller.access.read)).await?;
     Ok(Json(serde_json::to_value(s).map_err(Error::internal)?))
 }
 
@@ -453,10 +469,11 @@ pub struct RetrieveRequest {
 #[utoipa::path(post, path = "/memory/retrieve", request_body = RetrieveRequest, responses((status = 200, description = "{memory} or {memories, next_cursor}"), (status = 404, description = "memory_not_found")))]
 pub async fn retrieve(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     ApiJson(r): ApiJson<RetrieveRequest>,
 ) -> ApiResult<Json<Value>> {
-    let tenant = tenant(&headers);
+    caller.require(Permission::Read)?;
+    let tenant = caller.access.read;
     let engine = state.engine.clone();
     let out = blocking(move || {
         if let Some(id) = &r.id {
@@ -496,11 +513,16 @@ pub async fn status(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `POST /mcp/store_memory`: the raw Akosha push, `{id|memory_id, text, embedding, metadata}`.
-pub async fn raw_store_memory(State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Response {
+pub async fn raw_store_memory(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<Value>,
+) -> Response {
     let Value::Object(args) = body else {
         return ApiError(Error::new(ErrorCode::InvalidField, "the body must be a JSON object")).into_response();
     };
-    match crate::tools::call_tool(&state.engine, "store_memory", args).await {
+    // The request's own audit record covers this call.
+    match crate::tools::run_tool(&state.tools(caller), "store_memory", args).await {
         Ok(out) => Json(out.value).into_response(),
         Err(unknown) => {
             ApiError(Error::internal(format!("tool {:?} is missing from the catalogue", unknown.0))).into_response()

@@ -10,15 +10,16 @@ use memhub_engine::{Engine, Stored};
 use memhub_types::memory::IngestionMethod;
 use memhub_types::time::{format_micros, now_micros, parse_timestamp};
 use memhub_types::{
-    Error, ErrorCode, Memory, MemoryFilter, NewEntity, NewMemory, NewRelation, SearchRequest, DEFAULT_SYSTEM_ID,
-    DEFAULT_TENANT,
+    Error, ErrorCode, Memory, MemoryFilter, NewEntity, NewMemory, NewRelation, Scope, SearchRequest, DEFAULT_SYSTEM_ID,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::{blocking, decode_json};
+use memhub_govern::{AuditLog, Permission};
 
 /// A tool's result: the JSON object (sent as text content and as
 /// `structuredContent`) and whether it reports a failure.
@@ -26,15 +27,22 @@ use crate::{blocking, decode_json};
 pub struct ToolOutput {
     pub value: Value,
     pub is_error: bool,
+    /// The HTTP status the same REST call would answer (for the audit log).
+    pub status: u16,
 }
 
 impl ToolOutput {
     fn ok(value: Value) -> Self {
-        ToolOutput { value, is_error: false }
+        ToolOutput { value, is_error: false, status: 200 }
     }
 
     fn failed(value: Value) -> Self {
-        ToolOutput { value, is_error: true }
+        ToolOutput { value, is_error: true, status: 400 }
+    }
+
+    /// A failure shaped by the caller, with the status of error `e`.
+    fn failed_with(value: Value, e: &Error) -> Self {
+        ToolOutput { value, is_error: true, status: e.code.http_status() }
     }
 
     /// A failure from the error catalogue: `{"status":"failed","error",...}`.
@@ -43,8 +51,60 @@ impl ToolOutput {
         if let Some(f) = &e.field {
             v["field"] = json!(f);
         }
-        ToolOutput::failed(v)
+        ToolOutput::failed_with(v, e)
     }
+}
+
+/// Who runs a tool, and where its audit record goes.
+#[derive(Clone)]
+pub struct ToolContext {
+    pub engine: Arc<Engine>,
+    pub caller: Caller,
+    /// `None` when the enclosing HTTP request writes the record itself.
+    pub audit: Option<Arc<AuditLog>>,
+}
+
+/// What a tool needs the caller's role to allow (`None`: any caller).
+fn permission(tool: &str) -> Option<Permission> {
+    match tool {
+        "store_memory" | "batch_store_memories" | "store_reflection" | "delete_memory" => Some(Permission::Write),
+        "search_memories" | "search_all_systems" | "get_memory" | "list_memories" => Some(Permission::Read),
+        "create_entity" | "create_relation" => Some(Permission::Graph),
+        _ => None,
+    }
+}
+
+/// The audit filters of a tool call: the filter arguments of searches and listings.
+fn audit_filters(tool: &str, args: &Map<String, Value>) -> Value {
+    if !matches!(tool, "search_memories" | "search_all_systems" | "list_memories") {
+        return Value::Null;
+    }
+    let mut keys: Vec<&str> = FILTER_PROPS.iter().map(|(k, _)| *k).collect();
+    keys.extend(["tags", "tags_all", "metadata"]);
+    Value::Object(
+        args.iter().filter(|(k, _)| keys.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect(),
+    )
+}
+
+/// The ids a tool result names, for the audit log.
+fn audit_targets(out: &ToolOutput) -> Vec<String> {
+    let v = &out.value;
+    [&v["id"], &v["memory"]["id"], &v["memory_id"]]
+        .into_iter()
+        .find_map(Value::as_str)
+        .map(|id| vec![id.to_string()])
+        .unwrap_or_default()
+}
+
+/// Run a tool as `ctx.caller` and write its audit record. `Err` only for a tool name
+/// not in the catalogue.
+pub async fn call_tool(ctx: &ToolContext, name: &str, args: Map<String, Value>) -> Result<ToolOutput, UnknownTool> {
+    let filters = audit_filters(name, &args);
+    let out = run_tool(ctx, name, args).await?;
+    if let Some(audit) = &ctx.audit {
+        audit.record(ctx.caller.event(&format!("mcp.{name}"), audit_targets(&out), filters, out.status));
+    }
+    Ok(out)
 }
 
 /// A tool name that is not in the catalogue.
@@ -335,7 +395,7 @@ struct Address {
     system_id: Option<String>,
 }
 
-fn resolve(engine: &Engine, tenant: &str, a: &Address) -> Result<Memory, Error> {
+fn resolve(engine: &Engine, tenant: &Scope, a: &Address) -> Result<Memory, Error> {
     match (&a.id, &a.memory_id) {
         (Some(id), _) => {
             let id = Uuid::parse_str(id).map_err(|_| Error::field(ErrorCode::InvalidField, "id", "not a UUID"))?;
@@ -402,22 +462,36 @@ fn null_to_empty(args: &mut Map<String, Value>, keys: &[&str]) {
     }
 }
 
-/// Run a tool. `Err` only for a tool name not in the catalogue.
-pub async fn call_tool(engine: &Arc<Engine>, name: &str, args: Map<String, Value>) -> Result<ToolOutput, UnknownTool> {
-    let tenant = DEFAULT_TENANT;
-    let engine = engine.clone();
+/// Run a tool as `ctx.caller`, without an audit record of its own.
+pub async fn run_tool(ctx: &ToolContext, name: &str, args: Map<String, Value>) -> Result<ToolOutput, UnknownTool> {
+    if !tool_specs().iter().any(|s| s.name == name) {
+        return Err(UnknownTool(name.to_string()));
+    }
+    if let Some(p) = permission(name) {
+        // Deleting by id needs seeing the memory too.
+        let read_too = (name == "delete_memory").then_some(Permission::Read);
+        if let Some(e) = [Some(p), read_too].into_iter().flatten().find_map(|p| ctx.caller.require(p).err()) {
+            return Ok(ToolOutput::error(&e));
+        }
+    }
+    let engine = ctx.engine.clone();
+    let access = ctx.caller.access.clone();
+    let read = access.read.clone();
+    let write = access.write.clone();
+    let tenant = ctx.caller.tenant.clone();
     let out = match name {
         "store_memory" => {
             let memory_id = args.get("memory_id").or(args.get("id")).and_then(Value::as_str).map(str::to_owned);
             let failed = |e: Error| {
-                ToolOutput::failed(
+                ToolOutput::failed_with(
                     json!({"status": "failed", "memory_id": memory_id, "error": e.message(), "code": e.code.as_str()}),
+                    &e,
                 )
             };
             let result = blocking(move || {
                 let a: StoreArgs = parse(Value::Object(args))?;
                 let new = akosha_memory(&engine, a.memory_id, a.text, a.embedding, a.metadata, None)?;
-                engine.store_memory(new, IngestionMethod::HttpPush)
+                engine.store_memory(&write, new, IngestionMethod::HttpPush)
             })
             .await;
             match result {
@@ -425,11 +499,11 @@ pub async fn call_tool(engine: &Arc<Engine>, name: &str, args: Map<String, Value
                 Err(e) => failed(e),
             }
         }
-        "batch_store_memories" => batch_store(engine, args).await,
+        "batch_store_memories" => batch_store(engine, write, args).await,
         "search_memories" => {
             let result = blocking(move || {
                 let req: SearchRequest = parse(Value::Object(args))?;
-                engine.search(tenant, &req)
+                engine.search(&read, &req)
             })
             .await;
             match result {
@@ -448,7 +522,7 @@ pub async fn call_tool(engine: &Arc<Engine>, name: &str, args: Map<String, Value
                     filter: MemoryFilter { system_id: a.system_id, ..Default::default() },
                     ..Default::default()
                 };
-                engine.search(tenant, &req)
+                engine.search(&read, &req)
             })
             .await;
             match result {
@@ -506,7 +580,7 @@ pub async fn call_tool(engine: &Arc<Engine>, name: &str, args: Map<String, Value
         "get_memory" => {
             let result = blocking(move || {
                 let a: Address = parse(Value::Object(args))?;
-                resolve(&engine, tenant, &a)
+                resolve(&engine, &read, &a)
             })
             .await;
             match result {
@@ -517,8 +591,8 @@ pub async fn call_tool(engine: &Arc<Engine>, name: &str, args: Map<String, Value
         "delete_memory" => {
             let result = blocking(move || {
                 let a: Address = parse(Value::Object(args))?;
-                let m = resolve(&engine, tenant, &a)?;
-                engine.delete(tenant, &m.id)
+                let m = resolve(&engine, &read, &a)?;
+                engine.delete(&access, &m.id)
             })
             .await;
             match result {
@@ -531,7 +605,7 @@ pub async fn call_tool(engine: &Arc<Engine>, name: &str, args: Map<String, Value
         "list_memories" => {
             let result = blocking(move || {
                 let a: ListArgs = parse(Value::Object(args))?;
-                engine.list(tenant, &a.filter, a.limit, a.cursor.as_deref())
+                engine.list(&read, &a.filter, a.limit, a.cursor.as_deref())
             })
             .await;
             match result {
@@ -549,7 +623,7 @@ pub async fn call_tool(engine: &Arc<Engine>, name: &str, args: Map<String, Value
                 let a: ReflectionArgs = parse(Value::Object(args))?;
                 let new =
                     akosha_memory(&engine, a.reflection_id, a.content, a.embedding, a.metadata, Some("reflection"))?;
-                engine.store_memory(new, IngestionMethod::Mcp)
+                engine.store_memory(&write, new, IngestionMethod::Mcp)
             })
             .await;
             match result {
@@ -559,8 +633,9 @@ pub async fn call_tool(engine: &Arc<Engine>, name: &str, args: Map<String, Value
                     v["id"] = json!(s.memory.id);
                     ToolOutput::ok(v)
                 }
-                Err(e) => ToolOutput::failed(
+                Err(e) => ToolOutput::failed_with(
                     json!({"status": "failed", "reflection_id": reflection_id, "error": e.message(), "code": e.code.as_str()}),
+                    &e,
                 ),
             }
         }
@@ -569,7 +644,7 @@ pub async fn call_tool(engine: &Arc<Engine>, name: &str, args: Map<String, Value
             null_to_empty(&mut args, &["observations", "properties", "metadata"]);
             let result = blocking(move || {
                 let e: NewEntity = parse(Value::Object(args))?;
-                engine.store_entity(tenant, e)
+                engine.store_entity(&tenant, e)
             })
             .await;
             match result {
@@ -584,7 +659,7 @@ pub async fn call_tool(engine: &Arc<Engine>, name: &str, args: Map<String, Value
             null_to_empty(&mut args, &["properties", "metadata"]);
             let result = blocking(move || {
                 let r: NewRelation = parse(Value::Object(args))?;
-                engine.store_relation(tenant, r)
+                engine.store_relation(&tenant, r)
             })
             .await;
             match result {
@@ -600,7 +675,7 @@ pub async fn call_tool(engine: &Arc<Engine>, name: &str, args: Map<String, Value
     Ok(out)
 }
 
-async fn batch_store(engine: Arc<Engine>, args: Map<String, Value>) -> ToolOutput {
+async fn batch_store(engine: Arc<Engine>, scope: Scope, args: Map<String, Value>) -> ToolOutput {
     let max = engine.config().max_batch;
     let items = match args.get("memories") {
         Some(Value::Array(items)) => items.clone(),
@@ -641,7 +716,7 @@ async fn batch_store(engine: Arc<Engine>, args: Map<String, Value>) -> ToolOutpu
                 Err(e) => errors.push((i, e)),
             }
         }
-        let results = engine.store_batch(news, IngestionMethod::HttpPush)?;
+        let results = engine.store_batch(&scope, news, IngestionMethod::HttpPush)?;
         let mut stored = 0;
         for (pos, r) in positions.into_iter().zip(results) {
             match r {

@@ -46,6 +46,22 @@ pub enum ErrorCode {
     StorageError,
     /// A bug: something that should not happen did.
     InternalError,
+    /// No credentials: no `Authorization: Bearer ...` header.
+    MissingCredentials,
+    /// The API key or token is unknown, malformed or has a bad signature.
+    InvalidCredentials,
+    /// The API key or token has expired (or is not valid yet).
+    CredentialsExpired,
+    /// The API key was revoked.
+    CredentialsRevoked,
+    /// The token is signed with an algorithm that is not accepted (e.g. `none`).
+    TokenAlgorithmRejected,
+    /// A required claim is missing or wrong (`exp`, `sub`, `tenant`, `role`, `iss`, `aud`).
+    TokenClaimsInvalid,
+    /// Authenticated, but the role or scope does not allow this.
+    Forbidden,
+    /// Too many requests from this caller; retry after the `Retry-After` seconds.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -69,6 +85,14 @@ impl ErrorCode {
             ErrorCode::DataDirLocked => "data_dir_locked",
             ErrorCode::StorageError => "storage_error",
             ErrorCode::InternalError => "internal_error",
+            ErrorCode::MissingCredentials => "missing_credentials",
+            ErrorCode::InvalidCredentials => "invalid_credentials",
+            ErrorCode::CredentialsExpired => "credentials_expired",
+            ErrorCode::CredentialsRevoked => "credentials_revoked",
+            ErrorCode::TokenAlgorithmRejected => "token_algorithm_rejected",
+            ErrorCode::TokenClaimsInvalid => "token_claims_invalid",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
@@ -86,6 +110,14 @@ impl ErrorCode {
             ErrorCode::AmbiguousMemoryId | ErrorCode::SchemaVersionExists => 409,
             ErrorCode::PayloadTooLarge | ErrorCode::ContentTooLong | ErrorCode::BatchTooLarge => 413,
             ErrorCode::DataDirLocked => 503,
+            ErrorCode::MissingCredentials
+            | ErrorCode::InvalidCredentials
+            | ErrorCode::CredentialsExpired
+            | ErrorCode::CredentialsRevoked
+            | ErrorCode::TokenAlgorithmRejected
+            | ErrorCode::TokenClaimsInvalid => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::RateLimited => 429,
             ErrorCode::StorageError | ErrorCode::InternalError => 500,
         }
     }
@@ -95,6 +127,9 @@ impl ErrorCode {
         match self.http_status() {
             500..=599 => "internal",
             404 => "not_found",
+            401 => "authentication",
+            403 => "permission",
+            429 => "rate_limit",
             409 => "conflict",
             _ => "invalid_request",
         }
@@ -158,6 +193,10 @@ impl Error {
 
     pub fn storage(e: impl std::fmt::Display) -> Self {
         Error::new(ErrorCode::StorageError, format!("storage error: {e}"))
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Forbidden, detail)
     }
 
     pub fn internal(e: impl std::fmt::Display) -> Self {

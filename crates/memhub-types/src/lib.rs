@@ -4,16 +4,20 @@
 //! Every other memhub crate speaks in these types. Nothing here knows about HTTP,
 //! MCP or storage; the transports map [`Error`] to their wire formats once.
 
+pub mod access;
 pub mod embed;
 pub mod error;
 pub mod memory;
+pub mod retention;
 pub mod schema;
 pub mod time;
 
+pub use access::Scope;
 pub use embed::{EmbedError, Embedder};
 pub use error::{Error, ErrorCode, Result};
 pub use memory::{
     BatchItemError, Entity, IngestionMethod, Memory, MemoryFilter, MemoryPatch, NewEntity, NewMemory, NewRelation,
     Relation, SearchHit, SearchRequest, SearchResponse, StoreOutcome, DEFAULT_SYSTEM_ID, DEFAULT_TENANT,
 };
+pub use retention::RetentionPolicy;
 pub use schema::{KindSchema, SchemaRegistry};

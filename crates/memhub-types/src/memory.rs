@@ -286,7 +286,7 @@ mod half_life {
         let seconds = match Option::<Raw>::deserialize(d)? {
             None => return Ok(None),
             Some(Raw::Seconds(x)) => x,
-            Some(Raw::Text(t)) => parse(&t).ok_or_else(|| {
+            Some(Raw::Text(t)) => crate::time::parse_duration_seconds(&t).ok_or_else(|| {
                 D::Error::custom(format!("invalid duration {t:?}: use seconds or a number with s, m, h, d or w"))
             })?,
         };
@@ -295,21 +295,6 @@ mod half_life {
         } else {
             Err(D::Error::custom("must be a positive duration"))
         }
-    }
-
-    fn parse(t: &str) -> Option<f64> {
-        let t = t.trim();
-        let (number, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic())?);
-        let n: f64 = number.trim().parse().ok()?;
-        let scale = match unit {
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86_400.0,
-            "w" => 604_800.0,
-            _ => return None,
-        };
-        Some(n * scale)
     }
 }
 

@@ -39,6 +39,26 @@ pub fn parse_timestamp(s: &str) -> Option<Micros> {
         .map(|dt| dt.and_utc().timestamp_micros())
 }
 
+/// A duration in seconds written as `<n><s|m|h|d|w>` (`"90s"`, `"12h"`, `"30d"`) or
+/// as a plain number of seconds.
+pub fn parse_duration_seconds(t: &str) -> Option<f64> {
+    let t = t.trim();
+    if let Ok(n) = t.parse::<f64>() {
+        return Some(n);
+    }
+    let (number, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic())?);
+    let n: f64 = number.trim().parse().ok()?;
+    let scale = match unit {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        "w" => 604_800.0,
+        _ => return None,
+    };
+    Some(n * scale)
+}
+
 /// Serde adapter for `Micros` fields written as ISO-8601 strings.
 pub mod serde_micros {
     use super::*;

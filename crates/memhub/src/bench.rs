@@ -507,8 +507,9 @@ fn locomo(config: &Config, data: &std::path::Path, text_mode: LocomoText) -> Res
             let vectors = encoder.embed(&texts).map_err(|e| e.to_string())?;
             let batch: Vec<NewMemory> =
                 chunk.iter().cloned().zip(vectors).map(|(m, v)| NewMemory { embedding: Some(v), ..m }).collect();
-            for r in
-                engine.store_batch(batch, memhub_types::memory::IngestionMethod::Import).map_err(|e| e.to_string())?
+            for r in engine
+                .store_batch(&memhub_types::DEFAULT_TENANT.into(), batch, memhub_types::memory::IngestionMethod::Import)
+                .map_err(|e| e.to_string())?
             {
                 r.map_err(|e| e.to_string())?;
             }
@@ -540,7 +541,7 @@ fn locomo(config: &Config, data: &std::path::Path, text_mode: LocomoText) -> Res
                     ..Default::default()
                 };
                 let t = Instant::now();
-                let found = engine.search(memhub_types::DEFAULT_TENANT, &req).map_err(|e| e.to_string())?;
+                let found = engine.search(&memhub_types::DEFAULT_TENANT.into(), &req).map_err(|e| e.to_string())?;
                 latencies.entry(mode).or_default().push(t.elapsed().as_secs_f64() * 1000.0);
                 let ids: Vec<&str> = found.results.iter().map(|h| h.memory.memory_id.as_str()).collect();
                 let found_in = |k: usize| evidence.iter().filter(|e| ids.iter().take(k).any(|id| id == e)).count();
@@ -597,7 +598,7 @@ fn search_probe(config: &Config, dir: &std::path::Path, queries: usize) -> Resul
         let mut v: Vec<f32> = (0..dim).map(|_| rng.unit()).collect();
         memhub_embed::l2_normalize(&mut v);
         let req = SearchRequest { query: "memory".into(), query_embedding: Some(v), ..Default::default() };
-        engine.search(DEFAULT_TENANT, &req).map_err(|e| e.to_string())?;
+        engine.search(&DEFAULT_TENANT.into(), &req).map_err(|e| e.to_string())?;
     }
     println!("{}", json!({ "rss_kib": rss_kib(std::process::id()) }));
     Ok(())
@@ -699,7 +700,10 @@ fn search(config: &Config, count: usize, queries: usize, noise: f32, ef_sweep: &
         for m in &batch {
             all_vectors.extend_from_slice(m.embedding.as_deref().unwrap_or_default());
         }
-        for r in engine.store_batch(batch, memhub_types::memory::IngestionMethod::Import).map_err(|e| e.to_string())? {
+        for r in engine
+            .store_batch(&memhub_types::DEFAULT_TENANT.into(), batch, memhub_types::memory::IngestionMethod::Import)
+            .map_err(|e| e.to_string())?
+        {
             r.map_err(|e| e.to_string())?;
         }
         progress.inc(1000);
@@ -749,19 +753,21 @@ fn search(config: &Config, count: usize, queries: usize, noise: f32, ef_sweep: &
                 ..Default::default()
             };
             let mut found = 0;
-            timed_ms(&mut hybrid, || found = engine.search(DEFAULT_TENANT, &req).map(|r| r.total_results).unwrap_or(0));
+            timed_ms(&mut hybrid, || {
+                found = engine.search(&DEFAULT_TENANT.into(), &req).map(|r| r.total_results).unwrap_or(0)
+            });
             if found == 0 {
                 return Err(format!("query {q} found nothing"));
             }
             let vreq = SearchRequest { semantic_ratio: Some(1.0), ..req.clone() };
-            timed_ms(&mut vector, || drop(engine.search(DEFAULT_TENANT, &vreq)));
+            timed_ms(&mut vector, || drop(engine.search(&DEFAULT_TENANT.into(), &vreq)));
             let treq = SearchRequest { semantic_ratio: Some(0.0), query_embedding: None, ..req.clone() };
-            timed_ms(&mut text, || drop(engine.search(DEFAULT_TENANT, &treq)));
+            timed_ms(&mut text, || drop(engine.search(&DEFAULT_TENANT.into(), &treq)));
             // Recall@10 of the vector retriever against an exact scan of the same filter;
             // the retriever is asked for as many candidates as a limit-10 search asks.
             let indexes = engine.indexes();
             let state = indexes.read();
-            let plan = state.filters.plan(DEFAULT_TENANT, &filter, memhub_types::time::now_micros());
+            let plan = state.filters.plan(&DEFAULT_TENANT.into(), &filter, memhub_types::time::now_micros());
             let ann: Vec<DocId> =
                 indexes.vector_search(&state, &qv, &plan, 100).into_iter().take(10).map(|h| h.0).collect();
             // The engine's exact path (8-bit copies) for its latency; f32 for the truth.
@@ -783,7 +789,8 @@ fn search(config: &Config, count: usize, queries: usize, noise: f32, ef_sweep: &
         let indexes = engine.indexes();
         let queries: Vec<Vec<f32>> = (0..queries.min(200)).map(|_| clustered(&mut rng, &centroids, noise)).collect();
         let state = indexes.read();
-        let plan = state.filters.plan(DEFAULT_TENANT, &MemoryFilter::default(), memhub_types::time::now_micros());
+        let plan =
+            state.filters.plan(&DEFAULT_TENANT.into(), &MemoryFilter::default(), memhub_types::time::now_micros());
         let truths: Vec<Vec<DocId>> = queries.iter().map(|q| exact_top10(q, &mut plan.ids())).collect();
         for &ef in ef_sweep {
             indexes.vectors.set_expansion_search(ef);
@@ -799,7 +806,7 @@ fn search(config: &Config, count: usize, queries: usize, noise: f32, ef_sweep: &
         }
         indexes.vectors.set_expansion_search(config.engine.hnsw.expansion_search);
     }
-    let store_bytes = engine.stats(DEFAULT_TENANT).map(|s| s.store_bytes).unwrap_or(0);
+    let store_bytes = engine.stats(&DEFAULT_TENANT.into()).map(|s| s.store_bytes).unwrap_or(0);
     let simd = engine.indexes().vectors.hardware_acceleration();
     drop(engine);
     let reopen = Instant::now();

@@ -79,6 +79,73 @@ enum Command {
         #[command(subcommand)]
         which: bench::Which,
     },
+    /// API keys: create (the secret is printed once), list, revoke. Works while a server runs.
+    Keys {
+        #[command(subcommand)]
+        op: KeysOp,
+    },
+    /// The audit log: check its hash chain, or print the latest records.
+    Audit {
+        #[command(subcommand)]
+        op: AuditOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysOp {
+    /// Create a key and print its secret (shown once; only a hash is stored).
+    Create {
+        /// admin, manager, user or service.
+        #[arg(long)]
+        role: memhub_govern::Role,
+        #[arg(long, default_value = DEFAULT_TENANT)]
+        tenant: String,
+        /// The user a `user` key acts as.
+        #[arg(long)]
+        user: Option<String>,
+        /// Comma-separated source systems the key is limited to (required for `service`).
+        #[arg(long, value_delimiter = ',')]
+        systems: Option<Vec<String>>,
+        /// Comma-separated kinds the key is limited to.
+        #[arg(long, value_delimiter = ',')]
+        kinds: Option<Vec<String>>,
+        /// Lifetime, e.g. 30d, 12h.
+        #[arg(long)]
+        expires: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        /// Let a service key read (within its systems).
+        #[arg(long)]
+        read: bool,
+        /// Let an admin key act in every tenant (X-Memhub-Tenant).
+        #[arg(long)]
+        superadmin: bool,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key by id (mh_...): refused from the next request on.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum AuditOp {
+    /// Recompute the hash chain; exit 1 and name the first broken record if tampered.
+    Verify,
+    /// Print the latest records, oldest first (JSON lines).
+    Tail {
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        /// Keep printing new records.
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 fn load_config(cli: &Cli) -> Result<Config, String> {
@@ -179,17 +246,17 @@ fn run(cli: Cli) -> Result<(), String> {
                 config.addr = a;
             }
             init_logging(&config.log);
-            config.check_exposure()?;
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             rt.block_on(async move {
                 let engine = open_engine(&config, OpenMode::ReadWrite)?;
+                let state = AppState::new(engine.clone(), config.clone()).map_err(|e| e.to_string())?;
                 let listener = tokio::net::TcpListener::bind(config.addr)
                     .await
                     .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
                 let local = listener.local_addr().map_err(|e| e.to_string())?;
                 tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "memhub listening (MCP at /mcp, REST at /v1)");
                 let worker = EmbeddingWorker::start(engine.clone());
-                let served = memhub_server::serve(listener, AppState::new(engine, config), shutdown_signal()).await;
+                let served = memhub_server::serve(listener, state, shutdown_signal()).await;
                 tokio::task::spawn_blocking(move || worker.stop()).await.map_err(|e| e.to_string())?;
                 served.map_err(|e| e.to_string())
             })
@@ -200,7 +267,15 @@ fn run(cli: Cli) -> Result<(), String> {
             rt.block_on(async move {
                 let engine = open_engine(&config, OpenMode::ReadWrite)?;
                 let worker = EmbeddingWorker::start(engine.clone());
-                let result = memhub_server::mcp::serve_stdio(engine.clone()).await.map_err(|e| e.to_string());
+                let audit = Arc::new(
+                    memhub_govern::AuditLog::open(&memhub_server::audit_path(&config.data_dir))
+                        .map_err(|e| e.to_string())?,
+                );
+                let caller = memhub_server::auth::Caller::local(&config.auth);
+                let result = memhub_server::mcp::serve_stdio(engine.clone(), audit.clone(), caller)
+                    .await
+                    .map_err(|e| e.to_string());
+                audit.close();
                 tokio::task::spawn_blocking(move || worker.stop()).await.map_err(|e| e.to_string())?;
                 engine.checkpoint().map_err(|e| e.to_string())?;
                 result
@@ -245,7 +320,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 None => Box::new(std::io::stdout().lock()),
             };
             let mut sink = BufWriter::new(sink);
-            let total = engine.stats(tenant.as_deref().unwrap_or(DEFAULT_TENANT)).map(|s| s.memories as u64).ok();
+            let total =
+                engine.stats(&tenant.as_deref().unwrap_or(DEFAULT_TENANT).into()).map(|s| s.memories as u64).ok();
             let bar = progress(if tenant.is_some() { total } else { None }, "exporting");
             let n = engine
                 .export(tenant.as_deref(), |m| {
@@ -268,7 +344,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 filter: MemoryFilter { system_id, kind, ..Default::default() },
                 ..Default::default()
             };
-            let resp = engine.search(&tenant, &req).map_err(|e| e.to_string())?;
+            let resp = engine.search(&tenant.as_str().into(), &req).map_err(|e| e.to_string())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&resp).map_err(|e| e.to_string())?);
             } else {
@@ -291,6 +367,83 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Bench { which } => bench::run(which, &config),
+        Command::Keys { op } => keys(op, &config),
+        Command::Audit { op } => audit(op, &config),
+    }
+}
+
+fn keys(op: KeysOp, config: &Config) -> Result<(), String> {
+    let store = memhub_govern::KeyStore::open(&config.data_dir).map_err(|e| e.to_string())?;
+    match op {
+        KeysOp::Create { role, tenant, user, systems, kinds, expires, name, read, superadmin } => {
+            let spec = memhub_govern::NewKey {
+                role,
+                tenant,
+                user_id: user,
+                systems,
+                kinds,
+                expires_at: memhub_server::admin::expiry(expires.as_deref()).map_err(|e| e.to_string())?,
+                name,
+                can_read: read,
+                superadmin,
+            };
+            let made = store.create(spec).map_err(|e| e.to_string())?;
+            eprintln!("{}", json(&made.key));
+            eprintln!("the secret below is shown once; only its hash is stored:");
+            println!("{}", made.secret);
+            Ok(())
+        }
+        KeysOp::List { tenant } => {
+            for k in store.list(tenant.as_deref()).map_err(|e| e.to_string())? {
+                println!("{}", json(&k));
+            }
+            Ok(())
+        }
+        KeysOp::Revoke { id } => {
+            let k = store.revoke(&id, None).map_err(|e| e.to_string())?;
+            println!("{}", json(&k));
+            Ok(())
+        }
+    }
+}
+
+/// One JSON line.
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn audit(op: AuditOp, config: &Config) -> Result<(), String> {
+    let path = memhub_server::audit_path(&config.data_dir);
+    let conn = memhub_govern::audit::open_read_only(&path).map_err(|e| e.to_string())?;
+    match op {
+        AuditOp::Verify => {
+            let report = memhub_govern::audit::verify(&conn).map_err(|e| e.to_string())?;
+            println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+            match report.first_broken {
+                None => {
+                    eprintln!("audit log intact: {} records, head {}", report.records, report.head);
+                    Ok(())
+                }
+                Some((seq, why)) => Err(format!("audit log broken at record {seq}: {why}")),
+            }
+        }
+        AuditOp::Tail { lines, action, actor, follow } => {
+            let q = memhub_govern::AuditQuery { action, actor, limit: Some(lines.max(1)), ..Default::default() };
+            let mut last = 0;
+            loop {
+                let mut records = memhub_govern::audit::query(&conn, &q).map_err(|e| e.to_string())?;
+                records.reverse();
+                let seen = last;
+                for r in records.into_iter().filter(|r| r.seq > seen) {
+                    last = r.seq;
+                    println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+                }
+                if !follow {
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
     }
 }
 

@@ -35,10 +35,19 @@ async fn export_import_round_trip_is_exact_and_search_reads_the_store() {
          "metadata": {"nested": {"deep": [1, 2.5, null, true]}}, "user_id": "ann", "created_at": "2024-02-29T23:59:59.999999Z"},
         {"system_id": "s1", "memory_id": "2", "kind": "insight", "content": "caching halves latency",
          "attributes": {"category": "perf", "confidence": 0.75, "recommendations": ["add a cache"]}, "expires_at": "2099-01-01T00:00:00Z"},
-        {"tenant": "other", "system_id": "s2", "memory_id": "3", "content": "another tenant's memory"},
     ]});
     let (_, out) = http.post("/v1/memories/batch", &batch).await;
-    assert_eq!(out["stored"], 3, "{out}");
+    assert_eq!(out["stored"], 2, "{out}");
+    // In open mode the caller is a superadmin: it names another tenant in a header.
+    let other = json!({"system_id": "s2", "memory_id": "3", "content": "another tenant's memory"});
+    let (status, out) = http
+        .post_raw(
+            "/v1/memories",
+            other.to_string(),
+            &[("content-type", "application/json"), ("x-memhub-tenant", "other")],
+        )
+        .await;
+    assert_eq!(status, 201, "{out}");
     http.post(
         "/v1/memories",
         &json!({"system_id": "s1", "memory_id": "2", "kind": "insight", "content": "caching halves p99 latency",
@@ -103,9 +112,30 @@ fn import_names_the_bad_line_and_writes_nothing_of_a_bad_batch() {
 }
 
 #[test]
-fn serve_refuses_a_public_address_without_authentication() {
+fn serve_refuses_open_auth_on_a_public_address() {
     let dir = tempfile::tempdir().unwrap();
-    let out = memhub(&["serve", "--addr", "0.0.0.0:0", "--data-dir", dir.path().to_str().unwrap()]);
+    let out = std::process::Command::new(memhub_bin())
+        .args(["serve", "--addr", "0.0.0.0:0", "--data-dir", dir.path().to_str().unwrap()])
+        .env("MEMHUB_AUTH", "open")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to listen on 0.0.0.0"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refusing to listen on 0.0.0.0") && stderr.contains("auth mode open"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_public_address_requires_credentials_by_default() {
+    // Auto mode on a non-loopback address: the server starts with auth required.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(memhub_bin());
+    cmd.args(["serve", "--addr", "0.0.0.0:0", "--data-dir", dir.path().to_str().unwrap()])
+        .env("MEMHUB_LOG", "warn,memhub=info")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped());
+    let server = Server::spawn(cmd, dir.path());
+    let (status, body) = Http::new(&server).get("/v1/stats").await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "missing_credentials");
+    assert_eq!(Http::new(&server).get("/health").await.0, 200, "health stays open");
 }

@@ -163,11 +163,20 @@ async fn list_and_search_apply_every_filter_and_tenants_stay_apart() {
     let (_, other) = http
         .post_raw(
             "/v1/memories",
-            json!({"content": "note about billing in another tenant", "tenant": "acme"}).to_string(),
-            &[("content-type", "application/json")],
+            json!({"content": "note about billing in another tenant"}).to_string(),
+            &[("content-type", "application/json"), ("x-memhub-tenant", "acme")],
         )
         .await;
     assert_eq!(other["status"], "created");
+    // A body naming a tenant other than the one the request acts in is refused.
+    let (status, refused) = http
+        .post_raw(
+            "/v1/memories",
+            json!({"content": "smuggled", "tenant": "acme"}).to_string(),
+            &[("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!((status, refused["error"]["code"].as_str()), (403, Some("forbidden")), "{refused}");
 
     let count = |v: &Value| v["memories"].as_array().unwrap().len();
     let (_, page) = http.get("/v1/memories?system_id=slack&tags=urgent").await;

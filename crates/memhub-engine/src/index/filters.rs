@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use memhub_types::{Error, ErrorCode, Memory, MemoryFilter, Result};
+use memhub_types::{Error, ErrorCode, Memory, MemoryFilter, Result, RetentionPolicy, Scope};
 use roaring::RoaringBitmap;
 use serde_json::Value;
 
@@ -158,6 +158,8 @@ pub struct FilterTable {
     postings: HashMap<(Field, u32), RoaringBitmap>,
     /// Memories with an `expires_at`: only these need the expiry check.
     expiring: RoaringBitmap,
+    /// Retention policies: memories older than their kind's TTL are invisible.
+    retention: Vec<RetentionPolicy>,
 }
 
 impl FilterTable {
@@ -246,9 +248,45 @@ impl FilterTable {
         }
     }
 
-    /// Compile a tenant, a filter and a clock into a [`Plan`]: the one definition of
+    /// Memories (of any tenant) past their `expires_at` or their kind's retention at `now`.
+    pub fn expired(&self, now: i64) -> Vec<DocId> {
+        let mut out: Vec<DocId> = self
+            .expiring
+            .iter()
+            .filter(|id| self.docs.get(id).is_some_and(|d| d.expires_at.is_some_and(|t| t <= now)))
+            .collect();
+        for p in &self.retention {
+            let Some(kind) = self.interner.get(&p.kind) else { continue };
+            let tenant = p.tenant.as_deref().map(|t| self.interner.get(t));
+            let system = p.system_id.as_deref().map(|s| self.interner.get(s));
+            if matches!(tenant, Some(None)) || matches!(system, Some(None)) {
+                continue;
+            }
+            let cutoff = p.cutoff(now);
+            let Some(ids) = self.postings.get(&(Field::Kind, kind)) else { continue };
+            out.extend(ids.iter().filter(|id| {
+                self.docs.get(id).is_some_and(|d| {
+                    d.created_at < cutoff
+                        && tenant.flatten().is_none_or(|t| d.fields[0] == t)
+                        && system.flatten().is_none_or(|s| d.fields[1] == s)
+                })
+            }));
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Replace the retention policies that plans apply.
+    pub fn set_retention(&mut self, policies: Vec<RetentionPolicy>) {
+        self.retention = policies;
+    }
+
+    /// Compile a scope, a filter and a clock into a [`Plan`]: the one definition of
     /// "visible and matching" that list, count and every retriever use.
-    pub fn plan(&self, tenant: &str, filter: &MemoryFilter, now: i64) -> Plan<'_> {
+    /// `now = i64::MIN` sees expired memories too (erasure must reach them).
+    pub fn plan(&self, scope: &Scope, filter: &MemoryFilter, now: i64) -> Plan<'_> {
+        let tenant = scope.tenant.as_str();
         let mut ids = Vec::new();
         let mut unknown = false;
         let mut want = |field: Field, value: Option<&str>| {
@@ -263,6 +301,8 @@ impl FilterTable {
         want(Field::System, filter.system_id.as_deref());
         want(Field::Kind, filter.kind.as_deref());
         want(Field::User, filter.user_id.as_deref());
+        // A scope's user is one more equality: a filter naming another user matches nothing.
+        want(Field::User, scope.user_id.as_deref());
         want(Field::Agent, filter.agent_id.as_deref());
         want(Field::Session, filter.session_id.as_deref());
         want(Field::Project, filter.project.as_deref());
@@ -284,15 +324,37 @@ impl FilterTable {
             }
             acc
         };
-        if !filter.tags.is_empty() {
+        let any_of = |field: Field, values: &[String]| {
             let mut any = RoaringBitmap::new();
-            for t in &filter.tags {
-                if let Some(i) = self.interner.get(t) {
-                    any |= posting(&(Field::Tag, i));
+            for v in values {
+                if let Some(i) = self.interner.get(v) {
+                    any |= posting(&(field, i));
                 }
             }
-            allowed &= any;
+            any
+        };
+        if !filter.tags.is_empty() {
+            allowed &= any_of(Field::Tag, &filter.tags);
         }
+        if let Some(systems) = &scope.systems {
+            allowed &= any_of(Field::System, systems);
+        }
+        if let Some(kinds) = &scope.kinds {
+            allowed &= any_of(Field::Kind, kinds);
+        }
+        let retention = self
+            .retention
+            .iter()
+            .filter(|p| p.tenant.as_deref().is_none_or(|t| t == tenant))
+            .filter_map(|p| {
+                let kind = self.interner.get(&p.kind)?;
+                let system = match &p.system_id {
+                    Some(s) => Some(self.interner.get(s)?),
+                    None => None,
+                };
+                Some(RetentionRule { kind, system, cutoff: p.cutoff(now) })
+            })
+            .collect();
         let mut metadata = Vec::new();
         if let Some(want) = &filter.metadata {
             for (k, v) in want {
@@ -302,7 +364,21 @@ impl FilterTable {
                 }
             }
         }
-        Plan { table: self, allowed, since: filter.since, until: filter.until, now, metadata, narrowest }
+        Plan { table: self, allowed, since: filter.since, until: filter.until, now, metadata, retention, narrowest }
+    }
+}
+
+/// A retention policy compiled against the interner.
+struct RetentionRule {
+    kind: u32,
+    system: Option<u32>,
+    /// Memories created before this are past their TTL.
+    cutoff: i64,
+}
+
+impl RetentionRule {
+    fn expired(&self, d: &DocMeta) -> bool {
+        d.created_at < self.cutoff && d.fields[2] == self.kind && self.system.is_none_or(|s| d.fields[1] == s)
     }
 }
 
@@ -314,13 +390,14 @@ pub struct Plan<'a> {
     until: Option<i64>,
     now: i64,
     metadata: Vec<(u32, u32)>,
+    retention: Vec<RetentionRule>,
     /// The equality constraint with the fewest memories, as a filter term, and its count.
     narrowest: Option<(String, u64)>,
 }
 
 impl Plan<'_> {
     fn has_residual(&self) -> bool {
-        self.since.is_some() || self.until.is_some() || !self.metadata.is_empty()
+        self.since.is_some() || self.until.is_some() || !self.metadata.is_empty() || !self.retention.is_empty()
     }
 
     /// Whether memory `id` is visible and matches.
@@ -340,6 +417,7 @@ impl Plan<'_> {
             && self.since.is_none_or(|s| d.created_at >= s)
             && self.until.is_none_or(|u| d.created_at < u)
             && self.metadata.iter().all(|kv| d.metadata.contains(kv))
+            && !self.retention.iter().any(|r| r.expired(d))
     }
 
     /// The filter term of the plan's most selective equality constraint and how many
@@ -435,7 +513,7 @@ mod tests {
         t.upsert(7, &meta("t1", "slack", &tags, &md));
         t.upsert(8, &meta("t2", "slack", &tags, &md));
         let all = MemoryFilter::default();
-        let m = |t: &FilterTable, tenant: &str, f: &MemoryFilter, now: i64| t.plan(tenant, f, now).matches(7);
+        let m = |t: &FilterTable, tenant: &str, f: &MemoryFilter, now: i64| t.plan(&tenant.into(), f, now).matches(7);
         assert!(m(&t, "t1", &all, 0));
         assert!(!m(&t, "t2", &all, 0), "another tenant's plan never matches");
         assert!(!m(&t, "t3", &all, 0), "an unknown tenant matches nothing");
@@ -462,17 +540,73 @@ mod tests {
             !f(MemoryFilter { metadata: Some(json!({"n": "1"}).as_object().unwrap().clone()), ..Default::default() }),
             "types count"
         );
-        assert_eq!(t.plan("t1", &all, 0).count(), 1);
+        assert_eq!(t.plan(&"t1".into(), &all, 0).count(), 1);
 
         let mut expiring = meta("t1", "slack", &tags, &md);
         expiring.expires_at = Some(50);
         t.upsert(7, &expiring);
         assert!(m(&t, "t1", &all, 49));
         assert!(!m(&t, "t1", &all, 50), "expired at its expires_at");
-        assert_eq!(t.plan("t1", &all, 50).count(), 0);
+        assert_eq!(t.plan(&"t1".into(), &all, 50).count(), 0);
         t.remove(7);
         assert!(!m(&t, "t1", &all, 0));
-        assert!(t.plan("t2", &all, 0).matches(8));
+        assert!(t.plan(&"t2".into(), &all, 0).matches(8));
+    }
+
+    #[test]
+    fn a_scope_narrows_by_user_system_and_kind() {
+        let md = serde_json::Map::new();
+        let mut t = FilterTable::default();
+        t.upsert(1, &meta("t", "slack", &[], &md));
+        let mut other = meta("t", "github", &[], &md);
+        other.user_id = Some("u2");
+        other.kind = "insight";
+        t.upsert(2, &other);
+        let ids = |scope: Scope, f: MemoryFilter| t.plan(&scope, &f, 0).ids().collect::<Vec<_>>();
+        let all = MemoryFilter::default;
+        assert_eq!(ids(Scope::tenant("t"), all()), vec![1, 2]);
+        let user = |u: &str| Scope { user_id: Some(u.into()), ..Scope::tenant("t") };
+        assert_eq!(ids(user("u1"), all()), vec![1]);
+        assert_eq!(ids(user("u2"), all()), vec![2]);
+        assert_eq!(
+            ids(user("u1"), MemoryFilter { user_id: Some("u2".into()), ..all() }),
+            Vec::<u32>::new(),
+            "a filter cannot widen the scope's user"
+        );
+        assert_eq!(ids(Scope { systems: Some(vec!["github".into()]), ..Scope::tenant("t") }, all()), vec![2]);
+        assert_eq!(ids(Scope { systems: Some(vec![]), ..Scope::tenant("t") }, all()), Vec::<u32>::new());
+        assert_eq!(ids(Scope { kinds: Some(vec!["note".into(), "x".into()]), ..Scope::tenant("t") }, all()), vec![1]);
+    }
+
+    #[test]
+    fn retention_hides_memories_past_their_kinds_ttl() {
+        let md = serde_json::Map::new();
+        let mut t = FilterTable::default();
+        t.upsert(1, &meta("t", "slack", &[], &md)); // note, created_at 100
+        let mut insight = meta("t", "slack", &[], &md);
+        insight.kind = "insight";
+        t.upsert(2, &insight);
+        let ids =
+            |t: &FilterTable, now: i64| t.plan(&"t".into(), &MemoryFilter::default(), now).ids().collect::<Vec<_>>();
+        let second = 1_000_000;
+        t.set_retention(vec![RetentionPolicy { kind: "note".into(), ttl_seconds: 10, tenant: None, system_id: None }]);
+        assert_eq!(ids(&t, 100 + 10 * second), vec![1, 2], "kept for exactly its ttl");
+        assert_eq!(ids(&t, 101 + 10 * second), vec![2], "gone once older than the ttl; other kinds stay");
+        assert_eq!(ids(&t, i64::MIN), vec![1, 2], "erasure's plan sees everything");
+        t.set_retention(vec![RetentionPolicy {
+            kind: "note".into(),
+            ttl_seconds: 10,
+            tenant: Some("other".into()),
+            system_id: None,
+        }]);
+        assert_eq!(ids(&t, 101 + 10 * second), vec![1, 2], "another tenant's policy does not apply");
+        t.set_retention(vec![RetentionPolicy {
+            kind: "note".into(),
+            ttl_seconds: 10,
+            tenant: None,
+            system_id: Some("github".into()),
+        }]);
+        assert_eq!(ids(&t, 101 + 10 * second), vec![1, 2], "another system's policy does not apply");
     }
 
     #[test]
@@ -484,7 +618,7 @@ mod tests {
             m.created_at = i64::from(id) * 10;
             t.upsert(id, &m);
         }
-        let plan = t.plan("t", &MemoryFilter::default(), 0);
+        let plan = t.plan(&"t".into(), &MemoryFilter::default(), 0);
         let page = plan.list(None, 2);
         assert_eq!(page, vec![(50, 5), (40, 4)]);
         assert_eq!(plan.list(Some(page[1]), 10), vec![(30, 3), (20, 2), (10, 1)]);

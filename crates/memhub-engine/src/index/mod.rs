@@ -342,6 +342,18 @@ impl Indexes {
         }
     }
 
+    /// Replace the retention policies every plan applies.
+    pub fn set_retention(&self, policies: Vec<memhub_types::RetentionPolicy>) {
+        self.write().filters.set_retention(policies);
+    }
+
+    /// Flush, then rewrite the text index without deleted documents (erasure).
+    pub fn compact(&self) -> Result<()> {
+        self.flush()?;
+        let _one_at_a_time = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        self.text.compact()
+    }
+
     fn wake_maintainer(&self, stop: bool) {
         let (lock, cv) = &self.wake;
         let mut s = lock.lock().unwrap_or_else(|p| p.into_inner());

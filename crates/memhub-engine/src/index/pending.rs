@@ -276,7 +276,7 @@ mod tests {
         let terms = query_terms(q);
         let stats = p.stats();
         let avg = stats.tokens as f32 / stats.docs.max(1) as f32;
-        let plan = t.plan(tenant, &MemoryFilter::default(), 0);
+        let plan = t.plan(&tenant.into(), &MemoryFilter::default(), 0);
         p.search(&terms, &|term| idf(stats.docs, p.doc_freq(term)), avg, &plan, 10)
     }
 

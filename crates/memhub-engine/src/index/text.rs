@@ -218,6 +218,20 @@ impl TextIndex {
         self.reader.reload().map_err(text_error)
     }
 
+    /// Merge every segment into one, dropping deleted documents, and remove the old
+    /// segment files: after this, terms of deleted memories are gone from disk.
+    pub fn compact(&self) -> Result<()> {
+        let Some(writer) = &self.writer else { return Ok(()) };
+        let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
+        let segments = self.reader.searcher().index().searchable_segment_ids().map_err(text_error)?;
+        if !segments.is_empty() {
+            writer.merge(&segments).wait().map_err(text_error)?;
+        }
+        writer.garbage_collect_files().wait().map_err(text_error)?;
+        drop(writer);
+        self.reader.reload().map_err(text_error)
+    }
+
     /// Remove every document (the index belonged to another store) and forget the
     /// checkpoint.
     pub fn clear(&self) -> Result<()> {

@@ -80,6 +80,11 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::spawn(cmd, data_dir)
+    }
+
+    /// Run a prepared `memhub serve` command (stderr piped) and wait for its port.
+    pub fn spawn(mut cmd: Command, data_dir: &Path) -> Server {
         let mut child = cmd.spawn().expect("start memhub serve");
         let port = Self::read_port(child.stderr.take().expect("piped stderr"));
         Server { child, port, base: format!("http://127.0.0.1:{port}"), data_dir: data_dir.into(), _tmp: None }
