@@ -34,6 +34,8 @@ pub struct EngineConfig {
     pub max_content_bytes: usize,
     /// Most memories in one batch.
     pub max_batch: usize,
+    /// Largest `metadata` (and `attributes`) as JSON, in bytes; nesting is limited to 16 levels.
+    pub max_metadata_bytes: usize,
     /// Vector graph parameters (changing them rebuilds the graph on next open).
     pub hnsw: index::HnswParams,
     /// Retention policies from the config file (`[[engine.retention]]`); tenants add
@@ -48,6 +50,7 @@ impl Default for EngineConfig {
             embedding_model: "all-MiniLM-L6-v2".into(),
             max_content_bytes: 1024 * 1024,
             max_batch: 1000,
+            max_metadata_bytes: 64 * 1024,
             hnsw: index::HnswParams::default(),
             retention: Vec::new(),
         }

@@ -116,6 +116,37 @@ pub(crate) fn check_attributes(attributes: Option<Value>) -> Result<Value> {
     }
 }
 
+/// Deepest nesting accepted in `metadata` and `attributes`.
+pub(crate) const MAX_JSON_DEPTH: usize = 16;
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Bound a free-form JSON field's nesting and size (a memory is not a document store).
+pub(crate) fn check_json_shape(field: &str, v: &Value, max_bytes: usize) -> Result<()> {
+    if depth(v) > MAX_JSON_DEPTH {
+        return Err(Error::field(
+            ErrorCode::InvalidField,
+            field,
+            format!("nested deeper than {MAX_JSON_DEPTH} levels"),
+        ));
+    }
+    let size = serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
+    if size > max_bytes {
+        return Err(Error::field(
+            ErrorCode::PayloadTooLarge,
+            field,
+            format!("{size} bytes of JSON; the limit is {max_bytes}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Validate a client's memory and build the record to store.
 pub(crate) fn prepare(
     new: NewMemory,
@@ -134,6 +165,10 @@ pub(crate) fn prepare(
     check_content(&new.content, config.max_content_bytes)?;
     let kind = new.kind.unwrap_or_else(|| "note".to_string());
     let attributes = check_attributes(new.attributes)?;
+    check_json_shape("attributes", &attributes, config.max_metadata_bytes)?;
+    let metadata = Value::Object(new.metadata.unwrap_or_default());
+    check_json_shape("metadata", &metadata, config.max_metadata_bytes)?;
+    let Value::Object(metadata) = metadata else { unreachable!("built as an object") };
     let schema_version = registry.validate(&kind, new.schema_version, &attributes)?;
     let tags = check_tags(new.tags)?;
     if let Some(v) = &new.embedding {
@@ -157,7 +192,7 @@ pub(crate) fn prepare(
         content_hash: content_hash(&new.content),
         content: new.content,
         attributes,
-        metadata: new.metadata.unwrap_or_default(),
+        metadata,
         tags,
         user_id: opt_text("user_id", new.user_id)?,
         agent_id: opt_text("agent_id", new.agent_id)?,
@@ -192,6 +227,24 @@ mod tests {
             Err(e) => e,
             Ok(_) => panic!("expected an error"),
         }
+    }
+
+    #[test]
+    fn metadata_and_attributes_are_bounded() {
+        let mut deep = serde_json::json!("leaf");
+        for _ in 0..MAX_JSON_DEPTH {
+            deep = serde_json::json!({ "x": deep });
+        }
+        let meta = |v: Value| NewMemory { metadata: v.as_object().cloned(), ..new("hi") };
+        let e = err(meta(serde_json::json!({ "x": deep })));
+        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidField, Some("metadata")), "{e}");
+        let e = err(NewMemory { attributes: Some(serde_json::json!({"a": deep, "b": 1})), ..new("hi") });
+        assert_eq!(e.field.as_deref(), Some("attributes"));
+        let big = "x".repeat(70 * 1024);
+        let e = err(meta(serde_json::json!({ "blob": big })));
+        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::PayloadTooLarge, Some("metadata")));
+        let ok = meta(serde_json::json!({"speaker": "ann", "nested": {"ok": [1, 2, 3]}}));
+        assert!(prepare(ok, IngestionMethod::Rest, &config(), &SchemaRegistry::with_builtins(), 0).is_ok());
     }
 
     #[test]

@@ -244,7 +244,7 @@ enum Msg {
 pub struct AuditLog {
     sender: Mutex<Option<mpsc::Sender<Msg>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    reader: Mutex<Connection>,
+    reader: Mutex<Option<Connection>>,
 }
 
 fn open_rw(path: &Path) -> Result<Connection> {
@@ -357,7 +357,16 @@ impl AuditLog {
             .name("memhub-audit".into())
             .spawn(move || writer_loop(conn, head, rx))
             .map_err(Error::internal)?;
-        Ok(AuditLog { sender: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), reader: Mutex::new(reader) })
+        Ok(AuditLog {
+            sender: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            reader: Mutex::new(Some(reader)),
+        })
+    }
+
+    /// A log that records nothing (for measuring what the audit log costs).
+    pub fn disabled() -> AuditLog {
+        AuditLog { sender: Mutex::new(None), writer: Mutex::new(None), reader: Mutex::new(None) }
     }
 
     /// Queue one record; it is written within milliseconds, batched with others.
@@ -381,7 +390,10 @@ impl AuditLog {
 
     /// Records matching `q`, newest first (written ones: call [`flush`](Self::flush) first to include queued ones).
     pub fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
-        query(&self.reader.lock().unwrap_or_else(|p| p.into_inner()), q)
+        match &*self.reader.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(conn) => query(conn, q),
+            None => Err(Error::new(memhub_types::ErrorCode::NotFound, "the audit log is off (audit = false)")),
+        }
     }
 
     /// Stop the writer after it has written everything queued.

@@ -240,6 +240,9 @@ impl Guard {
     /// The principal a bearer credential names.
     async fn authenticate(&self, token: &str) -> Result<Principal, Error> {
         if memhub_govern::keys::key_id(token).is_some() {
+            if let Some(known) = self.keys.authenticate_cached(token) {
+                return known;
+            }
             let keys = self.keys.clone();
             let token = token.to_string();
             // argon2 takes tens of milliseconds the first time a key is seen.

@@ -29,6 +29,8 @@ pub struct Config {
     pub allow_unauthenticated_public: bool,
     /// Seconds between runs of the purge job (expired memories and retention).
     pub purge_interval_seconds: u64,
+    /// Write the audit log (`<data_dir>/audit.db`). Turn off only to measure its cost.
+    pub audit: bool,
     pub auth: AuthConfig,
     pub engine: EngineConfig,
     pub embedder: EmbedderConfig,
@@ -85,6 +87,7 @@ impl Default for Config {
             log: "info".into(),
             allow_unauthenticated_public: false,
             purge_interval_seconds: 60,
+            audit: true,
             auth: AuthConfig::default(),
             engine: EngineConfig::default(),
             embedder: EmbedderConfig::default(),
@@ -174,6 +177,9 @@ impl Config {
         }
         if let Some(v) = env_value("MEMHUB_AUTH_FAILURES_PER_MINUTE", &get)? {
             self.auth.auth_failures_per_minute = v;
+        }
+        if let Some(v) = env_value("MEMHUB_AUDIT", &get)? {
+            self.audit = v;
         }
         if let Some(v) = env_value("MEMHUB_PURGE_INTERVAL_SECONDS", &get)? {
             self.purge_interval_seconds = v;

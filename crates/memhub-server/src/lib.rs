@@ -42,7 +42,12 @@ impl AppState {
     /// decide the auth mode, and refuse an open server on a public address.
     pub fn new(engine: Arc<Engine>, config: Config) -> Result<Self, Error> {
         let keys = Arc::new(memhub_govern::KeyStore::open(&config.data_dir)?);
-        let audit = Arc::new(memhub_govern::AuditLog::open(&audit_path(&config.data_dir))?);
+        let audit = Arc::new(if config.audit {
+            memhub_govern::AuditLog::open(&audit_path(&config.data_dir))?
+        } else {
+            tracing::warn!("the audit log is OFF (audit = false): accesses leave no trace");
+            memhub_govern::AuditLog::disabled()
+        });
         let secret = std::env::var(&config.auth.jwt.hs256_secret_env).ok().filter(|s| !s.is_empty());
         let jwt = memhub_govern::JwtVerifier::new(&config.auth.jwt, secret.as_deref().map(str::as_bytes))?;
         let required = config.auth_required(jwt.is_some() || keys.any()?);
@@ -177,6 +182,12 @@ pub async fn serve(
     let audit = state.guard.audit.clone();
     let purge = spawn_purge_job(engine.clone(), state.config.purge_interval_seconds);
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    // Without TCP_NODELAY a small answer can wait ~40 ms for the client's delayed ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     purge.abort();
     audit.flush();

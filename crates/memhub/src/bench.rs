@@ -51,6 +51,23 @@ pub enum Which {
         #[arg(long, default_value_t = 200)]
         queries: usize,
     },
+    /// What authentication and the audit log cost: the same ingest and search load
+    /// against a server in open mode without audit, and one that requires an API key
+    /// and audits every request (alternating rounds; medians and ratios).
+    Auth {
+        /// Memories ingested per round (batches of 500).
+        #[arg(long, default_value_t = 20_000)]
+        count: usize,
+        /// Searches per round.
+        #[arg(long, default_value_t = 2000)]
+        queries: usize,
+        /// Requests in flight.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+        /// Rounds per mode.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Sentences per second of the local encoder at several batch sizes.
     Embed {
         /// Sentences encoded per measurement.
@@ -162,22 +179,34 @@ struct ServerProcess {
     base: String,
     dir: tempfile::TempDir,
     dim: usize,
+    env: Vec<(String, String)>,
 }
 
 impl ServerProcess {
     /// Start `memhub serve` on a fresh data dir and a free port.
     fn start(config: &Config) -> Result<ServerProcess, String> {
+        Self::start_with(config, Vec::new(), |_| Ok(()))
+    }
+
+    /// Like [`start`](Self::start), with extra environment and a set-up step on the
+    /// data dir before the server opens it.
+    fn start_with(
+        config: &Config,
+        env: Vec<(String, String)>,
+        prepare: impl FnOnce(&std::path::Path) -> Result<(), String>,
+    ) -> Result<ServerProcess, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        prepare(dir.path())?;
         let port =
             std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
         let dim = config.engine.embedding_dim;
-        let child = Self::spawn(dir.path(), port, dim)?;
-        let server = ServerProcess { child, port, base: format!("http://127.0.0.1:{port}"), dir, dim };
+        let child = Self::spawn(dir.path(), port, dim, &env)?;
+        let server = ServerProcess { child, port, base: format!("http://127.0.0.1:{port}"), dir, dim, env };
         server.wait_ready()?;
         Ok(server)
     }
 
-    fn spawn(dir: &std::path::Path, port: u16, dim: usize) -> Result<Child, String> {
+    fn spawn(dir: &std::path::Path, port: u16, dim: usize, env: &[(String, String)]) -> Result<Child, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         Command::new(exe)
             .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
@@ -185,6 +214,8 @@ impl ServerProcess {
             .arg(dir)
             .env("MEMHUB_LOG", "warn")
             .env("MEMHUB_EMBEDDING_DIM", dim.to_string())
+            .env("MEMHUB_EMBEDDER", "none")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start the server: {e}"))
@@ -219,7 +250,7 @@ impl ServerProcess {
     fn restart(&mut self) -> Result<f64, String> {
         self.stop();
         let t = Instant::now();
-        self.child = Self::spawn(self.dir.path(), self.port, self.dim)?;
+        self.child = Self::spawn(self.dir.path(), self.port, self.dim, &self.env)?;
         self.wait_ready()?;
         Ok(t.elapsed().as_secs_f64())
     }
@@ -236,6 +267,9 @@ pub fn run(which: Which, config: &Config) -> Result<(), String> {
     match which {
         Which::Ingest { count, batch, concurrency, singles } => {
             rt.block_on(ingest(config, count, batch, concurrency, singles))
+        }
+        Which::Auth { count, queries, concurrency, rounds } => {
+            rt.block_on(auth(config, count, queries, concurrency, rounds))
         }
         Which::Embed { sentences, min_words, max_words } => embed(config, sentences, min_words, max_words),
         Which::Search { count, queries, noise, ef_sweep } => search(config, count, queries, noise, &ef_sweep),
@@ -359,6 +393,158 @@ async fn ingest(config: &Config, count: usize, batch: usize, concurrency: usize,
         "restart_seconds_with_index_rebuild": (restart_seconds * 1000.0).round() / 1000.0,
         "server_rss_mib_after_restart": rss_after_restart.map(|k| (k as f64 / 1024.0 * 10.0).round() / 10.0),
         "stored": stats["memories"],
+    });
+    println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+/// Send `bodies` to `url` with `concurrency` in flight; returns each request's milliseconds.
+async fn load(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    bodies: Vec<Vec<u8>>,
+    concurrency: usize,
+) -> Result<Vec<f64>, String> {
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(bodies.into_iter()));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (client, url, queue, token) = (client.clone(), url.to_string(), queue.clone(), token.map(str::to_owned));
+        workers.push(tokio::spawn(async move {
+            let mut times = Vec::new();
+            loop {
+                let Some(body) = queue.lock().expect("queue").next() else { break };
+                let t = Instant::now();
+                let mut req = client.post(&url).header("content-type", "application/json").body(body);
+                if let Some(t) = &token {
+                    req = req.bearer_auth(t);
+                }
+                let resp = req.send().await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let text = resp.text().await.map_err(|e| e.to_string())?;
+                if !status.is_success() {
+                    return Err(format!("{url}: {status} {text}"));
+                }
+                times.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<_, String>(times)
+        }));
+    }
+    let mut all = Vec::new();
+    for w in workers {
+        all.extend(w.await.map_err(|e| e.to_string())??);
+    }
+    all.sort_by(f64::total_cmp);
+    Ok(all)
+}
+
+async fn auth(config: &Config, count: usize, queries: usize, concurrency: usize, rounds: usize) -> Result<(), String> {
+    let dim = config.engine.embedding_dim;
+    let client = reqwest::Client::new();
+    let mut rng = Rng(0xA17B);
+    // A 20k-word vocabulary (as in `bench search`): queries are selective, so search
+    // time is what an agent sees and the auth share of it is not diluted.
+    let vocabulary = Vocabulary::new(20_000);
+    let batches: Vec<Vec<u8>> = (0..count)
+        .collect::<Vec<_>>()
+        .chunks(500)
+        .map(|ids| {
+            let memories: Vec<Value> = ids
+                .iter()
+                .map(|&i| {
+                    let mut m = memory_json(&mut rng, i, dim);
+                    m["content"] = json!(vocabulary.text(&mut rng, 20));
+                    m
+                })
+                .collect();
+            serde_json::to_vec(&json!({ "memories": memories })).expect("serializes")
+        })
+        .collect();
+    // Keyword searches (~1 ms in the server: the worst case for the auth share) and
+    // hybrid ones with a query vector (uniform random vectors: a slow graph walk).
+    let keyword: Vec<Vec<u8>> = (0..queries)
+        .map(|_| {
+            let body = json!({"query": vocabulary.text(&mut rng, 3), "semantic_ratio": 0, "limit": 10});
+            serde_json::to_vec(&body).expect("serializes")
+        })
+        .collect();
+    let hybrid: Vec<Vec<u8>> = (0..queries / 4)
+        .map(|i| {
+            let m = memory_json(&mut rng, count + i, dim);
+            let body = json!({"query": vocabulary.text(&mut rng, 3), "query_embedding": m["embedding"], "limit": 10});
+            serde_json::to_vec(&body).expect("serializes")
+        })
+        .collect();
+    // (ingest memories/s, keyword searches/s, keyword p50 ms, hybrid searches/s) per round, per mode.
+    let mut results: [Vec<(f64, f64, f64, f64)>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for (mode, secured) in [(0, false), (1, true)] {
+            let key = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+            let env: Vec<(String, String)> = if secured {
+                vec![("MEMHUB_AUTH".into(), "required".into()), ("MEMHUB_RATE_PER_SECOND".into(), "0".into())]
+            } else {
+                vec![("MEMHUB_AUTH".into(), "open".into()), ("MEMHUB_AUDIT".into(), "false".into())]
+            };
+            let slot = key.clone();
+            let server = ServerProcess::start_with(config, env, move |dir| {
+                if secured {
+                    let store = memhub_govern::KeyStore::open(dir).map_err(|e| e.to_string())?;
+                    let made = store
+                        .create(memhub_govern::NewKey {
+                            role: memhub_govern::Role::Admin,
+                            tenant: memhub_types::DEFAULT_TENANT.into(),
+                            user_id: None,
+                            systems: None,
+                            kinds: None,
+                            expires_at: None,
+                            name: Some("bench".into()),
+                            can_read: true,
+                            superadmin: false,
+                        })
+                        .map_err(|e| e.to_string())?;
+                    *slot.lock().expect("key") = Some(made.secret);
+                }
+                Ok(())
+            })?;
+            let token = key.lock().expect("key").clone();
+            let t = Instant::now();
+            load(&client, &format!("{}/v1/memories/batch", server.base), token.as_deref(), batches.clone(), 2).await?;
+            let ingest = count as f64 / t.elapsed().as_secs_f64();
+            // Let the index catch up so both modes search the same persisted state.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let url = format!("{}/v1/search", server.base);
+            let t = Instant::now();
+            let ms = load(&client, &url, token.as_deref(), keyword.clone(), concurrency).await?;
+            let qps = keyword.len() as f64 / t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            load(&client, &url, token.as_deref(), hybrid.clone(), concurrency).await?;
+            let hybrid_qps = hybrid.len() as f64 / t.elapsed().as_secs_f64();
+            eprintln!(
+                "round {round} {}: ingest {ingest:.0}/s, keyword search {qps:.0}/s (p50 {:.2} ms), hybrid {hybrid_qps:.0}/s",
+                if secured { "auth+audit" } else { "open" },
+                percentile(&ms, 0.5)
+            );
+            results[mode].push((ingest, qps, percentile(&ms, 0.5), hybrid_qps));
+        }
+    }
+    type Round = (f64, f64, f64, f64);
+    let med = |mode: usize, f: fn(&Round) -> f64| median(results[mode].iter().map(f).collect());
+    let side = |mode: usize| {
+        json!({"ingest_per_second": med(mode, |r| r.0).round(), "keyword_searches_per_second": med(mode, |r| r.1).round(),
+               "keyword_search_p50_ms": round(med(mode, |r| r.2)), "hybrid_searches_per_second": med(mode, |r| r.3).round()})
+    };
+    let slowdown = |f: fn(&Round) -> f64| round((1.0 - med(1, f) / med(0, f)) * 100.0);
+    let report = json!({
+        "memories_per_round": count,
+        "keyword_searches_per_round": keyword.len(),
+        "hybrid_searches_per_round": hybrid.len(),
+        "search_concurrency": concurrency,
+        "rounds": rounds,
+        "open_no_audit": side(0),
+        "auth_and_audit": side(1),
+        "ingest_slowdown_percent": slowdown(|r| r.0),
+        "keyword_search_slowdown_percent": slowdown(|r| r.1),
+        "hybrid_search_slowdown_percent": slowdown(|r| r.3),
     });
     println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
     Ok(())
