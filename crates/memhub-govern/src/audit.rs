@@ -37,6 +37,9 @@ CREATE INDEX IF NOT EXISTS audit_log_at ON audit_log (at);";
 /// The hash before the first record.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// How long the writer gathers records before a commit.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Most records one writer transaction takes.
 const BATCH_MAX: usize = 4096;
 
@@ -317,14 +320,18 @@ fn writer_loop(mut conn: Connection, mut head: (i64, String), rx: mpsc::Receiver
     while let Ok(first) = rx.recv() {
         let mut events = Vec::new();
         let mut acks = Vec::new();
+        // Gather for a few milliseconds: under load one commit then covers many
+        // requests. A flush request ends the gathering at once.
+        let deadline = std::time::Instant::now() + GATHER;
         let mut next = Some(first);
         while let Some(m) = next.take() {
             match m {
                 Msg::Event(e) => events.push(*e),
                 Msg::Flush(ack) => acks.push(ack),
             }
-            if events.len() < BATCH_MAX {
-                next = rx.try_recv().ok();
+            if events.len() < BATCH_MAX && acks.is_empty() {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                next = rx.recv_timeout(left).ok();
             }
         }
         if !events.is_empty() {
