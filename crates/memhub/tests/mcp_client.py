@@ -3,6 +3,7 @@ tools/call for every tool, over streamable HTTP or stdio.
 
 Usage: mcp_client.py http URL [--encoder]
        mcp_client.py stdio MEMHUB_BIN DATA_DIR [--encoder]
+       mcp_client.py http-scoped URL USER_KEY FOREIGN_ID   (a `user` key for ann; FOREIGN_ID is bob's memory)
 --encoder: the server has a local encoder, so generate_embedding must succeed
 (without it, it must fail with a clear message).
 Exits non-zero (with a message) on the first broken expectation.
@@ -122,9 +123,44 @@ async def exercise(session):
     assert ids[0] == "py-1" and "py-3" not in ids, r
 
 
+async def scoped(session, foreign_id):
+    """A user key over a real MCP session: its writes are its own, others' memories do not exist."""
+    await session.initialize()
+    r = await call(session, "store_memory", {"memory_id": "ann-1", "text": "ann's scoped note about otters",
+                                             "metadata": {"source": "py-client", "type": "note"}})
+    assert r["status"] == "stored", r
+    r = await call(session, "get_memory", {"memory_id": "ann-1"})
+    assert r["memory"]["user_id"] == "ann" and r["memory"]["tenant"] == "acme", r
+    r = await call(session, "store_memory", {"memory_id": "as-bob", "text": "pretending",
+                                             "metadata": {"source": "py-client", "user_id": "bob"}}, expect_error=True)
+    assert r["code"] == "forbidden", r
+    r = await call(session, "search_memories", {"query": "otters"})
+    assert {x["memory_id"] for x in r["results"]} == {"ann-1"}, r
+    r = await call(session, "get_memory", {"id": foreign_id}, expect_error=True)
+    assert r["code"] == "memory_not_found", r
+    r = await call(session, "create_entity", {"name": "x", "entity_type": "y"}, expect_error=True)
+    assert r["code"] == "forbidden", r
+
+
 async def main():
     mode = sys.argv[1]
-    if mode == "http":
+    if mode == "http-scoped":
+        from mcp.shared._httpx_utils import create_mcp_http_client
+        async with create_mcp_http_client(headers={"Authorization": f"Bearer {sys.argv[3]}"}) as client:
+            async with streamable_http_client(sys.argv[2], http_client=client) as streams:
+                async with ClientSession(streams[0], streams[1]) as session:
+                    await scoped(session, sys.argv[4])
+        # Without credentials the session cannot even start.
+        try:
+            async with streamable_http_client(sys.argv[2]) as streams:
+                async with ClientSession(streams[0], streams[1]) as session:
+                    await asyncio.wait_for(session.initialize(), 20)
+            raise AssertionError("initialize without credentials succeeded")
+        except AssertionError:
+            raise
+        except BaseException as e:  # the SDK raises its own error types for a 401
+            print(f"refused without credentials: {type(e).__name__}")
+    elif mode == "http":
         async with streamable_http_client(sys.argv[2]) as streams:
             read, write = streams[0], streams[1]
             async with ClientSession(read, write) as session:

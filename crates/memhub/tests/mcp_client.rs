@@ -43,3 +43,55 @@ fn python_sdk_over_stdio() {
     let dir = tempfile::tempdir().unwrap();
     run_client(&["stdio", memhub_bin(), dir.path().to_str().unwrap()]);
 }
+
+#[tokio::test]
+async fn python_sdk_session_with_a_user_key_is_scoped_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = |args: &[&str]| {
+        let out = Command::new(memhub_bin())
+            .args(["keys", "create", "--data-dir"])
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let admin = key(&["--role", "admin", "--tenant", "acme"]);
+    let ann = key(&["--role", "user", "--tenant", "acme", "--user", "ann"]);
+    let server = Server::start_in(dir.path(), &[]);
+    let bob: serde_json::Value = reqwest::Client::new()
+        .post(server.url("/v1/memories"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"content": "bob's otters", "user_id": "bob"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bob_id = bob["memory"]["id"].as_str().unwrap().to_string();
+    let url = server.url("/mcp");
+    tokio::task::spawn_blocking(move || run_scoped(&url, &ann, &bob_id)).await.unwrap();
+
+    // The session's tool calls are in the audit log under ann's key.
+    let (status, _) =
+        (reqwest::Client::new().get(server.url("/v1/audit")).bearer_auth(&admin).send().await.unwrap().status(), ());
+    assert_eq!(status, 200);
+    let conn = memhub_govern::audit::open_read_only(&dir.path().join("audit.db")).unwrap();
+    let q =
+        memhub_govern::AuditQuery { action: Some("mcp.store_memory".into()), limit: Some(100), ..Default::default() };
+    let records = memhub_govern::audit::query(&conn, &q).unwrap();
+    let outcomes: Vec<(String, u16)> = records.iter().map(|r| (r.event.actor.clone(), r.event.status)).collect();
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    assert!(outcomes.iter().all(|(actor, _)| actor.starts_with("key:mh_")), "{outcomes:?}");
+    assert!(outcomes.iter().any(|(_, s)| *s == 403) && outcomes.iter().any(|(_, s)| *s == 200), "{outcomes:?}");
+}
+
+fn run_scoped(url: &str, key: &str, foreign: &str) {
+    let script = manifest_dir().join("tests/mcp_client.py");
+    let out = Command::new(python()).arg(script).args(["http-scoped", url, key, foreign]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "scoped MCP client failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("refused without credentials"), "{stdout}");
+}
