@@ -75,8 +75,8 @@ async fn python_sdk_session_with_a_user_key_is_scoped_and_audited() {
     tokio::task::spawn_blocking(move || run_scoped(&url, &ann, &bob_id)).await.unwrap();
 
     // The session's tool calls are in the audit log under ann's key.
-    let (status, _) =
-        (reqwest::Client::new().get(server.url("/v1/audit")).bearer_auth(&admin).send().await.unwrap().status(), ());
+    // Reading the audit log over HTTP also flushes its writer.
+    let status = reqwest::Client::new().get(server.url("/v1/audit")).bearer_auth(&admin).send().await.unwrap().status();
     assert_eq!(status, 200);
     let conn = memhub_govern::audit::open_read_only(&dir.path().join("audit.db")).unwrap();
     let q =
