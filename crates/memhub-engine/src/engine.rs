@@ -552,8 +552,15 @@ impl Engine {
     }
 
     /// Delete a memory and its history for real.
+    /// With `soft_delete_seconds` set, the memory only expires now (a new version,
+    /// history kept): invisible at once, purged after that grace period.
     pub fn delete(&self, access: &Access, id: &Uuid) -> Result<Memory> {
-        self.get_for_change(access, id)?;
+        let current = self.get_for_change(access, id)?;
+        if self.config.soft_delete_seconds > 0 {
+            let patch = MemoryPatch { expires_at: Some(now_micros()), ..Default::default() };
+            self.update(access, id, patch)?;
+            return Ok(current);
+        }
         self.store
             .write_then(
                 |tx| {
@@ -1081,11 +1088,18 @@ impl Engine {
     /// history, from the store and the indexes. The background purge job calls this.
     pub fn purge_expired(&self) -> Result<Removed> {
         let now = now_micros();
-        let seqs: Vec<i64> = self.indexes.read().filters.expired(now).into_iter().map(i64::from).collect();
+        // Memories past their expires_at wait out the soft-delete grace period (0 when off).
+        let grace = i64::try_from(self.config.soft_delete_seconds).unwrap_or(i64::MAX).saturating_mul(1_000_000);
+        let expired_before = now.saturating_sub(grace);
+        let seqs: Vec<i64> =
+            self.indexes.read().filters.expired(now, expired_before).into_iter().map(i64::from).collect();
         if seqs.is_empty() {
             return Ok(Removed::default());
         }
-        let removed = self.remove_where(&seqs, |m| self.expired(m, now))?;
+        let removed = self.remove_where(&seqs, |m| {
+            m.expires_at.is_some_and(|t| t <= expired_before)
+                || (m.expires_at.is_none_or(|t| t > now) && self.expired(m, now))
+        })?;
         tracing::info!(
             memories = removed.memories,
             history_versions = removed.history_versions,

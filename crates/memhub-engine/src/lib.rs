@@ -38,6 +38,10 @@ pub struct EngineConfig {
     pub max_metadata_bytes: usize,
     /// Vector graph parameters (changing them rebuilds the graph on next open).
     pub hnsw: index::HnswParams,
+    /// `0`: `delete` removes a memory and its history for real. Otherwise `delete`
+    /// only expires it (hidden at once, history kept) and the purge job removes it
+    /// this many seconds later.
+    pub soft_delete_seconds: u64,
     /// Retention policies from the config file (`[[engine.retention]]`); tenants add
     /// their own through the API.
     pub retention: Vec<memhub_types::RetentionPolicy>,
@@ -52,6 +56,7 @@ impl Default for EngineConfig {
             max_batch: 1000,
             max_metadata_bytes: 64 * 1024,
             hnsw: index::HnswParams::default(),
+            soft_delete_seconds: 0,
             retention: Vec::new(),
         }
     }

@@ -256,3 +256,30 @@ fn erasure_leaves_no_trace_in_search_history_or_files() {
     assert!(search_ids(&engine, &admin, "quixoticzebra").is_empty(), "and not back after a restart");
     assert_eq!(engine.stats(&admin).unwrap().memories, 50);
 }
+
+#[test]
+fn soft_delete_hides_at_once_and_purges_after_its_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig { embedding_dim: 3, soft_delete_seconds: 1, ..EngineConfig::default() };
+    let engine = Engine::open(dir.path(), config, OpenMode::ReadWrite).unwrap();
+    let admin = Access::tenant("acme");
+    let m = engine
+        .store_memory(&admin.write, memory("slack", "note", None, "s1", "softly deleted walrus"), IngestionMethod::Rest)
+        .unwrap()
+        .memory;
+    engine.delete(&admin, &m.id).unwrap();
+    assert_eq!(code(engine.get(&admin.read, &m.id)), ErrorCode::MemoryNotFound, "hidden at once");
+    assert!(search_ids(&engine, &admin.read, "walrus").is_empty());
+    let mut raw = Vec::new();
+    engine
+        .export(None, |m| {
+            raw.push((m.memory_id, m.version));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(raw, vec![("s1".to_string(), 2)], "kept in the store, as a new version");
+    assert_eq!(engine.purge_expired().unwrap().memories, 0, "within the grace period");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let purged = engine.purge_expired().unwrap();
+    assert_eq!((purged.memories, purged.history_versions), (1, 1), "gone with its history after it");
+}

@@ -248,12 +248,13 @@ impl FilterTable {
         }
     }
 
-    /// Memories (of any tenant) past their `expires_at` or their kind's retention at `now`.
-    pub fn expired(&self, now: i64) -> Vec<DocId> {
+    /// Memories (of any tenant) whose `expires_at` is at or before `expired_before`,
+    /// or past their kind's retention at `now`.
+    pub fn expired(&self, now: i64, expired_before: i64) -> Vec<DocId> {
         let mut out: Vec<DocId> = self
             .expiring
             .iter()
-            .filter(|id| self.docs.get(id).is_some_and(|d| d.expires_at.is_some_and(|t| t <= now)))
+            .filter(|id| self.docs.get(id).is_some_and(|d| d.expires_at.is_some_and(|t| t <= expired_before)))
             .collect();
         for p in &self.retention {
             let Some(kind) = self.interner.get(&p.kind) else { continue };
