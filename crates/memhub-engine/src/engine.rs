@@ -96,8 +96,6 @@ pub struct Engine {
     config: EngineConfig,
     embedder: Option<Arc<dyn Embedder>>,
     embed_queue: EmbeddingQueue,
-    /// Policies from the config file followed by those set through the API.
-    retention: RwLock<Vec<RetentionPolicy>>,
 }
 
 /// A list cursor: `(created_at, seq)` of the last memory returned.
@@ -230,7 +228,6 @@ impl Engine {
             config,
             embedder,
             embed_queue: EmbeddingQueue::default(),
-            retention: RwLock::new(Vec::new()),
         };
         engine.load_retention()?;
         if engine.embedder.is_some() && writable {
@@ -464,15 +461,19 @@ impl Engine {
         Ok(results.into_iter().map(|r| r.expect("every item has a result")).collect())
     }
 
+    /// Whether `m` is older than its kind's retention at `now`.
+    fn past_retention(&self, m: &Memory, now: i64) -> bool {
+        let state = self.indexes.read();
+        state
+            .filters
+            .retention()
+            .iter()
+            .any(|p| p.covers(&m.tenant, &m.system_id, &m.kind) && m.created_at < p.cutoff(now))
+    }
+
     /// Whether `m` is past its `expires_at` or its kind's retention at `now`.
     fn expired(&self, m: &Memory, now: i64) -> bool {
-        m.expires_at.is_some_and(|t| t <= now)
-            || self
-                .retention
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .any(|p| p.covers(&m.tenant, &m.system_id, &m.kind) && m.created_at < p.cutoff(now))
+        m.expires_at.is_some_and(|t| t <= now) || self.past_retention(m, now)
     }
 
     fn visible(&self, scope: &Scope, m: &Memory, now: i64) -> bool {
@@ -555,12 +556,11 @@ impl Engine {
     /// With `soft_delete_seconds` set, the memory only expires now (a new version,
     /// history kept): invisible at once, purged after that grace period.
     pub fn delete(&self, access: &Access, id: &Uuid) -> Result<Memory> {
-        let current = self.get_for_change(access, id)?;
         if self.config.soft_delete_seconds > 0 {
             let patch = MemoryPatch { expires_at: Some(now_micros()), ..Default::default() };
-            self.update(access, id, patch)?;
-            return Ok(current);
+            return self.update(access, id, patch).map(|s| s.memory);
         }
+        self.get_for_change(access, id)?;
         self.store
             .write_then(
                 |tx| {
@@ -1010,17 +1010,15 @@ impl Engine {
                 .map_err(storage)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
         })?;
-        let policies: Vec<RetentionPolicy> = self.config.retention.iter().cloned().chain(stored).collect();
-        self.indexes.set_retention(policies.clone());
-        *self.retention.write().unwrap_or_else(|p| p.into_inner()) = policies;
+        self.indexes.set_retention(self.config.retention.iter().cloned().chain(stored).collect());
         Ok(())
     }
 
     /// The retention policies that apply in `tenant`: the configured ones, then the
     /// tenant's own.
     pub fn retention(&self, tenant: &str) -> Vec<RetentionPolicy> {
-        let all = self.retention.read().unwrap_or_else(|p| p.into_inner());
-        all.iter().filter(|p| p.tenant.as_deref().is_none_or(|t| t == tenant)).cloned().collect()
+        let state = self.indexes.read();
+        state.filters.retention().iter().filter(|p| p.tenant.as_deref().is_none_or(|t| t == tenant)).cloned().collect()
     }
 
     /// Replace `tenant`'s own retention policies (the configured ones stay). Memories
@@ -1059,27 +1057,22 @@ impl Engine {
     fn remove_where(&self, seqs: &[i64], still: impl Fn(&Memory) -> bool) -> Result<Removed> {
         let mut removed = Removed::default();
         for chunk in seqs.chunks(1000) {
-            let (done, _) = self
-                .store
-                .write_then(
-                    |tx| {
-                        let mut done = Vec::new();
-                        let mut history = 0;
-                        for &seq in chunk {
-                            if let Some(h) = store::delete_if(tx, seq, &still)? {
-                                done.push(seq);
-                                history += h;
-                            }
+            let (done, history) = self.store.write_then(
+                |tx| {
+                    let mut done = Vec::new();
+                    let mut history = 0;
+                    for &seq in chunk {
+                        if let Some(h) = store::delete_if(tx, seq, &still)? {
+                            done.push(seq);
+                            history += h;
                         }
-                        Ok((done, history))
-                    },
-                    |(done, _), change| self.apply(&done.iter().map(|s| (*s, None)).collect::<Vec<_>>(), change),
-                )
-                .map(|(done, history)| {
-                    removed.history_versions += history;
-                    (done, history)
-                })?;
+                    }
+                    Ok((done, history))
+                },
+                |(done, _), change| self.apply(&done.iter().map(|s| (*s, None)).collect::<Vec<_>>(), change),
+            )?;
             removed.memories += done.len();
+            removed.history_versions += history;
         }
         Ok(removed)
     }
@@ -1096,9 +1089,9 @@ impl Engine {
         if seqs.is_empty() {
             return Ok(Removed::default());
         }
+        // The same rule as `FilterTable::expired`, checked again in the deleting transaction.
         let removed = self.remove_where(&seqs, |m| {
-            m.expires_at.is_some_and(|t| t <= expired_before)
-                || (m.expires_at.is_none_or(|t| t > now) && self.expired(m, now))
+            m.expires_at.is_some_and(|t| t <= expired_before) || self.past_retention(m, now)
         })?;
         tracing::info!(
             memories = removed.memories,

@@ -119,24 +119,44 @@ pub(crate) fn check_attributes(attributes: Option<Value>) -> Result<Value> {
 /// Deepest nesting accepted in `metadata` and `attributes`.
 pub(crate) const MAX_JSON_DEPTH: usize = 16;
 
+fn object_depth(m: &Map<String, Value>) -> usize {
+    1 + m.values().map(depth).max().unwrap_or(0)
+}
+
 fn depth(v: &Value) -> usize {
     match v {
-        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        Value::Object(m) => object_depth(m),
         Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
         _ => 0,
     }
 }
 
-/// Bound a free-form JSON field's nesting and size (a memory is not a document store).
-pub(crate) fn check_json_shape(field: &str, v: &Value, max_bytes: usize) -> Result<()> {
-    if depth(v) > MAX_JSON_DEPTH {
+/// Bytes of `v` as compact JSON, counted without building the text.
+fn json_len(v: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    serde_json::to_writer(&mut n, v).map_or(usize::MAX, |()| n.0)
+}
+
+/// Bound a free-form JSON object's nesting and size (a memory is not a document store).
+pub(crate) fn check_json_shape(field: &str, v: &Map<String, Value>, max_bytes: usize) -> Result<()> {
+    if object_depth(v) > MAX_JSON_DEPTH {
         return Err(Error::field(
             ErrorCode::InvalidField,
             field,
             format!("nested deeper than {MAX_JSON_DEPTH} levels"),
         ));
     }
-    let size = serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
+    let size = json_len(v);
     if size > max_bytes {
         return Err(Error::field(
             ErrorCode::PayloadTooLarge,
@@ -165,10 +185,11 @@ pub(crate) fn prepare(
     check_content(&new.content, config.max_content_bytes)?;
     let kind = new.kind.unwrap_or_else(|| "note".to_string());
     let attributes = check_attributes(new.attributes)?;
-    check_json_shape("attributes", &attributes, config.max_metadata_bytes)?;
-    let metadata = Value::Object(new.metadata.unwrap_or_default());
+    if let Value::Object(a) = &attributes {
+        check_json_shape("attributes", a, config.max_metadata_bytes)?;
+    }
+    let metadata = new.metadata.unwrap_or_default();
     check_json_shape("metadata", &metadata, config.max_metadata_bytes)?;
-    let Value::Object(metadata) = metadata else { unreachable!("built as an object") };
     let schema_version = registry.validate(&kind, new.schema_version, &attributes)?;
     let tags = check_tags(new.tags)?;
     if let Some(v) = &new.embedding {

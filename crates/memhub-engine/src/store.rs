@@ -438,11 +438,12 @@ pub(crate) fn set_embedding(tx: &Transaction<'_>, seq: i64, m: &Memory) -> Resul
     Ok(n > 0)
 }
 
-/// Remove a memory and its whole history.
-pub(crate) fn delete_memory(tx: &Transaction<'_>, seq: i64, id: &Uuid) -> Result<()> {
+/// Remove a memory and its whole history; returns the history rows removed.
+pub(crate) fn delete_memory(tx: &Transaction<'_>, seq: i64, id: &Uuid) -> Result<usize> {
     tx.execute("DELETE FROM memories WHERE seq = ?1", params![seq]).map_err(storage)?;
-    tx.execute("DELETE FROM memory_history WHERE id = ?1", params![id.to_string()]).map_err(storage)?;
-    log_change(tx, seq, "delete")
+    let history = tx.execute("DELETE FROM memory_history WHERE id = ?1", params![id.to_string()]).map_err(storage)?;
+    log_change(tx, seq, "delete")?;
+    Ok(history)
 }
 
 /// Delete the memory at `seq` and its history, if it is still there and `still`
@@ -452,11 +453,10 @@ pub(crate) fn delete_if(tx: &Transaction<'_>, seq: i64, still: impl Fn(&Memory) 
         .prepare_cached(&format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE seq = ?1"))
         .and_then(|mut st| st.query_row(params![seq], |r| memory_from_row(r, 0)).optional())
         .map_err(storage)?;
-    let Some(m) = found.filter(|m| still(m)) else { return Ok(None) };
-    tx.execute("DELETE FROM memories WHERE seq = ?1", params![seq]).map_err(storage)?;
-    let history = tx.execute("DELETE FROM memory_history WHERE id = ?1", params![m.id.to_string()]).map_err(storage)?;
-    log_change(tx, seq, "delete")?;
-    Ok(Some(history))
+    match found.filter(|m| still(m)) {
+        Some(m) => delete_memory(tx, seq, &m.id).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// The last `change_log` sequence number (0 when none).

@@ -256,26 +256,40 @@ impl FilterTable {
             .iter()
             .filter(|id| self.docs.get(id).is_some_and(|d| d.expires_at.is_some_and(|t| t <= expired_before)))
             .collect();
-        for p in &self.retention {
-            let Some(kind) = self.interner.get(&p.kind) else { continue };
-            let tenant = p.tenant.as_deref().map(|t| self.interner.get(t));
-            let system = p.system_id.as_deref().map(|s| self.interner.get(s));
-            if matches!(tenant, Some(None)) || matches!(system, Some(None)) {
-                continue;
+        for rule in self.retention_rules(None, now) {
+            if let Some(ids) = self.postings.get(&(Field::Kind, rule.kind)) {
+                out.extend(ids.iter().filter(|id| self.docs.get(id).is_some_and(|d| rule.expired(d))));
             }
-            let cutoff = p.cutoff(now);
-            let Some(ids) = self.postings.get(&(Field::Kind, kind)) else { continue };
-            out.extend(ids.iter().filter(|id| {
-                self.docs.get(id).is_some_and(|d| {
-                    d.created_at < cutoff
-                        && tenant.flatten().is_none_or(|t| d.fields[0] == t)
-                        && system.flatten().is_none_or(|s| d.fields[1] == s)
-                })
-            }));
         }
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// The retention policies in force (configured ones first).
+    pub fn retention(&self) -> &[RetentionPolicy] {
+        &self.retention
+    }
+
+    /// The policies that can apply in `tenant` (`None`: in any tenant), compiled
+    /// against the interner at `now`. A policy naming a value no memory has is dropped.
+    fn retention_rules(&self, tenant: Option<&str>, now: i64) -> Vec<RetentionRule> {
+        let id = |v: &Option<String>| match v {
+            Some(s) => self.interner.get(s).map(Some),
+            None => Some(None),
+        };
+        self.retention
+            .iter()
+            .filter(|p| tenant.is_none_or(|t| p.tenant.as_deref().is_none_or(|pt| pt == t)))
+            .filter_map(|p| {
+                Some(RetentionRule {
+                    tenant: id(&p.tenant)?,
+                    kind: self.interner.get(&p.kind)?,
+                    system: id(&p.system_id)?,
+                    cutoff: p.cutoff(now),
+                })
+            })
+            .collect()
     }
 
     /// Replace the retention policies that plans apply.
@@ -343,19 +357,7 @@ impl FilterTable {
         if let Some(kinds) = &scope.kinds {
             allowed &= any_of(Field::Kind, kinds);
         }
-        let retention = self
-            .retention
-            .iter()
-            .filter(|p| p.tenant.as_deref().is_none_or(|t| t == tenant))
-            .filter_map(|p| {
-                let kind = self.interner.get(&p.kind)?;
-                let system = match &p.system_id {
-                    Some(s) => Some(self.interner.get(s)?),
-                    None => None,
-                };
-                Some(RetentionRule { kind, system, cutoff: p.cutoff(now) })
-            })
-            .collect();
+        let retention = self.retention_rules(Some(tenant), now);
         let mut metadata = Vec::new();
         if let Some(want) = &filter.metadata {
             for (k, v) in want {
@@ -371,6 +373,7 @@ impl FilterTable {
 
 /// A retention policy compiled against the interner.
 struct RetentionRule {
+    tenant: Option<u32>,
     kind: u32,
     system: Option<u32>,
     /// Memories created before this are past their TTL.
@@ -379,7 +382,10 @@ struct RetentionRule {
 
 impl RetentionRule {
     fn expired(&self, d: &DocMeta) -> bool {
-        d.created_at < self.cutoff && d.fields[2] == self.kind && self.system.is_none_or(|s| d.fields[1] == s)
+        d.created_at < self.cutoff
+            && d.fields[2] == self.kind
+            && self.system.is_none_or(|s| d.fields[1] == s)
+            && self.tenant.is_none_or(|t| d.fields[0] == t)
     }
 }
 
