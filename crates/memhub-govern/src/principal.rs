@@ -55,8 +55,11 @@ impl std::fmt::Display for Role {
 pub enum Permission {
     /// Read memories (search, list, get, history, stats, export).
     Read,
-    /// Store, update or delete memories (the write scope still applies per memory).
+    /// Store memories (the write scope still applies per memory).
     Write,
+    /// Update or delete a memory by id: needs both reading it (the answer shows it)
+    /// and writing.
+    Change,
     /// Write knowledge-graph entities and relations (no per-user field: admin, manager).
     Graph,
     /// Register schemas, manage keys, set retention, read the audit log, erase.
@@ -108,6 +111,9 @@ impl Principal {
 
     /// Whether the role allows `p` at all (scopes then narrow it per memory).
     pub fn allows(&self, p: Permission) -> bool {
+        if p == Permission::Change {
+            return self.allows(Permission::Read) && self.allows(Permission::Write);
+        }
         match (self.role, p) {
             (Role::Admin, _) => true,
             (Role::Manager, Permission::Read | Permission::Write | Permission::Graph) => true,
@@ -126,6 +132,7 @@ impl Principal {
         let what = match p {
             Permission::Read => "read memories",
             Permission::Write => "write memories",
+            Permission::Change => "change memories it cannot read",
             Permission::Graph => "write the knowledge graph",
             Permission::Administer => "administer this tenant",
         };
@@ -197,6 +204,7 @@ mod tests {
         for (role, expected) in table {
             let p = principal(role);
             let got = [Read, Write, Graph, Administer].map(|x| p.allows(x));
+            assert_eq!(p.allows(Change), got[0] && got[1], "{role}: change = read and write");
             assert_eq!(got, expected, "{role}");
         }
         let reader = Principal { can_read: true, ..principal(Role::Service) };

@@ -5,20 +5,14 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use memhub_govern::{AuditQuery, NewKey, Permission, Role};
-use memhub_types::time::{format_micros, now_micros, parse_duration_seconds, parse_timestamp};
+use memhub_types::time::{format_micros, now_micros, parse_duration_seconds};
 use memhub_types::{Error, ErrorCode, MemoryFilter, RetentionPolicy, Scope};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{AuditNote, Caller};
-use crate::rest::{ApiError, ApiJson};
+use crate::rest::{time_param, ApiJson, ApiResult};
 use crate::{blocking, AppState};
-
-type ApiResult<T> = Result<T, ApiError>;
-
-fn note(targets: Vec<String>, filters: Value) -> Extension<AuditNote> {
-    Extension(AuditNote { targets, filters })
-}
 
 /// A key to create (`POST /v1/keys`).
 #[derive(Debug, Deserialize)]
@@ -85,7 +79,7 @@ pub async fn create_key(
     };
     let keys = state.guard.keys.clone();
     let created = blocking(move || keys.create(spec)).await?;
-    Ok((StatusCode::CREATED, note(vec![created.key.id.clone()], Value::Null), Json(created)))
+    Ok((StatusCode::CREATED, AuditNote::targets(vec![created.key.id.clone()]), Json(created)))
 }
 
 /// The tenant's keys (admin), without secrets.
@@ -175,12 +169,13 @@ pub async fn erase(
         )
         .into());
     }
-    let criteria = serde_json::to_value(&filter).unwrap_or(Value::Null);
+    let note = AuditNote::filters(&filter);
+    let criteria = note.0.filters.clone();
     let engine = state.engine.clone();
     let scope = Scope::tenant(&caller.tenant);
     let removed = blocking(move || engine.erase(&scope, &filter)).await?;
     Ok((
-        note(Vec::new(), criteria.clone()),
+        note,
         Json(json!({
             "status": "erased",
             "tenant": caller.tenant,
@@ -203,14 +198,6 @@ pub struct AuditParams {
     pub limit: Option<usize>,
 }
 
-fn time(name: &str, v: Option<String>) -> Result<Option<i64>, Error> {
-    v.map(|s| {
-        parse_timestamp(&s)
-            .ok_or_else(|| Error::field(ErrorCode::InvalidField, name, format!("{s:?} is not an ISO-8601 time")))
-    })
-    .transpose()
-}
-
 /// The tenant's audit records, newest first (admin).
 pub async fn query_audit(
     State(state): State<AppState>,
@@ -222,8 +209,8 @@ pub async fn query_audit(
         return Err(Error::field(ErrorCode::InvalidField, "limit", "must be 1..=10000").into());
     }
     let q = AuditQuery {
-        since: time("since", p.since)?,
-        until: time("until", p.until)?,
+        since: time_param("since", p.since)?,
+        until: time_param("until", p.until)?,
         actor: p.actor,
         action: p.action,
         tenant: Some(caller.tenant.clone()),

@@ -148,6 +148,21 @@ pub struct AuditNote {
     pub filters: Value,
 }
 
+impl AuditNote {
+    /// The ids a request touched.
+    pub fn targets(targets: Vec<String>) -> axum::Extension<AuditNote> {
+        axum::Extension(AuditNote { targets, filters: Value::Null })
+    }
+
+    /// The filters a request selected by (never a query text or content).
+    pub fn filters(filters: &impl Serialize) -> axum::Extension<AuditNote> {
+        axum::Extension(AuditNote {
+            targets: Vec::new(),
+            filters: serde_json::to_value(filters).unwrap_or(Value::Null),
+        })
+    }
+}
+
 /// The effective auth mode and everything the guard needs.
 pub struct Guard {
     pub required: bool,

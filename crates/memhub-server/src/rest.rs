@@ -44,7 +44,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// A JSON body whose errors go through the catalogue and name the bad field
 /// (`memories[3].embedding`), unlike axum's plain-text rejections.
@@ -98,16 +98,6 @@ pub(crate) async fn read_body(
     Ok(buf.freeze())
 }
 
-/// Audit targets for the response's record.
-fn note(targets: Vec<String>) -> Extension<AuditNote> {
-    Extension(AuditNote { targets, filters: Value::Null })
-}
-
-/// Audit filters for the response's record (never the query text).
-fn note_filters(filter: &MemoryFilter) -> Extension<AuditNote> {
-    Extension(AuditNote { targets: Vec::new(), filters: serde_json::to_value(filter).unwrap_or(Value::Null) })
-}
-
 fn parse_id(id: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(id)
         .map_err(|_| ApiError(Error::field(ErrorCode::InvalidField, "id", format!("{id:?} is not a memory id (UUID)"))))
@@ -145,7 +135,7 @@ pub async fn create_memory(
     caller.require(Permission::Write)?;
     let engine = state.engine.clone();
     let stored = blocking(move || engine.store_memory(&caller.access.write, new, IngestionMethod::Rest)).await?;
-    Ok((note(vec![stored.memory.id.to_string()]), store_response(stored)))
+    Ok((AuditNote::targets(vec![stored.memory.id.to_string()]), store_response(stored)))
 }
 
 /// A batch of memories.
@@ -240,7 +230,7 @@ pub async fn create_batch(
         "failed"
     };
     Ok((
-        note(targets),
+        AuditNote::targets(targets),
         Json(json!({
             "status": status, "total": total, "stored": stored, "failed": failed,
             "errors": errors.into_iter().map(|(_, e)| e).collect::<Vec<_>>(),
@@ -282,9 +272,7 @@ pub async fn patch_memory(
     Path(id): Path<String>,
     ApiJson(patch): ApiJson<MemoryPatch>,
 ) -> ApiResult<impl IntoResponse> {
-    // Changing a memory by id needs seeing it: the answer shows it.
-    caller.require(Permission::Read)?;
-    caller.require(Permission::Write)?;
+    caller.require(Permission::Change)?;
     let id = parse_id(&id)?;
     let engine = state.engine.clone();
     let stored = blocking(move || engine.update(&caller.access, &id, patch)).await?;
@@ -299,8 +287,7 @@ pub async fn delete_memory(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Permission::Read)?;
-    caller.require(Permission::Write)?;
+    caller.require(Permission::Change)?;
     let id = parse_id(&id)?;
     let engine = state.engine.clone();
     let m = blocking(move || engine.delete(&caller.access, &id)).await?;
@@ -344,7 +331,7 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-fn time_param(name: &str, v: Option<String>) -> ApiResult<Option<i64>> {
+pub(crate) fn time_param(name: &str, v: Option<String>) -> ApiResult<Option<i64>> {
     v.map(|s| {
         parse_timestamp(&s).ok_or_else(|| {
             ApiError(Error::field(ErrorCode::InvalidField, name, format!("{s:?} is not an ISO-8601 time")))
@@ -385,7 +372,7 @@ pub async fn list_memories(
         until: time_param("until", q.until)?,
         metadata: None,
     };
-    let audit = note_filters(&filter);
+    let audit = AuditNote::filters(&filter);
     let engine = state.engine.clone();
     let page = blocking(move || engine.list(&caller.access.read, &filter, q.limit, q.cursor.as_deref())).await?;
     Ok((audit, Json(ListResponse { memories: page.memories, next_cursor: page.next_cursor })))
@@ -399,7 +386,7 @@ pub async fn search(
     ApiJson(req): ApiJson<SearchRequest>,
 ) -> ApiResult<(Extension<AuditNote>, Json<SearchResponse>)> {
     caller.require(Permission::Read)?;
-    let audit = note_filters(&req.filter);
+    let audit = AuditNote::filters(&req.filter);
     let engine = state.engine.clone();
     Ok((audit, Json(blocking(move || engine.search(&caller.access.read, &req)).await?)))
 }

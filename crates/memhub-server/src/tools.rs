@@ -67,7 +67,8 @@ pub struct ToolContext {
 /// What a tool needs the caller's role to allow (`None`: any caller).
 fn permission(tool: &str) -> Option<Permission> {
     match tool {
-        "store_memory" | "batch_store_memories" | "store_reflection" | "delete_memory" => Some(Permission::Write),
+        "store_memory" | "batch_store_memories" | "store_reflection" => Some(Permission::Write),
+        "delete_memory" => Some(Permission::Change),
         "search_memories" | "search_all_systems" | "get_memory" | "list_memories" => Some(Permission::Read),
         "create_entity" | "create_relation" => Some(Permission::Graph),
         _ => None,
@@ -468,9 +469,7 @@ pub async fn run_tool(ctx: &ToolContext, name: &str, args: Map<String, Value>) -
         return Err(UnknownTool(name.to_string()));
     }
     if let Some(p) = permission(name) {
-        // Deleting by id needs seeing the memory too.
-        let read_too = (name == "delete_memory").then_some(Permission::Read);
-        if let Some(e) = [Some(p), read_too].into_iter().flatten().find_map(|p| ctx.caller.require(p).err()) {
+        if let Err(e) = ctx.caller.require(p) {
             return Ok(ToolOutput::error(&e));
         }
     }

@@ -4,25 +4,13 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 
-use common::{memhub_bin, Server};
+use common::{create_key, memhub_bin, Server};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 const SECRET: &str = "test-secret-of-at-least-thirty-two-bytes!";
-
-fn key(data_dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(memhub_bin())
-        .args(["keys", "create", "--data-dir"])
-        .arg(data_dir)
-        .args(args)
-        .output()
-        .expect("run memhub keys create");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
@@ -86,9 +74,9 @@ fn code(v: &Value) -> &str {
 async fn bad_credentials_get_401_with_a_code_and_brute_force_gets_429() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let admin = key(dir, &["--role", "admin", "--tenant", "acme"]);
-    let revoked = key(dir, &["--role", "user", "--tenant", "acme", "--user", "ann"]);
-    let short = key(dir, &["--role", "user", "--tenant", "acme", "--user", "ann", "--expires", "1s"]);
+    let admin = create_key(dir, &["--role", "admin", "--tenant", "acme"]);
+    let revoked = create_key(dir, &["--role", "user", "--tenant", "acme", "--user", "ann"]);
+    let short = create_key(dir, &["--role", "user", "--tenant", "acme", "--user", "ann", "--expires", "1s"]);
     let out = Command::new(memhub_bin())
         .args(["keys", "revoke", "--data-dir"])
         .arg(dir)
@@ -179,8 +167,8 @@ async fn bad_credentials_get_401_with_a_code_and_brute_force_gets_429() {
 #[tokio::test]
 async fn floods_are_limited_per_principal() {
     let tmp = tempfile::tempdir().unwrap();
-    let a = key(tmp.path(), &["--role", "admin", "--tenant", "acme"]);
-    let b = key(tmp.path(), &["--role", "admin", "--tenant", "acme"]);
+    let a = create_key(tmp.path(), &["--role", "admin", "--tenant", "acme"]);
+    let b = create_key(tmp.path(), &["--role", "admin", "--tenant", "acme"]);
     let server = Server::start_in(tmp.path(), &[("MEMHUB_RATE_PER_SECOND", "5")]);
     let api = Api::new(&server);
     let mut statuses = Vec::new();
@@ -249,7 +237,7 @@ async fn audit_verify_finds_a_tampered_record() {
 async fn retention_and_erasure_over_http() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let admin = key(dir, &["--role", "admin", "--tenant", "acme"]);
+    let admin = create_key(dir, &["--role", "admin", "--tenant", "acme"]);
     let server = Server::start_in(dir, &[("MEMHUB_PURGE_INTERVAL_SECONDS", "1")]);
     let api = Api::new(&server);
     let t = Some(admin.as_str());

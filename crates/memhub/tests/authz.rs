@@ -7,25 +7,9 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
-use std::process::Command;
 
-use common::{memhub_bin, Server};
+use common::{create_key, Server};
 use serde_json::{json, Value};
-
-/// Create a key with `memhub keys create` and return its secret.
-fn key(data_dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(memhub_bin())
-        .args(["keys", "create", "--data-dir"])
-        .arg(data_dir)
-        .args(args)
-        .output()
-        .expect("run memhub keys create");
-    assert!(out.status.success(), "keys create {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert!(secret.starts_with("mh_"), "{secret}");
-    secret
-}
 
 /// One principal of the matrix.
 #[derive(Clone)]
@@ -165,7 +149,7 @@ fn insight(memory_id: &str, content: &str) -> Value {
 async fn every_role_sees_and_changes_exactly_its_scope() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let who = |name: &'static str, args: &[&str]| Who { name, secret: key(dir, args) };
+    let who = |name: &'static str, args: &[&str]| Who { name, secret: create_key(dir, args) };
     let admin = who("admin", &["--role", "admin", "--tenant", "acme"]);
     let manager = who("manager", &["--role", "manager", "--tenant", "acme"]);
     let ann = who("ann", &["--role", "user", "--tenant", "acme", "--user", "ann"]);

@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{manifest_dir, memhub_bin, model_dir, Server};
+use common::{create_key, manifest_dir, memhub_bin, model_dir, Server};
 
 fn python() -> PathBuf {
     if let Ok(p) = std::env::var("MEMHUB_TEST_PYTHON") {
@@ -47,18 +47,8 @@ fn python_sdk_over_stdio() {
 #[tokio::test]
 async fn python_sdk_session_with_a_user_key_is_scoped_and_audited() {
     let dir = tempfile::tempdir().unwrap();
-    let key = |args: &[&str]| {
-        let out = Command::new(memhub_bin())
-            .args(["keys", "create", "--data-dir"])
-            .arg(dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
-    let admin = key(&["--role", "admin", "--tenant", "acme"]);
-    let ann = key(&["--role", "user", "--tenant", "acme", "--user", "ann"]);
+    let admin = create_key(dir.path(), &["--role", "admin", "--tenant", "acme"]);
+    let ann = create_key(dir.path(), &["--role", "user", "--tenant", "acme", "--user", "ann"]);
     let server = Server::start_in(dir.path(), &[]);
     let bob: serde_json::Value = reqwest::Client::new()
         .post(server.url("/v1/memories"))

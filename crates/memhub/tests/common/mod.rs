@@ -38,6 +38,20 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// Create an API key in `data_dir` with `memhub keys create ARGS` and return its secret.
+pub fn create_key(data_dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(memhub_bin())
+        .args(["keys", "create", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .expect("run memhub keys create");
+    assert!(out.status.success(), "keys create {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(secret.starts_with("mh_"), "{secret}");
+    secret
+}
+
 /// A `memhub serve` child process. Killed (SIGKILL) on drop if still running.
 pub struct Server {
     pub child: Child,
