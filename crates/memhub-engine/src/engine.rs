@@ -10,7 +10,7 @@ use memhub_types::schema::KindSchema;
 use memhub_types::time::now_micros;
 use memhub_types::{
     Embedder, Entity, Error, ErrorCode, Memory, MemoryFilter, MemoryPatch, NewEntity, NewMemory, NewRelation, Relation,
-    Result, RetentionPolicy, SchemaRegistry, Scope, SearchHit, SearchRequest, SearchResponse, StoreOutcome,
+    Result, RetentionPolicy, SchemaRegistry, Scope, SearchHit, SearchRequest, SearchResponse, StoreOutcome, Tier,
 };
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
@@ -18,9 +18,11 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::embedding::EmbeddingQueue;
-use crate::index::{normalized, DocId, IndexSizes, Indexes};
+use crate::index::filters::content_key;
+use crate::index::{normalized, query_terms, DocId, IndexSizes, Indexes};
 use crate::prepare::{self, check_attributes, check_content, check_embedding, check_tags, same_revision, Prepared};
 use crate::store::{self, storage, OpenMode, Store, MEMORY_COLUMNS};
+use crate::tiers::{score_cold, ColdTier, TierStats};
 use crate::EngineConfig;
 
 /// The result of a store: what happened and the memory as it now is.
@@ -55,6 +57,8 @@ pub struct Stats {
     pub store_bytes: u64,
     /// The derived indexes (all tenants): sizes and changes not yet persisted.
     pub index: IndexSizes,
+    /// Memories and bytes per tier (cold bytes only for a whole-tenant caller).
+    pub tiers: BTreeMap<Tier, TierStats>,
 }
 
 /// What an import did.
@@ -96,7 +100,13 @@ pub struct Engine {
     config: EngineConfig,
     embedder: Option<Arc<dyn Embedder>>,
     embed_queue: EmbeddingQueue,
+    /// The cold tier, when `tiers.cold` names a bucket.
+    pub(crate) cold: Option<ColdTier>,
 }
+
+/// A write met a key that a concurrent aging run just moved to the cold tier: the
+/// transaction is rolled back and the write retried after a thaw.
+const COLD_KEY_MOVED: &str = "a memory with this key was moving to the cold tier; retry the write";
 
 /// A list cursor: `(created_at, seq)` of the last memory returned.
 fn encode_cursor(created_at: i64, seq: i64) -> String {
@@ -117,9 +127,17 @@ fn check_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize
     }
 }
 
+/// A search candidate: a memory in the indexes (hot or warm) or the `i`th scanned
+/// cold memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Key {
+    Doc(DocId),
+    Cold(usize),
+}
+
 /// A search candidate while retrievers' results are fused.
 struct Candidate {
-    seq: i64,
+    key: Key,
     /// Weighted reciprocal-rank sum.
     score: f32,
     similarity: f32,
@@ -183,6 +201,8 @@ impl Engine {
             }
             config.embedding_model = e.model_name().to_string();
         }
+        config.tiers.validate()?;
+        let cold = config.tiers.cold.as_ref().map(ColdTier::open).transpose()?;
         let store = Store::open(data_dir, mode)?;
         let mut registry = SchemaRegistry::with_builtins();
         store.read(|conn| {
@@ -228,6 +248,7 @@ impl Engine {
             config,
             embedder,
             embed_queue: EmbeddingQueue::default(),
+            cold,
         };
         engine.load_retention()?;
         if engine.embedder.is_some() && writable {
@@ -251,7 +272,7 @@ impl Engine {
     /// Apply committed changes (made up to store change `change`) to the indexes:
     /// `Some` upserts, `None` removes. The store has them already, so a failure here
     /// is logged, not returned: a restart catches the indexes up.
-    fn apply(&self, changes: &[(i64, Option<&Memory>)], change: i64) {
+    pub(crate) fn apply(&self, changes: &[(i64, Option<&Memory>)], change: i64) {
         if let Err(e) = self.indexes.apply(changes, change) {
             tracing::error!(error = %e, "index update failed; restart to catch up");
         }
@@ -262,6 +283,10 @@ impl Engine {
                 }
             }
         }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The derived indexes (for benchmarks and diagnostics).
@@ -353,10 +378,20 @@ impl Engine {
 
     /// Write one prepared memory inside `tx`: insert, replace (new version) or no-op.
     /// The inner error refuses this item only (it would replace a memory outside `scope`).
-    fn write_prepared(tx: &Transaction<'_>, scope: &Scope, prepared: Prepared) -> Result<Result<(i64, Stored)>> {
+    /// With `cold`, a key that is in the cold tier fails the whole transaction with
+    /// [`COLD_KEY_MOVED`] (the caller thaws it and retries).
+    fn write_prepared(
+        tx: &Transaction<'_>,
+        scope: &Scope,
+        prepared: Prepared,
+        cold: bool,
+    ) -> Result<Result<(i64, Stored)>> {
         let Prepared { mut memory, created_at_given } = prepared;
         let existing = store::find_by_key(tx, &memory.tenant, &memory.system_id, &memory.memory_id)?;
         let Some((seq, old)) = existing else {
+            if cold && store::cold_has_key(tx, &memory.tenant, &memory.system_id, &memory.memory_id)? {
+                return Err(Error::new(ErrorCode::StorageError, COLD_KEY_MOVED));
+            }
             let seq = store::insert_memory(tx, &memory)?;
             return Ok(Ok((seq, Stored { outcome: StoreOutcome::Created, memory })));
         };
@@ -390,19 +425,41 @@ impl Engine {
             .collect()
     }
 
+    /// Run a write that may meet cold keys: thaw those first, and again if an aging
+    /// run froze one between the thaw and the write's transaction.
+    fn write_thawing<T>(&self, prepared: &[&Prepared], write: impl Fn() -> Result<T>) -> Result<T> {
+        if self.cold.is_none() {
+            return write();
+        }
+        let keys: Vec<(&str, &str, &str)> = prepared
+            .iter()
+            .map(|p| (p.memory.tenant.as_str(), p.memory.system_id.as_str(), p.memory.memory_id.as_str()))
+            .collect();
+        for _ in 0..3 {
+            self.thaw_keys(&keys)?;
+            match write() {
+                Err(e) if e.detail == COLD_KEY_MOVED => continue,
+                other => return other,
+            }
+        }
+        Err(Error::new(ErrorCode::StorageError, COLD_KEY_MOVED))
+    }
+
     /// Store one memory within the write scope `scope`. Durable when this returns `Ok`.
     pub fn store_memory(&self, scope: &Scope, new: NewMemory, method: IngestionMethod) -> Result<Stored> {
         let prepared = self.prepare_in(scope, new, method, &self.registry(), now_micros())?;
+        let cold = self.cold.is_some();
         let (_, stored) = self
-            .store
-            .write_then(
-                |tx| Self::write_prepared(tx, scope, prepared).map(|w| w.map(|w| vec![w])),
-                |written, change| {
-                    if let Ok(written) = written {
-                        self.apply(&Self::changed(written), change)
-                    }
-                },
-            )??
+            .write_thawing(&[&prepared], || {
+                self.store.write_then(
+                    |tx| Self::write_prepared(tx, scope, prepared.clone(), cold).map(|w| w.map(|w| vec![w])),
+                    |written, change| {
+                        if let Ok(written) = written {
+                            self.apply(&Self::changed(written), change)
+                        }
+                    },
+                )
+            })??
             .pop()
             .expect("one write");
         Ok(stored)
@@ -443,17 +500,21 @@ impl Engine {
             }
         }
         if !valid.is_empty() {
-            let written = self.store.write_then(
-                |tx| {
-                    valid
-                        .into_iter()
-                        .map(|(i, p)| Self::write_prepared(tx, scope, p).map(|w| (i, w)))
-                        .collect::<Result<Vec<_>>>()
-                },
-                |written, change| {
-                    self.apply(&Self::changed(written.iter().filter_map(|(_, w)| w.as_ref().ok())), change)
-                },
-            )?;
+            let cold = self.cold.is_some();
+            let all: Vec<&Prepared> = valid.iter().map(|(_, p)| p).collect();
+            let written = self.write_thawing(&all, || {
+                self.store.write_then(
+                    |tx| {
+                        valid
+                            .iter()
+                            .map(|(i, p)| Self::write_prepared(tx, scope, p.clone(), cold).map(|w| (*i, w)))
+                            .collect::<Result<Vec<_>>>()
+                    },
+                    |written, change| {
+                        self.apply(&Self::changed(written.iter().filter_map(|(_, w)| w.as_ref().ok())), change)
+                    },
+                )
+            })?;
             for (i, w) in written {
                 results[i] = Some(w.map(|(_, stored)| stored));
             }
@@ -476,18 +537,18 @@ impl Engine {
         m.expires_at.is_some_and(|t| t <= now) || self.past_retention(m, now)
     }
 
-    fn visible(&self, scope: &Scope, m: &Memory, now: i64) -> bool {
+    pub(crate) fn visible(&self, scope: &Scope, m: &Memory, now: i64) -> bool {
         scope.permits(m) && !self.expired(m, now)
     }
 
     /// A memory by server id, if visible in `scope` (expired ones are not).
     pub fn get(&self, scope: &Scope, id: &Uuid) -> Result<Memory> {
         let now = now_micros();
-        self.store
-            .read(|c| store::find_by_id(c, &scope.tenant, id))?
-            .map(|(_, m)| m)
-            .filter(|m| self.visible(scope, m, now))
-            .ok_or_else(|| Error::not_found(format!("no memory with id {id}")))
+        let found = match self.store.read(|c| store::find_by_id(c, &scope.tenant, id))? {
+            Some((_, m)) => Some(m),
+            None => self.get_cold(&scope.tenant, id)?,
+        };
+        found.filter(|m| self.visible(scope, m, now)).ok_or_else(|| Error::not_found(format!("no memory with id {id}")))
     }
 
     /// A memory by the client's `memory_id`. Without `system_id`, the id must be
@@ -501,7 +562,8 @@ impl Engine {
             let rows = st.query_map(params![tenant, memory_id, system_id], |r| store::memory_from_row(r, 0)).map_err(storage)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
         })?;
-        let mut found: Vec<Memory> = found.into_iter().filter(|m| self.visible(scope, m, now)).collect();
+        let cold = self.cold_by_memory_id(tenant, system_id, memory_id)?;
+        let mut found: Vec<Memory> = found.into_iter().chain(cold).filter(|m| self.visible(scope, m, now)).collect();
         match found.len() {
             0 => Err(Error::not_found(format!("no memory with memory_id {memory_id:?}"))),
             1 => Ok(found.pop().expect("one")),
@@ -560,7 +622,9 @@ impl Engine {
             let patch = MemoryPatch { expires_at: Some(now_micros()), ..Default::default() };
             return self.update(access, id, patch).map(|s| s.memory);
         }
-        self.get_for_change(access, id)?;
+        if self.get_for_change(access, id)?.tier == Tier::Cold {
+            self.thaw_id(id)?;
+        }
         self.store
             .write_then(
                 |tx| {
@@ -653,18 +717,33 @@ impl Engine {
         };
         let candidates = (limit * 4).max(100);
         let now = now_micros();
+        let tiers = req.searched_tiers();
+        let vector_query = query_vector.as_deref().filter(|_| use_vector);
+        // Cold memories are scanned from their Parquet files (partitions pruned by the
+        // filter) and scored on their own; their ranks merge with the indexes' by score.
+        let cold_hits = if tiers.contains(&Tier::Cold) && self.cold.is_some() {
+            let terms = if use_text { query_terms(&req.query) } else { Vec::new() };
+            let scanned = self.scan_cold(scope, &req.filter, now)?;
+            score_cold(scanned, &terms, query_vector.as_deref(), &self.config.embedding_model)
+        } else {
+            Vec::new()
+        };
 
-        let mut fused: HashMap<DocId, Candidate> = HashMap::new();
+        let mut fused: HashMap<Key, Candidate> = HashMap::new();
         {
             let state = self.indexes.read();
-            let plan = state.filters.plan(scope, &req.filter, now);
-            let mut add = |id: DocId, rank: usize, weight: f32, similarity: f32, retriever: &'static str| {
-                let c = fused.entry(id).or_insert_with(|| Candidate {
-                    seq: i64::from(id),
+            let mut plan = state.filters.plan(scope, &req.filter, now);
+            plan.restrict_tiers(&tiers);
+            let mut add = |key: Key, rank: usize, weight: f32, similarity: f32, retriever: &'static str| {
+                let c = fused.entry(key).or_insert_with(|| Candidate {
+                    key,
                     score: 0.0,
                     similarity,
                     retrievers: Vec::new(),
-                    content_key: state.filters.get(id).map_or(0, |d| d.content_key),
+                    content_key: match key {
+                        Key::Doc(id) => state.filters.get(id).map_or(0, |d| d.content_key),
+                        Key::Cold(i) => content_key(&cold_hits[i].memory.content_hash),
+                    },
                 });
                 c.score += weight / (RRF_K + rank as f32);
                 c.retrievers.push(retriever);
@@ -674,11 +753,10 @@ impl Engine {
             };
             // The two retrievers are independent: with both, the vector one runs on a
             // second thread (an agent waits on the slower of the two, not their sum).
-            let vector_query = query_vector.as_deref().filter(|_| use_vector);
             let (text_hits, vector_hits) = std::thread::scope(|s| {
                 let vector = vector_query.map(|q| {
-                    let (state, plan) = (&state, &plan);
-                    let run = move || self.indexes.vector_search(state, q, plan, candidates);
+                    let (state, plan, tiers) = (&state, &plan, &tiers);
+                    let run = move || self.indexes.vector_search(state, q, plan, tiers, candidates);
                     if use_text {
                         Err(s.spawn(run))
                     } else {
@@ -693,31 +771,56 @@ impl Engine {
             });
             if let Some(hits) = text_hits? {
                 let w = if use_vector { 1.0 - ratio } else { 1.0 };
-                let ranks = competition_ranks(hits.iter().map(|h| h.bm25));
-                for (hit, rank) in hits.into_iter().zip(ranks) {
-                    add(hit.id, rank, w, hit.coverage, "text");
+                let mut hits: Vec<(Key, f32, f32)> =
+                    hits.into_iter().map(|h| (Key::Doc(h.id), h.bm25, h.coverage)).collect();
+                hits.extend(
+                    cold_hits
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, h)| h.bm25 > 0.0)
+                        .map(|(i, h)| (Key::Cold(i), h.bm25, h.coverage)),
+                );
+                hits.sort_by(|a, b| b.1.total_cmp(&a.1));
+                hits.truncate(candidates);
+                let ranks = competition_ranks(hits.iter().map(|h| h.1));
+                for ((key, _, coverage), rank) in hits.into_iter().zip(ranks) {
+                    add(key, rank, w, coverage, "text");
                 }
             }
             if let Some(hits) = vector_hits? {
                 let w = if use_text { ratio } else { 1.0 };
+                let mut hits: Vec<(Key, f32)> = hits.into_iter().map(|(id, cos)| (Key::Doc(id), cos)).collect();
+                hits.extend(cold_hits.iter().enumerate().filter_map(|(i, h)| h.cosine.map(|c| (Key::Cold(i), c))));
+                hits.sort_by(|a, b| b.1.total_cmp(&a.1));
+                hits.truncate(candidates);
                 let ranks = competition_ranks(hits.iter().map(|h| h.1));
-                for ((id, cos), rank) in hits.into_iter().zip(ranks) {
-                    add(id, rank, w, cos, "vector");
+                for ((key, cos), rank) in hits.into_iter().zip(ranks) {
+                    add(key, rank, w, cos, "vector");
                 }
             }
             // With a query vector, every hit's similarity is its cosine when it has a
             // vector of the model, so thresholds mean the same for all hits.
             if let Some(q) = query_vector.as_deref() {
-                for (id, c) in fused.iter_mut().filter(|(_, c)| !c.retrievers.contains(&"vector")) {
-                    if let Some(v) = self.indexes.vector(&state, *id) {
-                        c.similarity = v.iter().zip(q).map(|(a, b)| a * b).sum();
+                for (key, c) in fused.iter_mut().filter(|(_, c)| !c.retrievers.contains(&"vector")) {
+                    let cosine = match key {
+                        Key::Doc(id) => {
+                            self.indexes.vector(&state, *id).map(|v| v.iter().zip(q).map(|(a, b)| a * b).sum())
+                        }
+                        Key::Cold(i) => cold_hits[*i].cosine,
+                    };
+                    if let Some(cosine) = cosine {
+                        c.similarity = cosine;
                     }
                 }
             }
             if let Some(half_life) = req.recency_half_life {
-                for (id, c) in fused.iter_mut() {
-                    if let Some(d) = state.filters.get(*id) {
-                        let age_seconds = ((now - d.created_at).max(0) as f64) / 1e6;
+                for (key, c) in fused.iter_mut() {
+                    let created_at = match key {
+                        Key::Doc(id) => state.filters.get(*id).map(|d| d.created_at),
+                        Key::Cold(i) => Some(cold_hits[*i].memory.created_at),
+                    };
+                    if let Some(created_at) = created_at {
+                        let age_seconds = ((now - created_at).max(0) as f64) / 1e6;
                         c.score *= 0.5f64.powf(age_seconds / half_life) as f32;
                     }
                 }
@@ -725,18 +828,23 @@ impl Engine {
         }
         let min = req.min_score.unwrap_or(f32::MIN);
         let mut ranked: Vec<Candidate> = fused.into_values().filter(|c| c.similarity >= min).collect();
-        ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.seq.cmp(&a.seq)));
+        ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.key.cmp(&a.key)));
         // Near-duplicates (same content) collapse to the best-ranked one.
         let mut seen = HashSet::new();
         ranked.retain(|c| seen.insert(c.content_key));
         ranked.truncate(limit);
 
-        let seqs: Vec<i64> = ranked.iter().map(|c| c.seq).collect();
+        let seqs: Vec<i64> =
+            ranked.iter().filter_map(|c| if let Key::Doc(id) = c.key { Some(i64::from(id)) } else { None }).collect();
         let mut loaded: HashMap<i64, Memory> = self.store.read(|c| store::load_by_seq(c, &seqs))?.into_iter().collect();
+        let mut cold_hits: Vec<Option<Memory>> = cold_hits.into_iter().map(|h| Some(h.memory)).collect();
         let results: Vec<SearchHit> = ranked
             .into_iter()
             .filter_map(|c| {
-                let mut memory = loaded.remove(&c.seq)?;
+                let mut memory = match c.key {
+                    Key::Doc(id) => loaded.remove(&i64::from(id))?,
+                    Key::Cold(i) => cold_hits[i].take()?,
+                };
                 if !req.include_embedding {
                     memory.embedding = None;
                 }
@@ -892,8 +1000,9 @@ impl Engine {
     }
 
     /// Call `f` for every stored memory (of `tenant`, or all), oldest write first.
+    /// Cold memories follow the store's.
     pub fn export(&self, tenant: Option<&str>, mut f: impl FnMut(Memory) -> Result<()>) -> Result<usize> {
-        self.store.read(|c| {
+        let stored = self.store.read(|c| {
             let mut st = c
                 .prepare(&format!(
                     "SELECT {MEMORY_COLUMNS} FROM memories WHERE (?1 IS NULL OR tenant = ?1) ORDER BY seq"
@@ -906,7 +1015,8 @@ impl Engine {
                 n += 1;
             }
             Ok(n)
-        })
+        })?;
+        Ok(stored + self.each_cold(tenant, f)?)
     }
 
     /// Import exported records as they are (ids, versions and timestamps kept), in
@@ -974,6 +1084,7 @@ impl Engine {
             relations: None,
             store_bytes: 0,
             index: self.indexes.sizes(),
+            tiers: self.tier_stats(scope)?,
         };
         let count =
             |sql: &str| self.store.read(|c| c.query_row(sql, params![tenant], |r| r.get::<_, i64>(0)).map_err(storage));
@@ -1086,13 +1197,13 @@ impl Engine {
         let expired_before = now.saturating_sub(grace);
         let seqs: Vec<i64> =
             self.indexes.read().filters.expired(now, expired_before).into_iter().map(i64::from).collect();
-        if seqs.is_empty() {
-            return Ok(Removed::default());
-        }
         // The same rule as `FilterTable::expired`, checked again in the deleting transaction.
-        let removed = self.remove_where(&seqs, |m| {
-            m.expires_at.is_some_and(|t| t <= expired_before) || self.past_retention(m, now)
-        })?;
+        let rule = |m: &Memory| m.expires_at.is_some_and(|t| t <= expired_before) || self.past_retention(m, now);
+        let mut removed = self.remove_where(&seqs, rule)?;
+        removed.memories += self.remove_cold(None, rule)?;
+        if removed == Removed::default() {
+            return Ok(removed);
+        }
         tracing::info!(
             memories = removed.memories,
             history_versions = removed.history_versions,
@@ -1110,7 +1221,9 @@ impl Engine {
             let plan = state.filters.plan(scope, filter, i64::MIN);
             plan.ids().map(i64::from).collect()
         };
-        let removed = self.remove_where(&seqs, |m| scope.permits(m))?;
+        let mut removed = self.remove_where(&seqs, |m| scope.permits(m))?;
+        // Cold files holding matches are rewritten without them (and the old objects deleted).
+        removed.memories += self.remove_cold(Some(scope), |m| filter.matches(m))?;
         self.compact()?;
         Ok(removed)
     }

@@ -16,11 +16,13 @@ mod engine;
 pub mod index;
 mod prepare;
 pub mod store;
+mod tiers;
 
 pub use embedding::EmbeddingWorker;
 pub use engine::{Access, Engine, ImportReport, Page, Removed, Stats, Stored, DEFAULT_SEMANTIC_RATIO};
 pub use prepare::content_hash;
 pub use store::OpenMode;
+pub use tiers::{TierAges, TierConfig, TierReport, TierStats};
 
 /// Engine settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -45,6 +47,8 @@ pub struct EngineConfig {
     /// Retention policies from the config file (`[[engine.retention]]`); tenants add
     /// their own through the API.
     pub retention: Vec<memhub_types::RetentionPolicy>,
+    /// Tier boundaries and the cold tier's bucket (`[engine.tiers]`).
+    pub tiers: TierConfig,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +62,7 @@ impl Default for EngineConfig {
             hnsw: index::HnswParams::default(),
             soft_delete_seconds: 0,
             retention: Vec::new(),
+            tiers: TierConfig::default(),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use memhub_types::memory::IngestionMethod;
 use memhub_types::schema::SchemaRegistry;
-use memhub_types::{Error, ErrorCode, Memory, NewMemory, Result, DEFAULT_SYSTEM_ID, DEFAULT_TENANT};
+use memhub_types::{Error, ErrorCode, Memory, NewMemory, Result, Tier, DEFAULT_SYSTEM_ID, DEFAULT_TENANT};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -12,6 +12,7 @@ use crate::EngineConfig;
 
 /// A validated memory ready to be written. `created_at_given` says whether the
 /// client chose the event time (if not, a re-push keeps the stored one).
+#[derive(Clone)]
 pub(crate) struct Prepared {
     pub memory: Memory,
     pub created_at_given: bool,
@@ -227,6 +228,7 @@ pub(crate) fn prepare(
         embedding_model,
         version: 1,
         ingestion_method: method,
+        tier: Tier::Hot,
     };
     Ok(Prepared { memory, created_at_given: new.created_at.is_some() })
 }

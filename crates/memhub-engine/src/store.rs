@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use memhub_types::memory::IngestionMethod;
-use memhub_types::{Error, ErrorCode, Memory, Result};
+use memhub_types::{Error, ErrorCode, Memory, Result, Tier};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction};
 use uuid::Uuid;
 
@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS memories (
     content_hash TEXT NOT NULL,
     version INTEGER NOT NULL,
     ingestion_method TEXT NOT NULL,
+    tier TEXT NOT NULL DEFAULT 'hot',
     UNIQUE (tenant, system_id, memory_id)
 );
 CREATE INDEX IF NOT EXISTS memories_tenant_memory_id ON memories (tenant, memory_id);
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS memory_history (
     embedding_model TEXT,
     content_hash TEXT NOT NULL,
     ingestion_method TEXT NOT NULL,
+    tier TEXT NOT NULL DEFAULT 'hot',
     superseded_at INTEGER NOT NULL,
     PRIMARY KEY (id, version)
 );
@@ -92,6 +94,29 @@ CREATE TABLE IF NOT EXISTS retention_policies (
     ttl_seconds INTEGER NOT NULL,
     PRIMARY KEY (tenant, kind, system_id)
 );
+CREATE TABLE IF NOT EXISTS cold_files (
+    path TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    system_id TEXT NOT NULL,
+    min_created INTEGER NOT NULL,
+    max_created INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cold_files_partition ON cold_files (tenant, system_id, min_created);
+CREATE TABLE IF NOT EXISTS cold_memories (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    system_id TEXT NOT NULL,
+    memory_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    user_id TEXT,
+    created_at INTEGER NOT NULL,
+    file TEXT NOT NULL,
+    UNIQUE (tenant, system_id, memory_id)
+);
+CREATE INDEX IF NOT EXISTS cold_memories_file ON cold_memories (file);
 CREATE TABLE IF NOT EXISTS kg_entities (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,
@@ -120,7 +145,7 @@ CREATE TABLE IF NOT EXISTS kg_relations (
 /// The columns of `memories` (and `memory_history`) in the order [`memory_from_row`] reads.
 pub(crate) const MEMORY_COLUMNS: &str = "id, tenant, system_id, memory_id, kind, schema_version, content, \
     attributes, metadata, tags, user_id, agent_id, session_id, project, created_at, ingested_at, \
-    updated_at, expires_at, embedding, embedding_model, content_hash, version, ingestion_method";
+    updated_at, expires_at, embedding, embedding_model, content_hash, version, ingestion_method, tier";
 
 /// Whether to open the store for writing (takes the data dir's lock) or reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +214,23 @@ pub(crate) fn memory_from_row(row: &Row<'_>, o: usize) -> rusqlite::Result<Memor
         content_hash: row.get(o + 20)?,
         version: row.get(o + 21)?,
         ingestion_method: IngestionMethod::parse(&method).unwrap_or(IngestionMethod::Rest),
+        tier: Tier::parse(&row.get::<_, String>(o + 23)?).unwrap_or_default(),
     })
+}
+
+/// Bring a store made by an older memhub up to [`SCHEMA`] (columns added since).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for table in ["memories", "memory_history"] {
+        let has_tier: bool = conn.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = 'tier'"),
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_tier {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN tier TEXT NOT NULL DEFAULT 'hot'"))?;
+        }
+    }
+    Ok(())
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -243,6 +284,7 @@ impl Store {
                 conn.pragma_update(None, "journal_mode", "WAL").map_err(storage)?;
                 configure(&conn).map_err(storage)?;
                 conn.execute_batch(SCHEMA).map_err(storage)?;
+                migrate(&conn).map_err(storage)?;
                 conn.execute(
                     "INSERT OR IGNORE INTO store_meta (key, value) VALUES ('store_id', ?1)",
                     params![Uuid::now_v7().to_string()],
@@ -344,8 +386,8 @@ pub(crate) fn insert_memory(tx: &Transaction<'_>, m: &Memory) -> Result<i64> {
     tx.prepare_cached(
         "INSERT INTO memories (id, tenant, system_id, memory_id, kind, schema_version, content, attributes, \
          metadata, tags, user_id, agent_id, session_id, project, created_at, ingested_at, updated_at, expires_at, \
-         embedding, embedding_model, content_hash, version, ingestion_method) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+         embedding, embedding_model, content_hash, version, ingestion_method, tier) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
     )
     .and_then(|mut st| {
         st.execute(params![
@@ -372,6 +414,7 @@ pub(crate) fn insert_memory(tx: &Transaction<'_>, m: &Memory) -> Result<i64> {
             m.content_hash,
             m.version,
             m.ingestion_method.as_str(),
+            m.tier.as_str(),
         ])
     })
     .map_err(storage)?;
@@ -392,7 +435,7 @@ pub(crate) fn replace_memory(tx: &Transaction<'_>, seq: i64, m: &Memory, now: i6
         "UPDATE memories SET id = ?2, kind = ?3, schema_version = ?4, content = ?5, attributes = ?6, metadata = ?7, \
          tags = ?8, user_id = ?9, agent_id = ?10, session_id = ?11, project = ?12, created_at = ?13, \
          ingested_at = ?14, updated_at = ?15, expires_at = ?16, embedding = ?17, embedding_model = ?18, \
-         content_hash = ?19, version = ?20, ingestion_method = ?21 WHERE seq = ?1",
+         content_hash = ?19, version = ?20, ingestion_method = ?21, tier = ?22 WHERE seq = ?1",
     )
     .and_then(|mut st| {
         st.execute(params![
@@ -417,10 +460,24 @@ pub(crate) fn replace_memory(tx: &Transaction<'_>, seq: i64, m: &Memory, now: i6
             m.content_hash,
             m.version,
             m.ingestion_method.as_str(),
+            m.tier.as_str(),
         ])
     })
     .map_err(storage)?;
     log_change(tx, seq, "upsert")
+}
+
+/// Move the memory at `seq` from tier `from` to `to` (not a new version: placement
+/// is the server's). Returns whether it was still in `from`.
+pub(crate) fn set_tier(tx: &Transaction<'_>, seq: i64, from: Tier, to: Tier) -> Result<bool> {
+    let n = tx
+        .prepare_cached("UPDATE memories SET tier = ?3 WHERE seq = ?1 AND tier = ?2")
+        .and_then(|mut st| st.execute(params![seq, from.as_str(), to.as_str()]))
+        .map_err(storage)?;
+    if n > 0 {
+        log_change(tx, seq, "tier")?;
+    }
+    Ok(n > 0)
 }
 
 /// Set a server-made vector on the current version, if its content is still the one
@@ -444,6 +501,20 @@ pub(crate) fn delete_memory(tx: &Transaction<'_>, seq: i64, id: &Uuid) -> Result
     let history = tx.execute("DELETE FROM memory_history WHERE id = ?1", params![id.to_string()]).map_err(storage)?;
     log_change(tx, seq, "delete")?;
     Ok(history)
+}
+
+/// Remove the memory at `seq` from the store but keep its history: it now lives
+/// in the cold tier (the caller catalogs it in the same transaction).
+pub(crate) fn archive_memory(tx: &Transaction<'_>, seq: i64) -> Result<()> {
+    tx.execute("DELETE FROM memories WHERE seq = ?1", params![seq]).map_err(storage)?;
+    log_change(tx, seq, "delete")
+}
+
+/// Whether a cold memory has this key (the write path must thaw it first).
+pub(crate) fn cold_has_key(tx: &Transaction<'_>, tenant: &str, system_id: &str, memory_id: &str) -> Result<bool> {
+    tx.prepare_cached("SELECT 1 FROM cold_memories WHERE tenant = ?1 AND system_id = ?2 AND memory_id = ?3")
+        .and_then(|mut st| st.exists(params![tenant, system_id, memory_id]))
+        .map_err(storage)
 }
 
 /// Delete the memory at `seq` and its history, if it is still there and `still`

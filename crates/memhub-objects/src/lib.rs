@@ -17,8 +17,8 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload, RetryConfig};
-use std::time::Duration;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use url::Url;
 
 /// An object storage error, with the bucket named but never its credentials.
@@ -102,9 +102,8 @@ impl Bucket {
         let mut options: BTreeMap<String, String> = env_options().into_iter().collect();
         options.extend(config.options.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
         // A plain-HTTP endpoint (MinIO or a test server on loopback) needs explicit consent.
-        let endpoint = ["aws_endpoint", "aws_endpoint_url", "endpoint", "endpoint_url"]
-            .iter()
-            .find_map(|k| options.get(*k));
+        let endpoint =
+            ["aws_endpoint", "aws_endpoint_url", "endpoint", "endpoint_url"].iter().find_map(|k| options.get(*k));
         if endpoint.is_some_and(|e| e.starts_with("http://")) {
             options.entry("aws_allow_http".into()).or_insert_with(|| "true".into());
         }
@@ -116,10 +115,11 @@ impl Bucket {
         };
         macro_rules! cloud {
             ($builder:ty) => {{
-                let builder = options.iter().fold(<$builder>::new().with_url(url.as_str()), |b, (k, v)| match k.parse() {
-                    Ok(k) => b.with_config(k, v),
-                    Err(_) => b,
-                });
+                let builder =
+                    options.iter().fold(<$builder>::new().with_url(url.as_str()), |b, (k, v)| match k.parse() {
+                        Ok(k) => b.with_config(k, v),
+                        Err(_) => b,
+                    });
                 Arc::new(builder.with_retry(retry).build().map_err(|e| invalid(e.to_string()))?) as Arc<dyn ObjectStore>
             }};
         }
@@ -132,7 +132,9 @@ impl Bucket {
             ObjectStoreScheme::AmazonS3 => cloud!(object_store::aws::AmazonS3Builder),
             ObjectStoreScheme::GoogleCloudStorage => cloud!(object_store::gcp::GoogleCloudStorageBuilder),
             ObjectStoreScheme::MicrosoftAzure => cloud!(object_store::azure::MicrosoftAzureBuilder),
-            other => return Err(invalid(format!("unsupported scheme ({other:?}): use s3://, gs://, az:// or file://"))),
+            other => {
+                return Err(invalid(format!("unsupported scheme ({other:?}): use s3://, gs://, az:// or file://")))
+            }
         };
         Ok(Bucket { store, prefix, url: redact(&config.url) })
     }
@@ -344,9 +346,8 @@ impl BlockingBucket {
 
     /// Read several objects at once (up to 8 in flight).
     pub fn get_many(&self, keys: &[String]) -> Vec<Result<Bytes>> {
-        self.runtime.block_on(
-            futures::stream::iter(keys.iter().map(|k| self.bucket.get(k))).buffered(8).collect::<Vec<_>>(),
-        )
+        self.runtime
+            .block_on(futures::stream::iter(keys.iter().map(|k| self.bucket.get(k))).buffered(8).collect::<Vec<_>>())
     }
 }
 

@@ -45,9 +45,8 @@ fn schema() -> Arc<Schema> {
 
 /// Encode memories as one Parquet file (zstd, row groups of 8 192).
 pub fn encode(memories: &[Memory]) -> Result<Vec<u8>> {
-    let strings = |f: &dyn Fn(&Memory) -> Option<&str>| -> ArrayRef {
-        Arc::new(memories.iter().map(f).collect::<StringArray>())
-    };
+    let strings =
+        |f: &dyn Fn(&Memory) -> Option<&str>| -> ArrayRef { Arc::new(memories.iter().map(f).collect::<StringArray>()) };
     let mut embeddings = ListBuilder::new(Float32Builder::new());
     for m in memories {
         match &m.embedding {
@@ -73,7 +72,9 @@ pub fn encode(memories: &[Memory]) -> Result<Vec<u8>> {
         strings(&|m| Some(&m.kind)),
         strings(&|m| m.user_id.as_deref()),
         strings(&|m| m.session_id.as_deref()),
-        Arc::new(TimestampMicrosecondArray::from_iter_values(memories.iter().map(|m| m.created_at)).with_timezone("UTC")),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(memories.iter().map(|m| m.created_at)).with_timezone("UTC"),
+        ),
         strings(&|m| Some(&m.content)),
         Arc::new(embeddings.finish()),
         Arc::new(records.iter().map(|r| Some(r.as_str())).collect::<StringArray>()),
@@ -92,7 +93,8 @@ pub fn encode(memories: &[Memory]) -> Result<Vec<u8>> {
 
 /// Decode every memory of a file written by [`encode`].
 pub fn decode(bytes: Bytes) -> Result<Vec<Memory>> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(format_error)?.build().map_err(format_error)?;
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(format_error)?.build().map_err(format_error)?;
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(format_error)?;
@@ -105,8 +107,8 @@ pub fn decode(bytes: Bytes) -> Result<Vec<Memory>> {
             let mut m: Memory = serde_json::from_str(records.value(i)).map_err(format_error)?;
             m.content = content.value(i).to_string();
             m.created_at = created.value(i);
-            m.embedding = (!embeddings.is_null(i))
-                .then(|| embeddings.value(i).as_primitive::<Float32Type>().values().to_vec());
+            m.embedding =
+                (!embeddings.is_null(i)).then(|| embeddings.value(i).as_primitive::<Float32Type>().values().to_vec());
             out.push(m);
         }
     }

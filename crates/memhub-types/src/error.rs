@@ -62,6 +62,8 @@ pub enum ErrorCode {
     Forbidden,
     /// Too many requests from this caller; retry after the `Retry-After` seconds.
     RateLimited,
+    /// The cold tier's object storage failed or cannot be reached.
+    ObjectStoreUnavailable,
 }
 
 impl ErrorCode {
@@ -93,6 +95,7 @@ impl ErrorCode {
             ErrorCode::TokenClaimsInvalid => "token_claims_invalid",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::ObjectStoreUnavailable => "object_store_unavailable",
         }
     }
 
@@ -109,7 +112,7 @@ impl ErrorCode {
             ErrorCode::MemoryNotFound | ErrorCode::NotFound => 404,
             ErrorCode::AmbiguousMemoryId | ErrorCode::SchemaVersionExists => 409,
             ErrorCode::PayloadTooLarge | ErrorCode::ContentTooLong | ErrorCode::BatchTooLarge => 413,
-            ErrorCode::DataDirLocked => 503,
+            ErrorCode::DataDirLocked | ErrorCode::ObjectStoreUnavailable => 503,
             ErrorCode::MissingCredentials
             | ErrorCode::InvalidCredentials
             | ErrorCode::CredentialsExpired

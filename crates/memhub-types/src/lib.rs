@@ -17,7 +17,7 @@ pub use embed::{EmbedError, Embedder};
 pub use error::{Error, ErrorCode, Result};
 pub use memory::{
     BatchItemError, Entity, IngestionMethod, Memory, MemoryFilter, MemoryPatch, NewEntity, NewMemory, NewRelation,
-    Relation, SearchHit, SearchRequest, SearchResponse, StoreOutcome, DEFAULT_SYSTEM_ID, DEFAULT_TENANT,
+    Relation, SearchHit, SearchRequest, SearchResponse, StoreOutcome, Tier, DEFAULT_SYSTEM_ID, DEFAULT_TENANT,
 };
 pub use retention::RetentionPolicy;
 pub use schema::{KindSchema, SchemaRegistry};

@@ -51,6 +51,36 @@ impl IngestionMethod {
 }
 
 /// A memory as stored: the single source of truth that every index derives from.
+/// Where a memory lives. Memories age from hot to warm to cold by `created_at`
+/// (boundaries per kind, `tiers` in the engine config); a memory is in exactly one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// Recent: full-precision vectors in the in-memory graph, BM25.
+    #[default]
+    Hot,
+    /// Older: content in the store, vectors in an int8 graph, BM25; searched by default.
+    Warm,
+    /// Oldest: Parquet files in object storage; searched on request (`include_cold`).
+    Cold,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Hot, Tier::Warm, Tier::Cold];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Hot => "hot",
+            Tier::Warm => "warm",
+            Tier::Cold => "cold",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Memory {
@@ -102,6 +132,9 @@ pub struct Memory {
     /// 1 for the first write; +1 for every change.
     pub version: u32,
     pub ingestion_method: IngestionMethod,
+    /// Which tier holds it (set by the server; writes land in hot).
+    #[serde(default)]
+    pub tier: Tier,
 }
 
 /// A memory as a client submits it. Only `content` is required.
@@ -236,6 +269,27 @@ pub struct MemoryFilter {
 }
 
 /// A search: text, a query vector, or both, within filters.
+impl MemoryFilter {
+    /// Whether `m` matches every set field: the row-by-row form of the filter, for
+    /// data outside the indexes (cold Parquet files). Expiry is the caller's check.
+    pub fn matches(&self, m: &Memory) -> bool {
+        let eq = |want: &Option<String>, have: Option<&str>| want.as_deref().is_none_or(|w| have == Some(w));
+        eq(&self.system_id, Some(&m.system_id))
+            && eq(&self.kind, Some(&m.kind))
+            && eq(&self.user_id, m.user_id.as_deref())
+            && eq(&self.agent_id, m.agent_id.as_deref())
+            && eq(&self.session_id, m.session_id.as_deref())
+            && eq(&self.project, m.project.as_deref())
+            && (self.tags.is_empty() || self.tags.iter().any(|t| m.tags.contains(t)))
+            && self.tags_all.iter().all(|t| m.tags.contains(t))
+            && self.since.is_none_or(|s| m.created_at >= s)
+            && self.until.is_none_or(|u| m.created_at < u)
+            && self.metadata.as_ref().is_none_or(|want| {
+                want.iter().all(|(k, v)| !(v.is_object() || v.is_array()) && m.metadata.get(k) == Some(v))
+            })
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SearchRequest {
     #[serde(default)]
@@ -261,8 +315,31 @@ pub struct SearchRequest {
     #[serde(default, with = "half_life")]
     #[schema(value_type = Option<String>)]
     pub recency_half_life: Option<f64>,
+    /// The tiers to search; default hot and warm (plus cold with `include_cold`).
+    #[serde(default)]
+    pub tiers: Option<Vec<Tier>>,
+    /// Also scan the cold tier's Parquet files that the filters allow (slower).
+    #[serde(default)]
+    pub include_cold: bool,
     #[serde(flatten)]
     pub filter: MemoryFilter,
+}
+
+impl SearchRequest {
+    /// The tiers this request searches.
+    pub fn searched_tiers(&self) -> Vec<Tier> {
+        match &self.tiers {
+            Some(t) => {
+                let mut t = t.clone();
+                if self.include_cold && !t.contains(&Tier::Cold) {
+                    t.push(Tier::Cold);
+                }
+                t
+            }
+            None if self.include_cold => Tier::ALL.to_vec(),
+            None => vec![Tier::Hot, Tier::Warm],
+        }
+    }
 }
 
 /// Serde adapter: a half-life in seconds, written as a number or as `<n><s|m|h|d|w>`.

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use memhub_types::{Error, ErrorCode, Memory, MemoryFilter, Result, RetentionPolicy, Scope};
+use memhub_types::{Error, ErrorCode, Memory, MemoryFilter, Result, RetentionPolicy, Scope, Tier};
 use roaring::RoaringBitmap;
 use serde_json::Value;
 
@@ -104,6 +104,8 @@ pub struct DocMeta {
     pub content_key: u64,
     /// Whether the memory has a vector of the engine's model.
     pub has_vector: bool,
+    /// Hot or warm (cold memories are not in the table).
+    pub tier: Tier,
 }
 
 /// The metadata the table needs, as read from a memory or from the store's columns.
@@ -121,6 +123,7 @@ pub struct MetaSource<'a> {
     pub metadata: &'a serde_json::Map<String, Value>,
     pub content_hash: &'a str,
     pub has_vector: bool,
+    pub tier: Tier,
 }
 
 impl<'a> MetaSource<'a> {
@@ -139,11 +142,12 @@ impl<'a> MetaSource<'a> {
             metadata: &m.metadata,
             content_hash: &m.content_hash,
             has_vector: m.embedding.is_some() && m.embedding_model.as_deref() == Some(model),
+            tier: m.tier,
         }
     }
 }
 
-fn content_key(hash: &str) -> u64 {
+pub(crate) fn content_key(hash: &str) -> u64 {
     u64::from_str_radix(hash.get(..16).unwrap_or(hash), 16).unwrap_or_else(|_| {
         // Not hex (imported data): fold the bytes.
         hash.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
@@ -158,6 +162,8 @@ pub struct FilterTable {
     postings: HashMap<(Field, u32), RoaringBitmap>,
     /// Memories with an `expires_at`: only these need the expiry check.
     expiring: RoaringBitmap,
+    /// Memories in the warm tier (the rest are hot).
+    warm: RoaringBitmap,
     /// Retention policies: memories older than their kind's TTL are invisible.
     retention: Vec<RetentionPolicy>,
 }
@@ -173,6 +179,16 @@ impl FilterTable {
 
     pub fn get(&self, id: DocId) -> Option<&DocMeta> {
         self.docs.get(&id)
+    }
+
+    /// Tenant, system and kind of memory `id` (empty strings if unknown).
+    pub fn names(&self, id: DocId) -> (&str, &str, &str) {
+        match self.docs.get(&id) {
+            Some(d) => {
+                (self.interner.name(d.fields[0]), self.interner.name(d.fields[1]), self.interner.name(d.fields[2]))
+            }
+            None => ("", "", ""),
+        }
     }
 
     pub fn docs(&self) -> impl Iterator<Item = (DocId, &DocMeta)> {
@@ -203,6 +219,9 @@ impl FilterTable {
         if m.expires_at.is_some() {
             self.expiring.insert(id);
         }
+        if m.tier == Tier::Warm {
+            self.warm.insert(id);
+        }
         self.docs.insert(
             id,
             DocMeta {
@@ -213,6 +232,7 @@ impl FilterTable {
                 metadata,
                 content_key: content_key(m.content_hash),
                 has_vector: m.has_vector,
+                tier: m.tier,
             },
         );
     }
@@ -229,6 +249,13 @@ impl FilterTable {
             }
         }
         self.expiring.remove(id);
+        self.warm.remove(id);
+    }
+
+    /// How many memories are in each of the hot and warm tiers.
+    pub fn tier_counts(&self) -> (usize, usize) {
+        let warm = self.warm.len() as usize;
+        (self.docs.len() - warm, warm)
     }
 
     /// The equality-filter terms of a memory, for the text index (which uses the
@@ -403,6 +430,16 @@ pub struct Plan<'a> {
 }
 
 impl Plan<'_> {
+    /// Keep only memories in `tiers` (of hot and warm; cold is searched elsewhere).
+    pub fn restrict_tiers(&mut self, tiers: &[Tier]) {
+        match (tiers.contains(&Tier::Hot), tiers.contains(&Tier::Warm)) {
+            (true, true) => {}
+            (true, false) => self.allowed -= &self.table.warm,
+            (false, true) => self.allowed &= &self.table.warm,
+            (false, false) => self.allowed.clear(),
+        }
+    }
+
     fn has_residual(&self) -> bool {
         self.since.is_some() || self.until.is_some() || !self.metadata.is_empty() || !self.retention.is_empty()
     }
@@ -509,6 +546,7 @@ mod tests {
             metadata: md,
             content_hash: "00ff",
             has_vector: false,
+            tier: Tier::Hot,
         }
     }
 

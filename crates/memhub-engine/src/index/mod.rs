@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use memhub_types::{Memory, Result};
+use memhub_types::{Memory, Result, Tier};
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 
@@ -198,6 +198,20 @@ impl Indexes {
         Ok(())
     }
 
+    /// A memory moved between hot and warm: its filter entry and its vector change
+    /// (the vector moves to the other tier's graph); the text index is untouched.
+    pub fn apply_moved(&self, seq: i64, m: &Memory, change: i64) -> Result<()> {
+        let id = doc_id(seq)?;
+        let v = self.vector_of(m);
+        let mut state = self.write();
+        state.filters.upsert(id, &MetaSource::of(m, &self.model));
+        state.pending_vectors.set(id, v);
+        state.applied_change = state.applied_change.max(change);
+        drop(state);
+        self.wake_maintainer(false);
+        Ok(())
+    }
+
     /// A vector-only change (the server embedded an unchanged text).
     pub fn apply_vector(&self, seq: i64, m: &Memory, change: i64) -> Result<()> {
         let id = doc_id(seq)?;
@@ -243,7 +257,14 @@ impl Indexes {
     /// Top `n` by cosine over memories in `plan` with a vector of the model. A
     /// selective filter is scanned exactly; otherwise the HNSW graph is searched with
     /// the filter as its predicate (so the result is not cut short by the filter).
-    pub fn vector_search(&self, state: &IndexState, query: &[f32], plan: &Plan<'_>, n: usize) -> Vec<(DocId, f32)> {
+    pub fn vector_search(
+        &self,
+        state: &IndexState,
+        query: &[f32],
+        plan: &Plan<'_>,
+        tiers: &[Tier],
+        n: usize,
+    ) -> Vec<(DocId, f32)> {
         let pending = &state.pending_vectors;
         let skip_pending = !pending.is_empty();
         let exact = |plan: &Plan<'_>| {
@@ -253,7 +274,7 @@ impl Indexes {
             exact(plan)
         } else {
             let accept = |id: DocId| plan.matches(id) && !pending.contains(id);
-            self.vectors.search(query, n, &accept).unwrap_or_else(|e| {
+            self.vectors.search(query, n, tiers, &accept).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "graph search failed; scanning exactly");
                 exact(plan)
             })
@@ -296,21 +317,27 @@ impl Indexes {
                 .collect();
             let v = state.pending_vectors.snapshot(max);
             let v_cp = (v.len() == state.pending_vectors.len()).then_some(cp);
+            // Each vector goes into the graph of the tier its memory is in now.
+            let v: Vec<_> = v
+                .into_iter()
+                .map(|(id, g, v)| (id, g, v, state.filters.get(id).map_or(Tier::Hot, |d| d.tier)))
+                .collect();
             (t, t_cp, v, v_cp)
         };
         if !text_batch.is_empty() {
             self.text.apply(text_batch.iter().map(|(id, _, t)| (*id, t.as_ref())), text_cp.as_ref())?;
         }
         if !vector_batch.is_empty() {
-            let changes: Vec<(DocId, Option<Vector>)> =
-                vector_batch.iter().map(|(id, _, v)| (*id, v.clone())).collect();
+            let changes: Vec<(DocId, Option<(Vector, Tier)>)> =
+                vector_batch.iter().map(|(id, _, v, tier)| (*id, v.clone().map(|v| (v, *tier)))).collect();
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
             self.vectors.apply(&changes, threads)?;
             self.saves.lock().unwrap_or_else(|p| p.into_inner()).unsaved += vector_batch.len();
         }
         let mut state = self.write();
         state.pending_text.settle(&stamps(&text_batch));
-        state.pending_vectors.settle(&stamps(&vector_batch));
+        let vector_stamps: Vec<(DocId, u64)> = vector_batch.iter().map(|(id, g, _, _)| (*id, *g)).collect();
+        state.pending_vectors.settle(&vector_stamps);
         let more = !state.pending_text.changes().is_empty() || !state.pending_vectors.is_empty();
         Ok((more, vector_cp))
     }
@@ -405,6 +432,10 @@ impl Indexes {
             text_disk_bytes: self.text.disk_bytes(),
             vector_disk_bytes: self.vectors.disk_bytes(),
             vector_memory_bytes: self.vectors.memory_bytes(),
+            hot_vectors: self.vectors.tier_len(Tier::Hot),
+            warm_vectors: self.vectors.tier_len(Tier::Warm),
+            hot_graph_bytes: self.vectors.tier_memory_bytes(Tier::Hot),
+            warm_graph_bytes: self.vectors.tier_memory_bytes(Tier::Warm),
             caught_up_text: self.caught_up.0,
             caught_up_vectors: self.caught_up.1,
         }
@@ -421,6 +452,11 @@ pub struct IndexSizes {
     pub text_disk_bytes: u64,
     pub vector_disk_bytes: u64,
     pub vector_memory_bytes: usize,
+    /// Vectors in the hot (f16) and warm (i8) graphs, and the graphs' memory.
+    pub hot_vectors: usize,
+    pub warm_vectors: usize,
+    pub hot_graph_bytes: usize,
+    pub warm_graph_bytes: usize,
     /// Changes the text index took from the store when opened (all memories = rebuilt).
     pub caught_up_text: usize,
     /// The same for the vector index.
@@ -432,7 +468,7 @@ fn load_filters(conn: &Connection, model: &str, table: &mut FilterTable) -> Resu
     let mut st = conn
         .prepare(
             "SELECT seq, tenant, system_id, kind, user_id, agent_id, session_id, project, tags, created_at, \
-             expires_at, metadata, content_hash, (embedding IS NOT NULL AND embedding_model = ?1) FROM memories",
+             expires_at, metadata, content_hash, (embedding IS NOT NULL AND embedding_model = ?1), tier FROM memories",
         )
         .map_err(storage)?;
     let mut rows = st.query(params![model]).map_err(storage)?;
@@ -459,6 +495,7 @@ fn load_filters(conn: &Connection, model: &str, table: &mut FilterTable) -> Resu
             metadata: &metadata,
             content_hash: &content_hash,
             has_vector: r.get(13).map_err(storage)?,
+            tier: Tier::parse(&get_s(14)?).unwrap_or_default(),
         };
         table.upsert(doc_id(r.get(0).map_err(storage)?)?, &source);
     }

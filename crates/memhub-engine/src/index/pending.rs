@@ -266,6 +266,7 @@ mod tests {
                     metadata: &md,
                     content_hash: "00",
                     has_vector: false,
+                    tier: memhub_types::Tier::Hot,
                 },
             );
         }

@@ -1,11 +1,14 @@
-//! The persisted vector index: a usearch HNSW graph over L2-normalised vectors of
-//! the engine's model (cosine), stored as f16. Saved with a sidecar checkpoint so
-//! reopening loads the graph and catches up from the store instead of rebuilding.
+//! The persisted vector index: usearch HNSW graphs over L2-normalised vectors of
+//! the engine's model (cosine), one per tier: hot vectors stored as f16, warm ones
+//! as i8 (each vector scaled so its largest component uses the whole i8 range:
+//! cosine ignores the scale, so this keeps a per-vector scale for free). Saved
+//! with a sidecar checkpoint so reopening loads the graphs and catches up from the
+//! store instead of rebuilding.
 
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use memhub_types::{Error, ErrorCode, Result};
+use memhub_types::{Error, ErrorCode, Result, Tier};
 use serde::{Deserialize, Serialize};
 use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
@@ -115,10 +118,23 @@ impl Arena {
     }
 }
 
+/// The quantisation each tier's graph stores.
+const GRAPH_KINDS: [(Tier, ScalarKind); 2] = [(Tier::Hot, ScalarKind::F16), (Tier::Warm, ScalarKind::I8)];
+
+/// What the sidecar's `quantization` says: both graphs' formats.
+const FORMAT: &str = "hot:f16,warm:i8";
+
+/// Scale `v` so its largest component is ±1: the i8 graph then uses its whole range.
+fn spread(v: &[f32]) -> Vec<f32> {
+    let max = v.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE);
+    v.iter().map(|x| x / max).collect()
+}
+
 pub struct VectorIndex {
-    /// Write-locked only to grow capacity; adds and searches share the read lock
-    /// (usearch supports concurrent add and search).
-    index: RwLock<Index>,
+    /// The hot graph (f16) and the warm graph (i8). Each is write-locked only to
+    /// grow capacity; adds and searches share the read lock (usearch supports
+    /// concurrent add and search).
+    graphs: [RwLock<Index>; 2],
     arena: RwLock<Arena>,
     path: Option<PathBuf>,
     dim: usize,
@@ -127,11 +143,11 @@ pub struct VectorIndex {
 }
 
 impl VectorIndex {
-    fn create(dim: usize, params: HnswParams) -> Result<Index> {
+    fn create(dim: usize, params: HnswParams, quantization: ScalarKind) -> Result<Index> {
         let options = IndexOptions {
             dimensions: dim,
             metric: MetricKind::Cos,
-            quantization: ScalarKind::F16,
+            quantization,
             connectivity: params.connectivity,
             expansion_add: params.expansion_add,
             expansion_search: params.expansion_search,
@@ -142,9 +158,9 @@ impl VectorIndex {
         Ok(index)
     }
 
-    /// Open the graph saved at `path` if its sidecar matches `dim`, `model` and
-    /// `params`; otherwise an empty one. Returns the checkpoint it was saved at.
-    /// Only a `writable` index saves.
+    /// Open the graphs saved at `path` (hot) and beside it (warm) if the sidecar
+    /// matches `dim`, `model` and `params`; otherwise empty ones. Returns the
+    /// checkpoint they were saved at. Only a `writable` index saves.
     pub fn open(
         path: &Path,
         writable: bool,
@@ -152,19 +168,27 @@ impl VectorIndex {
         model: &str,
         params: HnswParams,
     ) -> Result<(VectorIndex, Option<Checkpoint>)> {
+        let fresh = || -> Result<[Index; 2]> {
+            Ok([Self::create(dim, params, GRAPH_KINDS[0].1)?, Self::create(dim, params, GRAPH_KINDS[1].1)?])
+        };
         let mut loaded = None;
         if path.exists() {
             let sidecar: Option<Sidecar> =
                 std::fs::read(sidecar_path(path)).ok().and_then(|b| serde_json::from_slice(&b).ok());
             match sidecar {
-                Some(s) if s.dim == dim && s.model == model && s.quantization == "f16" && s.params == params => {
-                    let index = Self::create(dim, params)?;
-                    match index.load(&path.to_string_lossy()) {
-                        Ok(()) => {
-                            let cap = index.size().max(1024) * 2;
-                            index.reserve_capacity_and_threads(cap, SEARCH_THREADS).map_err(vector_error)?;
-                            loaded = Some((index, s.checkpoint));
+                Some(s) if s.dim == dim && s.model == model && s.quantization == FORMAT && s.params == params => {
+                    let graphs = fresh()?;
+                    let read = graphs.iter().zip(GRAPH_KINDS).try_for_each(|(g, (tier, _))| {
+                        let p = graph_path(path, tier);
+                        if !p.exists() {
+                            return Ok(());
                         }
+                        g.load(&p.to_string_lossy()).map_err(vector_error)?;
+                        let cap = g.size().max(1024) * 2;
+                        g.reserve_capacity_and_threads(cap, SEARCH_THREADS).map_err(vector_error)
+                    });
+                    match read {
+                        Ok(()) => loaded = Some((graphs, s.checkpoint)),
                         Err(e) => {
                             tracing::warn!(path = %path.display(), error = %e, "vector index unreadable; rebuilding")
                         }
@@ -173,12 +197,12 @@ impl VectorIndex {
                 _ => tracing::info!(path = %path.display(), "vector index is of another model or format; rebuilding"),
             }
         }
-        let (index, checkpoint) = match loaded {
-            Some((i, c)) => (i, Some(c)),
-            None => (Self::create(dim, params)?, None),
+        let ([hot, warm], checkpoint) = match loaded {
+            Some((g, c)) => (g, Some(c)),
+            None => (fresh()?, None),
         };
         let v = VectorIndex {
-            index: RwLock::new(index),
+            graphs: [RwLock::new(hot), RwLock::new(warm)],
             arena: RwLock::new(Arena { dim, ..Arena::default() }),
             path: writable.then(|| path.to_path_buf()),
             dim,
@@ -188,37 +212,64 @@ impl VectorIndex {
         Ok((v, checkpoint))
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
-        self.index.read().unwrap_or_else(|p| p.into_inner())
+    fn graph(&self, tier: Tier) -> std::sync::RwLockReadGuard<'_, Index> {
+        let i = usize::from(tier == Tier::Warm);
+        self.graphs[i].read().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn each_graph(&self) -> impl Iterator<Item = (Tier, std::sync::RwLockReadGuard<'_, Index>)> {
+        GRAPH_KINDS.into_iter().map(|(t, _)| (t, self.graph(t)))
+    }
+
+    /// Vectors in the graphs (all tiers).
     pub fn len(&self) -> usize {
-        self.read().size()
+        self.each_graph().map(|(_, g)| g.size()).sum()
+    }
+
+    /// Vectors in one tier's graph.
+    pub fn tier_len(&self, tier: Tier) -> usize {
+        self.graph(tier).size()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Approximate top `n` by cosine among ids `accept` allows: `(id, similarity)`.
-    pub fn search(&self, query: &[f32], n: usize, accept: &dyn Fn(DocId) -> bool) -> Result<Vec<(DocId, f32)>> {
-        let index = self.read();
-        if index.size() == 0 || n == 0 {
-            return Ok(Vec::new());
+    /// Approximate top `n` by cosine among ids `accept` allows, over the graphs of
+    /// `tiers`: `(id, similarity)`, best first.
+    pub fn search(
+        &self,
+        query: &[f32],
+        n: usize,
+        tiers: &[Tier],
+        accept: &dyn Fn(DocId) -> bool,
+    ) -> Result<Vec<(DocId, f32)>> {
+        let mut hits = Vec::new();
+        for (tier, graph) in self.each_graph().filter(|(t, _)| tiers.contains(t)) {
+            if graph.size() == 0 || n == 0 {
+                continue;
+            }
+            let q = if tier == Tier::Warm { spread(query) } else { query.to_vec() };
+            let found =
+                graph.filtered_search(&q, n, |key| DocId::try_from(key).is_ok_and(accept)).map_err(vector_error)?;
+            hits.extend(found.keys.iter().zip(&found.distances).map(|(k, d)| (*k as DocId, 1.0 - d)));
         }
-        let found =
-            index.filtered_search(query, n, |key| DocId::try_from(key).is_ok_and(accept)).map_err(vector_error)?;
-        Ok(found.keys.iter().zip(&found.distances).map(|(k, d)| (*k as DocId, 1.0 - d)).collect())
+        hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        hits.truncate(n);
+        Ok(hits)
     }
 
-    /// Refill the exact-scan copy from the graph for `ids` (after a load).
+    /// Refill the exact-scan copy from the graphs for `ids` (after a load).
     pub fn fill_arena(&self, ids: impl Iterator<Item = DocId>) {
-        let index = self.read();
+        let graphs: Vec<_> = self.each_graph().collect();
         let mut arena = self.arena.write().unwrap_or_else(|p| p.into_inner());
         let mut buf = vec![0f32; self.dim];
         for id in ids {
-            if let Ok(1) = index.get(u64::from(id), &mut buf) {
-                arena.set(id, Some(&buf));
+            for (_, g) in &graphs {
+                if let Ok(1) = g.get(u64::from(id), &mut buf) {
+                    arena.set(id, super::normalized(&buf).as_deref());
+                    break;
+                }
             }
         }
     }
@@ -242,38 +293,56 @@ impl VectorIndex {
 
     /// Change the search breadth at run time (benchmarks sweep it).
     pub fn set_expansion_search(&self, ef: usize) {
-        self.read().change_expansion_search(ef);
+        for (_, g) in self.each_graph() {
+            g.change_expansion_search(ef);
+        }
     }
 
     /// The SIMD kernels usearch picked on this CPU.
     pub fn hardware_acceleration(&self) -> String {
-        self.read().hardware_acceleration()
+        self.graph(Tier::Hot).hardware_acceleration()
     }
 
-    /// Apply drained changes: replace or remove each id's vector. Inserts run on
-    /// `threads` threads.
-    pub fn apply(&self, changes: &[(DocId, Option<Box<[f32]>>)], threads: usize) -> Result<()> {
-        {
-            let index = self.read();
+    /// Apply drained changes: replace or remove each id's vector; a vector goes into
+    /// its tier's graph. Inserts run on `threads` threads.
+    pub fn apply(&self, changes: &[(DocId, Option<(Box<[f32]>, Tier)>)], threads: usize) -> Result<()> {
+        for (_, graph) in self.each_graph() {
             for (id, _) in changes {
-                if index.contains(u64::from(*id)) {
-                    index.remove(u64::from(*id)).map_err(vector_error)?;
+                if graph.contains(u64::from(*id)) {
+                    graph.remove(u64::from(*id)).map_err(vector_error)?;
                 }
             }
-        }
-        let adds: Vec<(DocId, &[f32])> = changes.iter().filter_map(|(id, v)| v.as_deref().map(|v| (*id, v))).collect();
-        let needed = self.read().size() + adds.len();
-        if needed > self.read().capacity() {
-            let index = self.index.write().unwrap_or_else(|p| p.into_inner());
-            index.reserve_capacity_and_threads(needed.next_power_of_two(), SEARCH_THREADS).map_err(vector_error)?;
         }
         {
             let mut arena = self.arena.write().unwrap_or_else(|p| p.into_inner());
             for (id, v) in changes {
-                arena.set(*id, v.as_deref());
+                arena.set(*id, v.as_ref().map(|(v, _)| &**v));
             }
         }
-        let index = self.read();
+        for (i, (tier, _)) in GRAPH_KINDS.into_iter().enumerate() {
+            let adds: Vec<(DocId, std::borrow::Cow<'_, [f32]>)> = changes
+                .iter()
+                .filter_map(|(id, v)| match v {
+                    Some((v, t)) if *t == tier && tier == Tier::Warm => Some((*id, spread(v).into())),
+                    Some((v, t)) if *t == tier => Some((*id, (&**v).into())),
+                    _ => None,
+                })
+                .collect();
+            if adds.is_empty() {
+                continue;
+            }
+            let needed = self.graph(tier).size() + adds.len();
+            if needed > self.graph(tier).capacity() {
+                let graph = self.graphs[i].write().unwrap_or_else(|p| p.into_inner());
+                graph.reserve_capacity_and_threads(needed.next_power_of_two(), SEARCH_THREADS).map_err(vector_error)?;
+            }
+            self.add_all(tier, &adds, threads)?;
+        }
+        Ok(())
+    }
+
+    fn add_all(&self, tier: Tier, adds: &[(DocId, std::borrow::Cow<'_, [f32]>)], threads: usize) -> Result<()> {
+        let index = self.graph(tier);
         let threads = threads.clamp(1, 8);
         let chunk = adds.len().div_ceil(threads).max(1);
         std::thread::scope(|s| {
@@ -283,7 +352,7 @@ impl VectorIndex {
                     let index = &*index;
                     s.spawn(move || -> Result<()> {
                         for (id, v) in part {
-                            index.add(u64::from(*id), v).map_err(vector_error)?;
+                            index.add(u64::from(*id), v.as_ref()).map_err(vector_error)?;
                         }
                         Ok(())
                     })
@@ -295,10 +364,11 @@ impl VectorIndex {
         })
     }
 
-    /// Drop every vector (the graph belonged to another store).
+    /// Drop every vector (the graphs belonged to another store).
     pub fn clear(&self) -> Result<()> {
-        let fresh = Self::create(self.dim, self.params)?;
-        *self.index.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        for (slot, (_, kind)) in self.graphs.iter().zip(GRAPH_KINDS) {
+            *slot.write().unwrap_or_else(|p| p.into_inner()) = Self::create(self.dim, self.params, kind)?;
+        }
         *self.arena.write().unwrap_or_else(|p| p.into_inner()) = Arena { dim: self.dim, ..Arena::default() };
         Ok(())
     }
@@ -307,15 +377,18 @@ impl VectorIndex {
     /// leaves an older checkpoint at worst: catch-up then redoes a little more).
     pub fn save(&self, checkpoint: &Checkpoint) -> Result<()> {
         let Some(path) = &self.path else { return Ok(()) };
-        let tmp = path.with_extension("usearch.tmp");
-        self.read().save(&tmp.to_string_lossy()).map_err(vector_error)?;
-        sync_file(&tmp)?;
-        std::fs::rename(&tmp, path).map_err(vector_error)?;
+        for (tier, graph) in self.each_graph() {
+            let target = graph_path(path, tier);
+            let tmp = target.with_extension("usearch.tmp");
+            graph.save(&tmp.to_string_lossy()).map_err(vector_error)?;
+            sync_file(&tmp)?;
+            std::fs::rename(&tmp, &target).map_err(vector_error)?;
+        }
         let sidecar = Sidecar {
             checkpoint: checkpoint.clone(),
             dim: self.dim,
             model: self.model.clone(),
-            quantization: "f16".into(),
+            quantization: FORMAT.into(),
             params: self.params,
         };
         let side = sidecar_path(path);
@@ -325,13 +398,27 @@ impl VectorIndex {
         std::fs::rename(&side_tmp, &side).map_err(vector_error)
     }
 
-    /// Bytes the graph (vectors and links) and the exact-scan copy take in memory.
+    /// Bytes the graphs (vectors and links) and the exact-scan copy take in memory.
     pub fn memory_bytes(&self) -> usize {
-        self.read().memory_usage() + self.arena().bytes()
+        self.each_graph().map(|(_, g)| g.memory_usage()).sum::<usize>() + self.arena().bytes()
+    }
+
+    /// Bytes of one tier's graph in memory.
+    pub fn tier_memory_bytes(&self, tier: Tier) -> usize {
+        self.graph(tier).memory_usage()
     }
 
     pub fn disk_bytes(&self) -> u64 {
-        self.path.as_ref().and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len())
+        let Some(path) = &self.path else { return 0 };
+        Tier::ALL.into_iter().filter_map(|t| std::fs::metadata(graph_path(path, t)).ok()).map(|m| m.len()).sum()
+    }
+}
+
+/// Where a tier's graph is saved: the hot one at `path`, the warm one beside it.
+fn graph_path(path: &Path, tier: Tier) -> PathBuf {
+    match tier {
+        Tier::Hot => path.to_path_buf(),
+        _ => path.with_extension(format!("{}.usearch", tier.as_str())),
     }
 }
 
