@@ -188,6 +188,18 @@ pub async fn erase(
     ))
 }
 
+/// Run the tier aging job now (admin): move memories past their tier boundary,
+/// sweep orphaned cold objects. The job also runs every `engine.tiers.interval_seconds`.
+pub async fn run_tiers(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Permission::Administer)?;
+    let engine = state.engine.clone();
+    let report = blocking(move || engine.age_tiers()).await?;
+    Ok(Json(report))
+}
+
 /// `GET /v1/audit` parameters.
 #[derive(Debug, Default, Deserialize)]
 pub struct AuditParams {

@@ -317,6 +317,7 @@ fn action_for(method: &Method, path: &str) -> Option<&'static str> {
         ("GET", "/v1/retention") => "retention.get",
         ("PUT", "/v1/retention") => "retention.set",
         ("POST", "/v1/erase") => "erase",
+        ("POST", "/v1/tiers/run") => "tiers.run",
         ("GET", "/v1/audit") => "audit.query",
         _ => return None,
     })

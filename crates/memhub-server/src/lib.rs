@@ -138,6 +138,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys/{id}", axum::routing::delete(admin::revoke_key))
         .route("/v1/retention", get(admin::get_retention).put(admin::set_retention))
         .route("/v1/erase", post(admin::erase))
+        .route("/v1/tiers/run", post(admin::run_tiers))
         .route("/v1/audit", get(admin::query_audit))
         .route("/status", get(status))
         .route("/health", get(health))
@@ -154,8 +155,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Purge expired memories every `interval` seconds (0: never).
-fn spawn_purge_job(engine: Arc<Engine>, interval: u64) -> tokio::task::JoinHandle<()> {
+/// Run `job` every `interval` seconds (0: never); a failure is logged and retried
+/// at the next tick.
+fn spawn_job<T: Send + 'static>(
+    name: &'static str,
+    engine: Arc<Engine>,
+    interval: u64,
+    job: fn(&Engine) -> Result<T, Error>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if interval == 0 {
             return;
@@ -164,8 +171,8 @@ fn spawn_purge_job(engine: Arc<Engine>, interval: u64) -> tokio::task::JoinHandl
         loop {
             tick.tick().await;
             let engine = engine.clone();
-            if let Err(e) = blocking(move || engine.purge_expired()).await {
-                tracing::error!(error = %e, "purge job failed; retrying next round");
+            if let Err(e) = blocking(move || job(&engine)).await {
+                tracing::error!(job = name, error = %e, "background job failed; retrying next round");
             }
         }
     })
@@ -180,7 +187,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let engine = state.engine.clone();
     let audit = state.guard.audit.clone();
-    let purge = spawn_purge_job(engine.clone(), state.config.purge_interval_seconds);
+    let purge = spawn_job("purge", engine.clone(), state.config.purge_interval_seconds, Engine::purge_expired);
+    let aging = spawn_job("tiers", engine.clone(), engine.config().tiers.interval_seconds, Engine::age_tiers);
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     // Without TCP_NODELAY a small answer can wait ~40 ms for the client's delayed ACK.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -190,6 +198,7 @@ pub async fn serve(
     });
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     purge.abort();
+    aging.abort();
     audit.flush();
     if let Err(e) = tokio::task::spawn_blocking(move || engine.checkpoint()).await.unwrap_or(Ok(())) {
         tracing::warn!(error = %e, "checkpoint on shutdown failed");

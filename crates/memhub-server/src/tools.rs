@@ -171,7 +171,9 @@ pub fn tool_specs() -> Vec<ToolSpec> {
         "query_embedding": {"type": "array", "items": {"type": "number"}, "description": "Optional query vector; enables semantic (vector) retrieval."},
         "semantic_ratio": {"type": "number", "minimum": 0, "maximum": 1, "description": "0 = keywords only, 1 = vector only; default 0.3."},
         "min_score": {"type": "number", "description": "Drop results whose similarity is below this (0..1)."},
-        "recency_half_life": {"type": ["string", "number"], "description": "Favour recent memories: scores halve every this long (seconds, or e.g. \"12h\", \"7d\")."}
+        "recency_half_life": {"type": ["string", "number"], "description": "Favour recent memories: scores halve every this long (seconds, or e.g. \"12h\", \"7d\")."},
+        "include_cold": {"type": "boolean", "default": false, "description": "Also search the cold tier (archived memories in object storage, older than the warm boundary); slower."},
+        "tiers": {"type": "array", "items": {"type": "string", "enum": ["hot", "warm", "cold"]}, "description": "Search only these tiers (default hot and warm)."}
     }));
     filter_properties(&mut search);
     let mut list = props(json!({

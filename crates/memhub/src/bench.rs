@@ -848,7 +848,7 @@ fn latency(mut ms: Vec<f64>) -> Value {
 
 fn search(config: &Config, count: usize, queries: usize, noise: f32, ef_sweep: &[usize]) -> Result<(), String> {
     use memhub_engine::index::DocId;
-    use memhub_types::{MemoryFilter, NewMemory, SearchRequest, DEFAULT_TENANT};
+    use memhub_types::{MemoryFilter, NewMemory, SearchRequest, Tier, DEFAULT_TENANT};
     let dim = config.engine.embedding_dim;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let open = || {
@@ -954,8 +954,12 @@ fn search(config: &Config, count: usize, queries: usize, noise: f32, ef_sweep: &
             let indexes = engine.indexes();
             let state = indexes.read();
             let plan = state.filters.plan(&DEFAULT_TENANT.into(), &filter, memhub_types::time::now_micros());
-            let ann: Vec<DocId> =
-                indexes.vector_search(&state, &qv, &plan, 100).into_iter().take(10).map(|h| h.0).collect();
+            let ann: Vec<DocId> = indexes
+                .vector_search(&state, &qv, &plan, &[Tier::Hot, Tier::Warm], 100)
+                .into_iter()
+                .take(10)
+                .map(|h| h.0)
+                .collect();
             // The engine's exact path (8-bit copies) for its latency; f32 for the truth.
             timed_ms(&mut exact_ms, || drop(indexes.vectors.exact(&qv, plan.ids())));
             let truth = exact_top10(&qv, &mut plan.ids());
@@ -983,7 +987,7 @@ fn search(config: &Config, count: usize, queries: usize, noise: f32, ef_sweep: &
             let (mut ms, mut hits) = (Vec::new(), 0);
             for (q, truth) in queries.iter().zip(&truths) {
                 let mut found = Vec::new();
-                timed_ms(&mut ms, || found = indexes.vector_search(&state, q, &plan, 100));
+                timed_ms(&mut ms, || found = indexes.vector_search(&state, q, &plan, &[Tier::Hot, Tier::Warm], 100));
                 hits += found.iter().take(10).filter(|h| truth.contains(&h.0)).count();
             }
             sweep

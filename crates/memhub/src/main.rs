@@ -89,6 +89,18 @@ enum Command {
         #[command(subcommand)]
         op: AuditOp,
     },
+    /// Tiers: run the aging job now (hot -> warm -> cold). With a server running,
+    /// call `POST /v1/tiers/run` instead (the server holds the data dir).
+    Tier {
+        #[command(subcommand)]
+        op: TierOp,
+    },
+}
+
+#[derive(Subcommand)]
+enum TierOp {
+    /// Move every memory past its tier boundary now and print what moved (JSON).
+    Run,
 }
 
 #[derive(Subcommand)]
@@ -369,6 +381,12 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Bench { which } => bench::run(which, &config),
         Command::Keys { op } => keys(op, &config),
         Command::Audit { op } => audit(op, &config),
+        Command::Tier { op: TierOp::Run } => {
+            let engine = open_engine(&config, OpenMode::ReadWrite)?;
+            let report = engine.age_tiers().map_err(|e| e.to_string())?;
+            println!("{}", json(&report));
+            engine.checkpoint().map_err(|e| e.to_string())
+        }
     }
 }
 

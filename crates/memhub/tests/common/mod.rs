@@ -177,6 +177,11 @@ impl Http {
         Http { client: reqwest::Client::new(), base: server.base.clone() }
     }
 
+    /// The full URL of `path` on this server.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
     async fn finish(resp: reqwest::RequestBuilder) -> (u16, Value) {
         let resp = resp.send().await.expect("request sent");
         let status = resp.status().as_u16();
