@@ -160,7 +160,12 @@ fn memories_age_into_their_tiers_and_stay_findable() {
     assert!(stats.tiers[&Tier::Cold].bytes > 0);
     assert_eq!(stats.memories, 2, "the index counts hot and warm");
     let mut exported = Vec::new();
-    engine.export_scope(&scope(), |m| Ok(exported.push(m.memory_id))).unwrap();
+    engine
+        .export_scope(&scope(), |m| {
+            exported.push(m.memory_id);
+            Ok(())
+        })
+        .unwrap();
     exported.sort();
     assert_eq!(exported, vec!["fresh", "month", "old"], "export includes every tier");
 

@@ -133,7 +133,7 @@ mod tests {
             attributes: serde_json::json!({"importance": 0.5}),
             metadata: serde_json::json!({"speaker": "Ann", "n": i}).as_object().unwrap().clone(),
             tags: vec!["a".into(), "b".into()],
-            user_id: (i % 2 == 0).then(|| "ann".into()),
+            user_id: i.is_multiple_of(2).then(|| "ann".into()),
             agent_id: None,
             session_id: Some("s1".into()),
             project: None,

@@ -328,7 +328,7 @@ impl Indexes {
             self.text.apply(text_batch.iter().map(|(id, _, t)| (*id, t.as_ref())), text_cp.as_ref())?;
         }
         if !vector_batch.is_empty() {
-            let changes: Vec<(DocId, Option<(Vector, Tier)>)> =
+            let changes: Vec<vectors::VectorChange> =
                 vector_batch.iter().map(|(id, _, v, tier)| (*id, v.clone().map(|v| (v, *tier)))).collect();
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
             self.vectors.apply(&changes, threads)?;

@@ -118,6 +118,9 @@ impl Arena {
     }
 }
 
+/// A drained vector change: the memory's new vector and its tier, or `None` (removed).
+pub type VectorChange = (DocId, Option<(Box<[f32]>, Tier)>);
+
 /// The quantisation each tier's graph stores.
 const GRAPH_KINDS: [(Tier, ScalarKind); 2] = [(Tier::Hot, ScalarKind::F16), (Tier::Warm, ScalarKind::I8)];
 
@@ -305,7 +308,7 @@ impl VectorIndex {
 
     /// Apply drained changes: replace or remove each id's vector; a vector goes into
     /// its tier's graph. Inserts run on `threads` threads.
-    pub fn apply(&self, changes: &[(DocId, Option<(Box<[f32]>, Tier)>)], threads: usize) -> Result<()> {
+    pub fn apply(&self, changes: &[VectorChange], threads: usize) -> Result<()> {
         for (_, graph) in self.each_graph() {
             for (id, _) in changes {
                 if graph.contains(u64::from(*id)) {
