@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 
 use crate::auth::{AuditNote, Caller};
 use crate::rest::{time_param, ApiJson, ApiResult};
+use std::sync::Arc;
+
 use crate::{blocking, AppState};
 
 /// A key to create (`POST /v1/keys`).
@@ -198,6 +200,36 @@ pub async fn run_tiers(
     let engine = state.engine.clone();
     let report = blocking(move || engine.age_tiers()).await?;
     Ok(Json(report))
+}
+
+/// The pull worker, or a 404 naming the setting that enables it.
+fn pull_worker(state: &AppState) -> Result<Arc<memhub_ingest::PullWorker>, Error> {
+    state.ingest.clone().ok_or_else(|| {
+        Error::new(
+            ErrorCode::NotFound,
+            "the pull ingestion worker is off: set [ingest.bucket] url (or MEMHUB_INGEST_BUCKET)",
+        )
+    })
+}
+
+/// The pull worker's state: last poll, uploads ingested and failed (admin).
+pub async fn ingest_status(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Permission::Administer)?;
+    let worker = pull_worker(&state)?;
+    let status = blocking(move || worker.status().map_err(Error::storage)).await?;
+    Ok(Json(status))
+}
+
+/// Poll the ingest bucket now (admin); the worker also polls every `interval_seconds`.
+pub async fn run_ingest(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<impl IntoResponse> {
+    caller.require(Permission::Administer)?;
+    Ok(Json(pull_worker(&state)?.poll().await))
 }
 
 /// `GET /v1/audit` parameters.

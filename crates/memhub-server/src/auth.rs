@@ -318,6 +318,8 @@ fn action_for(method: &Method, path: &str) -> Option<&'static str> {
         ("PUT", "/v1/retention") => "retention.set",
         ("POST", "/v1/erase") => "erase",
         ("POST", "/v1/tiers/run") => "tiers.run",
+        ("GET", "/v1/ingest/status") => "ingest.status",
+        ("POST", "/v1/ingest/run") => "ingest.run",
         ("GET", "/v1/audit") => "audit.query",
         _ => return None,
     })

@@ -34,6 +34,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub engine: EngineConfig,
     pub embedder: EmbedderConfig,
+    /// The pull ingestion worker (`[ingest]`; off without a bucket).
+    pub ingest: memhub_ingest::IngestConfig,
 }
 
 /// Which server-side embedder to run.
@@ -89,6 +91,7 @@ impl Default for Config {
             purge_interval_seconds: 60,
             audit: true,
             auth: AuthConfig::default(),
+            ingest: memhub_ingest::IngestConfig::default(),
             engine: EngineConfig::default(),
             embedder: EmbedderConfig::default(),
         }
@@ -180,6 +183,12 @@ impl Config {
         }
         if let Some(v) = env_value("MEMHUB_AUDIT", &get)? {
             self.audit = v;
+        }
+        if let Some(v) = get("MEMHUB_INGEST_BUCKET") {
+            self.ingest.bucket.get_or_insert_with(Default::default).url = v;
+        }
+        if let Some(v) = get("MEMHUB_COLD_BUCKET") {
+            self.engine.tiers.cold.get_or_insert_with(Default::default).url = v;
         }
         if let Some(v) = env_value("MEMHUB_PURGE_INTERVAL_SECONDS", &get)? {
             self.purge_interval_seconds = v;

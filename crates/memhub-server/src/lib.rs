@@ -30,6 +30,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub guard: Arc<auth::Guard>,
     pub mcp: mcp::McpService,
+    /// The pull ingestion worker, when `[ingest]` names a bucket.
+    pub ingest: Option<Arc<memhub_ingest::PullWorker>>,
 }
 
 /// The audit log's file in a data dir.
@@ -63,7 +65,10 @@ impl AppState {
         let hosts = config.allowed_hosts();
         let guard = Arc::new(auth::Guard::new(required, keys, jwt, audit.clone(), &config.auth, &hosts));
         let mcp = mcp::http_service(engine.clone(), audit, &hosts, config.max_body_bytes);
-        Ok(AppState { engine, config: Arc::new(config), guard, mcp })
+        let ingest = memhub_ingest::PullWorker::open(engine.clone(), config.ingest.clone(), &config.data_dir)
+            .map_err(|e| Error::new(ErrorCode::InvalidField, format!("ingest: {e}")))?
+            .map(Arc::new);
+        Ok(AppState { engine, config: Arc::new(config), guard, mcp, ingest })
     }
 
     /// The context MCP tools run in for `caller`.
@@ -139,6 +144,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/retention", get(admin::get_retention).put(admin::set_retention))
         .route("/v1/erase", post(admin::erase))
         .route("/v1/tiers/run", post(admin::run_tiers))
+        .route("/v1/ingest/status", get(admin::ingest_status))
+        .route("/v1/ingest/run", post(admin::run_ingest))
         .route("/v1/audit", get(admin::query_audit))
         .route("/status", get(status))
         .route("/health", get(health))
@@ -188,6 +195,7 @@ pub async fn serve(
     let engine = state.engine.clone();
     let audit = state.guard.audit.clone();
     let purge = spawn_job("purge", engine.clone(), state.config.purge_interval_seconds, Engine::purge_expired);
+    let pull = state.ingest.clone().map(|w| w.spawn());
     let aging = spawn_job("tiers", engine.clone(), engine.config().tiers.interval_seconds, Engine::age_tiers);
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     // Without TCP_NODELAY a small answer can wait ~40 ms for the client's delayed ACK.
@@ -199,6 +207,9 @@ pub async fn serve(
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     purge.abort();
     aging.abort();
+    if let Some(p) = pull {
+        p.abort();
+    }
     audit.flush();
     if let Err(e) = tokio::task::spawn_blocking(move || engine.checkpoint()).await.unwrap_or(Ok(())) {
         tracing::warn!(error = %e, "checkpoint on shutdown failed");

@@ -1,0 +1,220 @@
+//! The ledger (`ingest.db` in the data dir): which uploads were ingested (key +
+//! ETag + size), which failed and when to retry, and a hash of every row written,
+//! so a re-read upload writes only new or changed rows.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS uploads (
+    key TEXT PRIMARY KEY,
+    system_id TEXT NOT NULL,
+    layout TEXT NOT NULL,
+    etag TEXT,
+    size INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    next_attempt_at INTEGER,
+    rows_read INTEGER NOT NULL DEFAULT 0,
+    rows_written INTEGER NOT NULL DEFAULT 0,
+    rows_refused INTEGER NOT NULL DEFAULT 0,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS row_hashes (
+    system_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    row_id TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (system_id, source, row_id)
+);
+";
+
+/// What the ledger knows of one upload (`GET /v1/ingest/status`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UploadStatus {
+    pub key: String,
+    pub system_id: String,
+    pub layout: String,
+    /// `done` or `failed` (failed ones are retried with backoff).
+    pub state: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    pub rows_read: u64,
+    pub rows_written: u64,
+    /// Rows the engine refused (invalid), counted, not retried.
+    pub rows_refused: u64,
+    pub updated_at: String,
+}
+
+/// An upload's outcome to record.
+pub struct Outcome<'a> {
+    pub key: &'a str,
+    pub system_id: &'a str,
+    pub layout: &'a str,
+    pub etag: Option<&'a str>,
+    pub size: u64,
+}
+
+pub struct Ledger {
+    conn: Mutex<Connection>,
+}
+
+fn err(e: rusqlite::Error) -> String {
+    format!("ingest ledger: {e}")
+}
+
+impl Ledger {
+    pub fn open(path: &Path) -> Result<Ledger, String> {
+        let conn = Connection::open(path).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Ledger { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether an upload needs work at `now`: never seen, changed since it was
+    /// ingested (another ETag or size), or failed and due for a retry.
+    pub fn needs_work(&self, key: &str, etag: Option<&str>, size: u64, now: i64) -> Result<bool, String> {
+        let found: Option<(Option<String>, i64, String, Option<i64>)> = self
+            .conn()
+            .query_row("SELECT etag, size, state, next_attempt_at FROM uploads WHERE key = ?1", params![key], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+            .map_err(err)?;
+        Ok(match found {
+            None => true,
+            Some((e, s, _, _)) if e.as_deref() != etag || s as u64 != size => true,
+            Some((_, _, state, next)) => state == "failed" && next.is_none_or(|t| t <= now),
+        })
+    }
+
+    /// Record a finished upload.
+    pub fn done(&self, o: &Outcome<'_>, d: &crate::worker::Ingested, now: i64) -> Result<(), String> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO uploads (key, system_id, layout, etag, size, state, attempts, last_error, \
+                 next_attempt_at, rows_read, rows_written, rows_refused, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'done', 0, ?6, NULL, ?7, ?8, ?9, ?10)",
+                params![
+                    o.key,
+                    o.system_id,
+                    o.layout,
+                    o.etag,
+                    o.size as i64,
+                    d.first_refusal,
+                    d.rows_read as i64,
+                    d.rows_written as i64,
+                    d.rows_refused as i64,
+                    now
+                ],
+            )
+            .map_err(err)?;
+        Ok(())
+    }
+
+    /// Record a failed attempt; the next one waits 30 s doubling per attempt, at
+    /// most `max_backoff` seconds. Returns the attempts so far.
+    pub fn failed(&self, o: &Outcome<'_>, error: &str, now: i64, max_backoff: u64) -> Result<u32, String> {
+        let conn = self.conn();
+        let attempts: u32 = conn
+            .query_row("SELECT attempts FROM uploads WHERE key = ?1 AND state = 'failed'", params![o.key], |r| r.get(0))
+            .optional()
+            .map_err(err)?
+            .unwrap_or(0)
+            + 1;
+        let wait = (30u64 << attempts.min(16)).min(max_backoff.max(1));
+        conn.execute(
+            "INSERT OR REPLACE INTO uploads (key, system_id, layout, etag, size, state, attempts, last_error, \
+             next_attempt_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, 'failed', ?6, ?7, ?8, ?9)",
+            params![
+                o.key,
+                o.system_id,
+                o.layout,
+                o.etag,
+                o.size as i64,
+                attempts,
+                error,
+                now + wait as i64 * 1_000_000,
+                now
+            ],
+        )
+        .map_err(err)?;
+        Ok(attempts)
+    }
+
+    /// The rows among `rows` (id, hash) whose hash is the one already written.
+    pub fn unchanged(&self, system_id: &str, source: &str, rows: &[(&str, &str)]) -> Result<HashSet<String>, String> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare_cached("SELECT hash FROM row_hashes WHERE system_id = ?1 AND source = ?2 AND row_id = ?3")
+            .map_err(err)?;
+        let mut same = HashSet::new();
+        for (id, hash) in rows {
+            let known: Option<String> =
+                st.query_row(params![system_id, source, id], |r| r.get(0)).optional().map_err(err)?;
+            if known.as_deref() == Some(*hash) {
+                same.insert(id.to_string());
+            }
+        }
+        Ok(same)
+    }
+
+    /// Remember rows as written (after the engine made them durable).
+    pub fn remember(&self, system_id: &str, source: &str, rows: &[(&str, &str)]) -> Result<(), String> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(err)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO row_hashes (system_id, source, row_id, hash) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(err)?;
+            for (id, hash) in rows {
+                st.execute(params![system_id, source, id, hash]).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Every upload, most recently updated first (at most `limit`).
+    pub fn uploads(&self, limit: usize) -> Result<Vec<UploadStatus>, String> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT key, system_id, layout, state, attempts, last_error, next_attempt_at, rows_read, rows_written, \
+                 rows_refused, updated_at FROM uploads ORDER BY updated_at DESC, key LIMIT ?1",
+            )
+            .map_err(err)?;
+        let time = |t: i64| memhub_types::time::format_micros(t);
+        let rows = st
+            .query_map(params![limit as i64], |r| {
+                Ok(UploadStatus {
+                    key: r.get(0)?,
+                    system_id: r.get(1)?,
+                    layout: r.get(2)?,
+                    state: r.get(3)?,
+                    attempts: r.get(4)?,
+                    last_error: r.get(5)?,
+                    next_attempt_at: r.get::<_, Option<i64>>(6)?.map(time),
+                    rows_read: r.get::<_, i64>(7)? as u64,
+                    rows_written: r.get::<_, i64>(8)? as u64,
+                    rows_refused: r.get::<_, i64>(9)? as u64,
+                    updated_at: time(r.get(10)?),
+                })
+            })
+            .map_err(err)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)
+    }
+}

@@ -1,0 +1,48 @@
+//! The pull ingestion worker: systems upload their memory databases to a bucket
+//! (S3, R2, GCS, Azure, a local directory) and the hub collects them.
+//!
+//! Each poll lists the bucket's `root` prefix, finds uploads in the three accepted
+//! layouts ([`layout`]), skips those the [`ledger::Ledger`] has already taken at the
+//! same ETag and size, and ingests the rest a few at a time: each file is streamed
+//! to a temporary file (never whole in memory), decompressed by its magic bytes
+//! ([`decode`]), read into rows, and only rows whose content hash changed since the
+//! last ingest are written, through the engine's batch write
+//! (`ingestion_method = cloud_pull`). One upload's failure never blocks another;
+//! failed uploads are retried with exponential backoff and listed in the status.
+
+pub mod akosha;
+pub mod decode;
+pub mod layout;
+pub mod ledger;
+pub mod worker;
+
+pub use worker::{IngestConfig, IngestStatus, PollReport, PullWorker};
+
+use memhub_types::NewMemory;
+
+/// Where a row came from inside an upload (rows are remembered per source).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Akosha,
+    Conversations,
+    Reflections,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Akosha => "akosha",
+            Source::Conversations => "conversations",
+            Source::Reflections => "reflections",
+        }
+    }
+}
+
+/// One row of an upload, mapped to a memory, with a hash of its source data.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub source: Source,
+    pub row_id: String,
+    pub hash: String,
+    pub memory: NewMemory,
+}

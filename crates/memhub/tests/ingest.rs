@@ -1,0 +1,142 @@
+//! The pull ingestion worker end to end: systems' uploads in a bucket (a local
+//! directory here) are found, decompressed by magic bytes, ingested once, re-read
+//! only when they change (writing only changed rows), and failures are retried and
+//! visible in `GET /v1/ingest/status` without blocking other uploads.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+
+use common::{Http, Server};
+use serde_json::{json, Value};
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+fn put(bucket: &Path, key: &str, bytes: &[u8]) {
+    let p = bucket.join(key);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, bytes).unwrap();
+}
+
+/// An Akosha upload: a manifest and `memories.json` compressed as `format` says.
+fn akosha_upload(bucket: &Path, system: &str, upload: &str, conversations: &[Value], format: Option<&str>) {
+    let body = serde_json::to_vec(&json!({ "conversations": conversations })).unwrap();
+    let data = match format {
+        Some("gzip") => gzip(&body),
+        Some("zstd") => zstd::encode_all(&body[..], 3).unwrap(),
+        _ => body,
+    };
+    let dir = format!("systems/{system}/{upload}");
+    put(bucket, &format!("{dir}/memories.json"), &data);
+    let manifest = json!({"uploaded_at": "2026-11-21T10:15:00Z", "conversation_count": conversations.len(), "version": "1.0",
+        "compressed": format.is_some(), "compression_format": format, "files": ["memories.json"]});
+    put(bucket, &format!("{dir}/manifest.json"), &serde_json::to_vec(&manifest).unwrap());
+}
+
+fn conversation(id: &str, content: &str) -> Value {
+    json!({"id": id, "content": content, "embedding": null, "timestamp": "2026-11-20T09:00:00",
+           "source": "claude-code", "metadata": {"project": "falcon", "user_id": "ann"}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_ingested_once_and_only_changed_rows_are_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, bucket) = (dir.path().join("data"), dir.path().join("bucket"));
+    std::fs::create_dir_all(&bucket).unwrap();
+    let config = data.join("memhub.toml");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        &config,
+        format!("[ingest]\ninterval_seconds = 3600\n[ingest.bucket]\nurl = \"file://{}\"\n", bucket.display()),
+    )
+    .unwrap();
+    // The worker polls once at start: let it see the empty bucket first.
+    let server = Server::start_in(&data, &[("MEMHUB_CONFIG", config.to_str().unwrap())]);
+    let http = Http::new(&server);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while http.get("/v1/ingest/status").await.1["last_poll_at"].is_null() {
+        assert!(std::time::Instant::now() < deadline, "the worker never polled");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let a: Vec<Value> =
+        (0..3).map(|i| conversation(&format!("a{i}"), &format!("osprey deploy note {i} ünïcode"))).collect();
+    akosha_upload(&bucket, "mac.local", "20261121_101500_mac.local", &a, Some("gzip"));
+    let b: Vec<Value> = (0..2).map(|i| conversation(&format!("b{i}"), &format!("osprey review {i}"))).collect();
+    akosha_upload(&bucket, "host-2", "u1", &b, Some("zstd"));
+    // Broken: the manifest says gzip, the file is plain. Must fail alone.
+    akosha_upload(&bucket, "broken", "u1", &[conversation("x", "never")], None);
+    let manifest = bucket.join("systems/broken/u1/manifest.json");
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    m["compressed"] = json!(true);
+    m["compression_format"] = json!("gzip");
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    // A system id with a space is refused with a clear error.
+    akosha_upload(&bucket, "bad host", "u1", &[conversation("y", "never")], None);
+
+    let (status, report) = http.post("/v1/ingest/run", &json!({})).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        (report["ingested"].as_u64(), report["failed"].as_u64(), report["rows_written"].as_u64()),
+        (Some(2), Some(1), Some(5)),
+        "{report}"
+    );
+    assert_eq!(report["refused"].as_array().unwrap().len(), 1, "{report}");
+    assert!(report["refused"][0].as_str().unwrap().contains("bad host"), "{report}");
+
+    let (_, found) =
+        http.post("/v1/search", &json!({"query": "osprey deploy note 1", "limit": 1, "system_id": "mac.local"})).await;
+    let hit = &found["results"][0];
+    assert_eq!(hit["memory_id"], "a1", "{found}");
+    assert_eq!((hit["kind"].as_str(), hit["ingestion_method"].as_str()), (Some("conversation"), Some("cloud_pull")));
+    assert_eq!((hit["user_id"].as_str(), hit["project"].as_str()), (Some("ann"), Some("falcon")));
+    assert_eq!(hit["metadata"]["source"], "claude-code");
+    assert_eq!(hit["content"], "osprey deploy note 1 ünïcode");
+
+    // Nothing changed: nothing is read again.
+    let (_, again) = http.post("/v1/ingest/run", &json!({})).await;
+    assert_eq!((again["ingested"].as_u64(), again["rows_written"].as_u64()), (Some(0), Some(0)), "{again}");
+
+    // The upload is rewritten with one changed row and one new row: two writes only.
+    let mut a2 = a.clone();
+    a2[2] = conversation("a2", "osprey deploy note 2, corrected");
+    a2.push(conversation("a3", "osprey deploy note 3"));
+    akosha_upload(&bucket, "mac.local", "20261121_101500_mac.local", &a2, Some("gzip"));
+    let (_, changed) = http.post("/v1/ingest/run", &json!({})).await;
+    assert_eq!((changed["ingested"].as_u64(), changed["rows_written"].as_u64()), (Some(1), Some(2)), "{changed}");
+    let (_, a2_now) = http.get("/v1/memories?system_id=mac.local&limit=10").await;
+    let versions: Vec<(String, u64)> = a2_now["memories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["memory_id"].as_str().unwrap().to_string(), m["version"].as_u64().unwrap()))
+        .collect();
+    let mut versions = versions;
+    versions.sort();
+    assert_eq!(versions, vec![("a0".into(), 1), ("a1".into(), 1), ("a2".into(), 2), ("a3".into(), 1)]);
+
+    // The failure is visible, with its reason and a retry time; the others are done.
+    let (_, status) = http.get("/v1/ingest/status").await;
+    let uploads = status["uploads"].as_array().unwrap();
+    let broken = uploads.iter().find(|u| u["system_id"] == "broken").expect("listed");
+    assert_eq!((broken["state"].as_str(), broken["attempts"].as_u64()), (Some("failed"), Some(1)), "{status}");
+    assert!(broken["last_error"].as_str().unwrap().contains("Gzip"), "{status}");
+    assert!(broken["next_attempt_at"].is_string());
+    assert_eq!(status["failed"], 1);
+    assert_eq!(uploads.iter().filter(|u| u["state"] == "done").count(), 2, "{status}");
+    assert!(status["bucket"].as_str().unwrap().starts_with("file://"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_routes_say_how_to_turn_the_worker_on() {
+    let server = Server::start();
+    let http = Http::new(&server);
+    let (status, body) = http.get("/v1/ingest/status").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.to_string().contains("MEMHUB_INGEST_BUCKET"), "{body}");
+}
