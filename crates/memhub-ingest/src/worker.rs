@@ -216,8 +216,8 @@ impl PullWorker {
             }
             Layout::Seed | Layout::SessionBuddy => {
                 return Err(format!(
-                    "{:?} uploads (reflection.duckdb) need DuckDB: this memhub was built without the `duckdb` \
-                     feature; rebuild with `--features duckdb`",
+                    "{:?} uploads (reflection.duckdb) are not readable by this memhub yet: the DuckDB reader is \
+                     not implemented; the upload is kept and retried, so a build that reads it will ingest it",
                     u.layout
                 ))
             }
