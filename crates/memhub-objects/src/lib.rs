@@ -374,6 +374,26 @@ mod tests {
     }
 
     #[test]
+    fn a_file_uploads_in_parts_and_streams_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BucketConfig { url: format!("file://{}/b", dir.path().display()), ..Default::default() };
+        let b = BlockingBucket::open(&config).unwrap();
+        let src = dir.path().join("big.bin");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src, &data).unwrap();
+        let mut progress = Vec::new();
+        let sent =
+            b.runtime.block_on(b.bucket().put_file("up/big.bin", &src, 32 * 1024, |n| progress.push(n))).unwrap();
+        assert_eq!(sent, data.len() as u64);
+        assert_eq!(progress, vec![32768, 32768, 32768, 1696], "four parts, the last one short");
+        let back = dir.path().join("back.bin");
+        assert_eq!(b.runtime.block_on(b.bucket().get_to_file("up/big.bin", &back)).unwrap(), data.len() as u64);
+        assert_eq!(std::fs::read(&back).unwrap(), data);
+        let missing = b.runtime.block_on(b.bucket().put_file("x", &dir.path().join("nope"), 1024, |_| {}));
+        assert!(missing.is_err(), "a missing source file is an error, not an empty object");
+    }
+
+    #[test]
     fn credentials_never_appear_in_names_or_errors() {
         let config = BucketConfig {
             url: "s3://user:hunter2@bucket/p".into(),
