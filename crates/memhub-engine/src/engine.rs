@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::embedding::EmbeddingQueue;
 use crate::index::filters::content_key;
+use crate::index::pending::dot;
 use crate::index::{normalized, query_terms, DocId, IndexSizes, Indexes};
 use crate::prepare::{self, check_attributes, check_content, check_embedding, check_tags, same_revision, Prepared};
 use crate::store::{self, storage, OpenMode, Store, MEMORY_COLUMNS};
@@ -154,6 +155,16 @@ pub const DEFAULT_SEMANTIC_RATIO: f32 = 0.3;
 
 /// The reciprocal-rank-fusion constant (Cormack et al.: 60).
 const RRF_K: f32 = 60.0;
+
+/// One retriever's hits from the indexes and the cold scan merged by score `(key,
+/// score, similarity)`, best `n` first: `(key, similarity, rank)`.
+fn ranked(hits: impl Iterator<Item = (Key, f32, f32)>, n: usize) -> Vec<(Key, f32, usize)> {
+    let mut hits: Vec<(Key, f32, f32)> = hits.collect();
+    hits.sort_by(|a, b| b.1.total_cmp(&a.1));
+    hits.truncate(n);
+    let ranks = competition_ranks(hits.iter().map(|h| h.1));
+    hits.into_iter().zip(ranks).map(|((key, _, similarity), rank)| (key, similarity, rank)).collect()
+}
 
 /// 1-based ranks of scores sorted best first, equal scores sharing a rank
 /// ("1224" ranking), so ties in one retriever do not decide the fused order.
@@ -522,19 +533,17 @@ impl Engine {
         Ok(results.into_iter().map(|r| r.expect("every item has a result")).collect())
     }
 
-    /// Whether `m` is older than its kind's retention at `now`.
-    fn past_retention(&self, m: &Memory, now: i64) -> bool {
+    /// Whether a memory of this tenant, system and kind created at `created_at` is
+    /// older than its kind's retention at `now`.
+    pub(crate) fn past_retention(&self, tenant: &str, system_id: &str, kind: &str, created_at: i64, now: i64) -> bool {
         let state = self.indexes.read();
-        state
-            .filters
-            .retention()
-            .iter()
-            .any(|p| p.covers(&m.tenant, &m.system_id, &m.kind) && m.created_at < p.cutoff(now))
+        state.filters.retention().iter().any(|p| p.covers(tenant, system_id, kind) && created_at < p.cutoff(now))
     }
 
     /// Whether `m` is past its `expires_at` or its kind's retention at `now`.
     fn expired(&self, m: &Memory, now: i64) -> bool {
-        m.expires_at.is_some_and(|t| t <= now) || self.past_retention(m, now)
+        m.expires_at.is_some_and(|t| t <= now)
+            || self.past_retention(&m.tenant, &m.system_id, &m.kind, m.created_at, now)
     }
 
     pub(crate) fn visible(&self, scope: &Scope, m: &Memory, now: i64) -> bool {
@@ -771,30 +780,19 @@ impl Engine {
             });
             if let Some(hits) = text_hits? {
                 let w = if use_vector { 1.0 - ratio } else { 1.0 };
-                let mut hits: Vec<(Key, f32, f32)> =
-                    hits.into_iter().map(|h| (Key::Doc(h.id), h.bm25, h.coverage)).collect();
-                hits.extend(
-                    cold_hits
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, h)| h.bm25 > 0.0)
-                        .map(|(i, h)| (Key::Cold(i), h.bm25, h.coverage)),
-                );
-                hits.sort_by(|a, b| b.1.total_cmp(&a.1));
-                hits.truncate(candidates);
-                let ranks = competition_ranks(hits.iter().map(|h| h.1));
-                for ((key, _, coverage), rank) in hits.into_iter().zip(ranks) {
+                let hot = hits.into_iter().map(|h| (Key::Doc(h.id), h.bm25, h.coverage));
+                let cold = cold_hits.iter().enumerate().filter(|(_, h)| h.bm25 > 0.0);
+                for (key, coverage, rank) in
+                    ranked(hot.chain(cold.map(|(i, h)| (Key::Cold(i), h.bm25, h.coverage))), candidates)
+                {
                     add(key, rank, w, coverage, "text");
                 }
             }
             if let Some(hits) = vector_hits? {
                 let w = if use_text { ratio } else { 1.0 };
-                let mut hits: Vec<(Key, f32)> = hits.into_iter().map(|(id, cos)| (Key::Doc(id), cos)).collect();
-                hits.extend(cold_hits.iter().enumerate().filter_map(|(i, h)| h.cosine.map(|c| (Key::Cold(i), c))));
-                hits.sort_by(|a, b| b.1.total_cmp(&a.1));
-                hits.truncate(candidates);
-                let ranks = competition_ranks(hits.iter().map(|h| h.1));
-                for ((key, cos), rank) in hits.into_iter().zip(ranks) {
+                let hot = hits.into_iter().map(|(id, cos)| (Key::Doc(id), cos, cos));
+                let cold = cold_hits.iter().enumerate().filter_map(|(i, h)| h.cosine.map(|c| (Key::Cold(i), c, c)));
+                for (key, cos, rank) in ranked(hot.chain(cold), candidates) {
                     add(key, rank, w, cos, "vector");
                 }
             }
@@ -803,9 +801,7 @@ impl Engine {
             if let Some(q) = query_vector.as_deref() {
                 for (key, c) in fused.iter_mut().filter(|(_, c)| !c.retrievers.contains(&"vector")) {
                     let cosine = match key {
-                        Key::Doc(id) => {
-                            self.indexes.vector(&state, *id).map(|v| v.iter().zip(q).map(|(a, b)| a * b).sum())
-                        }
+                        Key::Doc(id) => self.indexes.vector(&state, *id).map(|v| dot(&v, q)),
                         Key::Cold(i) => cold_hits[*i].cosine,
                     };
                     if let Some(cosine) = cosine {
@@ -1069,6 +1065,7 @@ impl Engine {
     /// Counts of what `scope` sees.
     pub fn stats(&self, scope: &Scope) -> Result<Stats> {
         let tenant = scope.tenant.as_str();
+        let sizes = self.indexes.sizes();
         let (memories, with_embedding, by_kind, by_system) = {
             let state = self.indexes.read();
             state.filters.plan(scope, &MemoryFilter::default(), now_micros()).counts()
@@ -1083,8 +1080,8 @@ impl Engine {
             entities: None,
             relations: None,
             store_bytes: 0,
-            index: self.indexes.sizes(),
-            tiers: self.tier_stats(scope)?,
+            tiers: self.tier_stats(scope, &sizes)?,
+            index: sizes,
         };
         let count =
             |sql: &str| self.store.read(|c| c.query_row(sql, params![tenant], |r| r.get::<_, i64>(0)).map_err(storage));
@@ -1198,9 +1195,11 @@ impl Engine {
         let seqs: Vec<i64> =
             self.indexes.read().filters.expired(now, expired_before).into_iter().map(i64::from).collect();
         // The same rule as `FilterTable::expired`, checked again in the deleting transaction.
-        let rule = |m: &Memory| m.expires_at.is_some_and(|t| t <= expired_before) || self.past_retention(m, now);
-        let mut removed = self.remove_where(&seqs, rule)?;
-        removed.memories += self.remove_cold(None, rule)?;
+        let mut removed = self.remove_where(&seqs, |m| {
+            m.expires_at.is_some_and(|t| t <= expired_before)
+                || self.past_retention(&m.tenant, &m.system_id, &m.kind, m.created_at, now)
+        })?;
+        removed.memories += self.purge_cold(now, expired_before)?;
         if removed == Removed::default() {
             return Ok(removed);
         }
@@ -1223,7 +1222,7 @@ impl Engine {
         };
         let mut removed = self.remove_where(&seqs, |m| scope.permits(m))?;
         // Cold files holding matches are rewritten without them (and the old objects deleted).
-        removed.memories += self.remove_cold(Some(scope), |m| filter.matches(m))?;
+        removed.memories += self.erase_cold(scope, filter)?;
         self.compact()?;
         Ok(removed)
     }

@@ -113,6 +113,7 @@ CREATE TABLE IF NOT EXISTS cold_memories (
     kind TEXT NOT NULL,
     user_id TEXT,
     created_at INTEGER NOT NULL,
+    expires_at INTEGER,
     file TEXT NOT NULL,
     UNIQUE (tenant, system_id, memory_id)
 );
@@ -220,14 +221,19 @@ pub(crate) fn memory_from_row(row: &Row<'_>, o: usize) -> rusqlite::Result<Memor
 
 /// Bring a store made by an older memhub up to [`SCHEMA`] (columns added since).
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    for table in ["memories", "memory_history"] {
-        let has_tier: bool = conn.query_row(
-            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = 'tier'"),
+    const ADDED: [(&str, &str, &str); 3] = [
+        ("memories", "tier", "TEXT NOT NULL DEFAULT 'hot'"),
+        ("memory_history", "tier", "TEXT NOT NULL DEFAULT 'hot'"),
+        ("cold_memories", "expires_at", "INTEGER"),
+    ];
+    for (table, column, declaration) in ADDED {
+        let present: bool = conn.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = '{column}'"),
             [],
             |r| r.get(0),
         )?;
-        if !has_tier {
-            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN tier TEXT NOT NULL DEFAULT 'hot'"))?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {declaration}"))?;
         }
     }
     Ok(())

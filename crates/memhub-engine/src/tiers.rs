@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::engine::Engine;
-use crate::index::doc_id;
+use crate::index::IndexSizes;
 use crate::store::{self, storage};
 
 const DAY_MICROS: f64 = 86_400.0 * 1e6;
@@ -150,31 +150,35 @@ fn object_error(e: ObjectError) -> Error {
     Error::new(ErrorCode::ObjectStoreUnavailable, e.to_string())
 }
 
-/// A partition value as a path segment: `[A-Za-z0-9._-]` as is, the rest %-encoded.
+/// A partition value as a path segment: `[A-Za-z0-9._-]` as is, the rest %-encoded
+/// (and `.` / `..` entirely, so a value never names a directory step).
 fn partition_value(s: &str) -> String {
+    let dots_only = s == "." || s == "..";
     let mut out = String::new();
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' if !(s == "." || s == "..") => {
-                out.push(b as char)
-            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' if !dots_only => out.push(b as char),
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
     out
 }
 
-/// The object key of a new cold file for a partition.
-fn cold_key(tenant: &str, system_id: &str, created_at: i64) -> String {
-    let t = chrono::DateTime::from_timestamp_micros(created_at).unwrap_or_default();
+/// The partition (folder) of a memory's cold file.
+fn partition(m: &Memory) -> String {
+    let t = chrono::DateTime::from_timestamp_micros(m.created_at).unwrap_or_default();
     format!(
-        "tenant={}/system_id={}/year={}/month={:02}/part-{}.parquet",
-        partition_value(tenant),
-        partition_value(system_id),
+        "tenant={}/system_id={}/year={}/month={:02}",
+        partition_value(&m.tenant),
+        partition_value(&m.system_id),
         chrono::Datelike::year(&t),
         chrono::Datelike::month(&t),
-        Uuid::now_v7()
     )
+}
+
+/// The object key of a new cold file in the partition of `first`.
+fn cold_key(first: &Memory) -> String {
+    format!("{}/part-{}.parquet", partition(first), Uuid::now_v7())
 }
 
 impl ColdTier {
@@ -248,13 +252,23 @@ fn catalog_file(tx: &Transaction<'_>, key: &str, memories: &[Memory], bytes: u64
     .map_err(storage)?;
     let mut st = tx
         .prepare_cached(
-            "INSERT OR REPLACE INTO cold_memories (id, tenant, system_id, memory_id, kind, user_id, created_at, file) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT OR REPLACE INTO cold_memories (id, tenant, system_id, memory_id, kind, user_id, created_at, \
+             expires_at, file) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .map_err(storage)?;
     for m in memories {
-        st.execute(params![m.id.to_string(), m.tenant, m.system_id, m.memory_id, m.kind, m.user_id, m.created_at, key])
-            .map_err(storage)?;
+        st.execute(params![
+            m.id.to_string(),
+            m.tenant,
+            m.system_id,
+            m.memory_id,
+            m.kind,
+            m.user_id,
+            m.created_at,
+            m.expires_at,
+            key
+        ])
+        .map_err(storage)?;
     }
     Ok(())
 }
@@ -286,45 +300,30 @@ impl Engine {
     /// [`Engine::age_tiers`] with an explicit clock (tests and benchmarks).
     pub fn age_tiers_at(&self, now: i64) -> Result<TierReport> {
         let mut report = TierReport::default();
-        let (to_warm, to_cold): (Vec<i64>, Vec<(i64, String, String)>) = {
+        // A hot memory old enough for cold is listed for both moves; `freeze` takes
+        // only those that are warm by then.
+        let mut to_warm = Vec::new();
+        let mut to_cold: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
+        {
             let state = self.indexes().read();
-            let mut warm = Vec::new();
-            let mut cold = Vec::new();
             for (id, d) in state.filters.docs() {
                 let (tenant, system, kind) = state.filters.names(id);
-                match (d.tier, self.tiers().tier_for(kind, d.created_at, now)) {
-                    (Tier::Hot, Tier::Warm | Tier::Cold) => warm.push(i64::from(id)),
-                    (Tier::Warm, Tier::Cold) => cold.push((i64::from(id), tenant.to_string(), system.to_string())),
-                    _ => {}
+                let target = self.tiers().tier_for(kind, d.created_at, now);
+                if d.tier == Tier::Hot && target != Tier::Hot {
+                    to_warm.push(i64::from(id));
+                }
+                if target == Tier::Cold {
+                    to_cold.entry((tenant.to_string(), system.to_string())).or_default().push(i64::from(id));
                 }
             }
-            (warm, cold)
-        };
+        }
         for chunk in to_warm.chunks(1000) {
             report.to_warm += self.move_between(chunk, Tier::Hot, Tier::Warm)?;
         }
         if let Some(cold) = self.cold() {
             let _moving = cold.guard();
             report.orphans_removed = self.sweep_orphans(cold)?;
-            // Memories just moved to warm may be old enough for cold too.
-            let mut to_cold = to_cold;
-            if report.to_warm > 0 {
-                let state = self.indexes().read();
-                for seq in &to_warm {
-                    let Ok(id) = doc_id(*seq) else { continue };
-                    if let Some(d) = state.filters.get(id) {
-                        let (tenant, system, kind) = state.filters.names(id);
-                        if d.tier == Tier::Warm && self.tiers().tier_for(kind, d.created_at, now) == Tier::Cold {
-                            to_cold.push((*seq, tenant.to_string(), system.to_string()));
-                        }
-                    }
-                }
-            }
-            let mut groups: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
-            for (seq, tenant, system) in to_cold {
-                groups.entry((tenant, system)).or_default().push(seq);
-            }
-            for seqs in groups.into_values() {
+            for seqs in to_cold.into_values() {
                 for chunk in seqs.chunks(self.tiers().file_rows) {
                     let (moved, files) = self.freeze(cold, chunk)?;
                     report.to_cold += moved;
@@ -375,15 +374,13 @@ impl Engine {
         let mut months: BTreeMap<String, Vec<(i64, Memory)>> = BTreeMap::new();
         for (seq, mut m) in loaded {
             m.tier = Tier::Cold;
-            let key = cold_key(&m.tenant, &m.system_id, m.created_at);
-            let partition = key.rsplit_once('/').map_or(key.clone(), |(p, _)| p.to_string());
-            months.entry(partition).or_default().push((seq, m));
+            months.entry(partition(&m)).or_default().push((seq, m));
         }
         let (mut moved, mut files) = (0, 0);
         for mut group in months.into_values() {
             group.sort_by_key(|(_, m)| m.created_at);
             let memories: Vec<Memory> = group.iter().map(|(_, m)| m.clone()).collect();
-            let key = cold_key(&memories[0].tenant, &memories[0].system_id, memories[0].created_at);
+            let key = cold_key(&memories[0]);
             let bytes = cold.write(&key, &memories)?;
             let committed = self.store().write_then(
                 |tx| {
@@ -460,7 +457,7 @@ impl Engine {
             let (out, kept): (Vec<Memory>, Vec<Memory>) = memories.iter().cloned().partition(|m| ids.contains(&m.id));
             let replacement = match kept.first() {
                 Some(first) => {
-                    let key = cold_key(&first.tenant, &first.system_id, first.created_at);
+                    let key = cold_key(first);
                     let bytes = cold.write(&key, &kept)?;
                     Some((key, bytes))
                 }
@@ -534,15 +531,45 @@ impl Engine {
         Ok(!self.take_cold(cold, &[*id], Taken::Restore)?.is_empty())
     }
 
-    /// Remove cold memories of `scope` that `keep_out` selects (purge, erasure), with
-    /// their history. Returns how many.
-    pub(crate) fn remove_cold(&self, scope: Option<&Scope>, select: impl Fn(&Memory) -> bool) -> Result<usize> {
+    /// Remove cold memories (any tenant) past their `expires_at` (at or before
+    /// `expired_before`) or their kind's retention at `now`, with their history.
+    /// Chosen from the catalog: no file is read unless it holds one.
+    pub(crate) fn purge_cold(&self, now: i64, expired_before: i64) -> Result<usize> {
         let Some(cold) = self.cold() else { return Ok(0) };
         let _moving = cold.guard();
-        let files = self.cold_files(scope.map(|s| s.tenant.as_str()), &MemoryFilter::default(), None)?;
+        let ids: Vec<Uuid> = self.store().read(|c| {
+            let mut st = c
+                .prepare("SELECT id, tenant, system_id, kind, created_at, expires_at FROM cold_memories")
+                .map_err(storage)?;
+            let mut rows = st.query([]).map_err(storage)?;
+            let mut ids = Vec::new();
+            while let Some(r) = rows.next().map_err(storage)? {
+                let get = |i: usize| r.get::<_, String>(i).map_err(storage);
+                let (created_at, expires_at): (i64, Option<i64>) =
+                    (r.get(4).map_err(storage)?, r.get(5).map_err(storage)?);
+                if expires_at.is_some_and(|t| t <= expired_before)
+                    || self.past_retention(&get(1)?, &get(2)?, &get(3)?, created_at, now)
+                {
+                    ids.extend(Uuid::parse_str(&get(0)?).ok());
+                }
+            }
+            Ok(ids)
+        })?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        Ok(self.take_cold(cold, &ids, Taken::Discard)?.len())
+    }
+
+    /// Remove cold memories of `scope` matching `filter` (expired ones included), with
+    /// their history: the files the filter allows are read, matches taken out.
+    pub(crate) fn erase_cold(&self, scope: &Scope, filter: &MemoryFilter) -> Result<usize> {
+        let Some(cold) = self.cold() else { return Ok(0) };
+        let _moving = cold.guard();
+        let files = self.cold_files(Some(&scope.tenant), filter, scope.systems.as_deref())?;
         let mut ids = Vec::new();
         for (_, memories) in cold.read(&files)? {
-            ids.extend(memories.iter().filter(|m| scope.is_none_or(|s| s.permits(m)) && select(m)).map(|m| m.id));
+            ids.extend(memories.iter().filter(|m| scope.permits(m) && filter.matches(m)).map(|m| m.id));
         }
         Ok(self.take_cold(cold, &ids, Taken::Discard)?.len())
     }
@@ -646,10 +673,9 @@ impl Engine {
     }
 
     /// Counts and bytes per tier for `scope`.
-    pub(crate) fn tier_stats(&self, scope: &Scope) -> Result<BTreeMap<Tier, TierStats>> {
+    pub(crate) fn tier_stats(&self, scope: &Scope, sizes: &IndexSizes) -> Result<BTreeMap<Tier, TierStats>> {
         let now = now_micros();
         let mut out = BTreeMap::new();
-        let sizes = self.indexes().sizes();
         {
             let state = self.indexes().read();
             for (tier, bytes) in [(Tier::Hot, sizes.hot_graph_bytes), (Tier::Warm, sizes.warm_graph_bytes)] {
@@ -746,8 +772,7 @@ pub(crate) fn score_cold(
             }
             let cosine = query.and_then(|q| {
                 let v = memory.embedding.as_deref().filter(|_| memory.embedding_model.as_deref() == Some(model))?;
-                let v = crate::index::normalized(v)?;
-                Some(v.iter().zip(q).map(|(a, b)| a * b).sum())
+                Some(crate::index::pending::dot(&crate::index::normalized(v)?, q))
             });
             let coverage = if terms.is_empty() { 0.0 } else { matched as f32 / terms.len() as f32 };
             ColdHit { memory, bm25, coverage, cosine }

@@ -320,7 +320,7 @@ impl Indexes {
             // Each vector goes into the graph of the tier its memory is in now.
             let v: Vec<_> = v
                 .into_iter()
-                .map(|(id, g, v)| (id, g, v, state.filters.get(id).map_or(Tier::Hot, |d| d.tier)))
+                .map(|(id, g, v)| (id, g, v.map(|v| (v, state.filters.get(id).map_or(Tier::Hot, |d| d.tier)))))
                 .collect();
             (t, t_cp, v, v_cp)
         };
@@ -328,16 +328,14 @@ impl Indexes {
             self.text.apply(text_batch.iter().map(|(id, _, t)| (*id, t.as_ref())), text_cp.as_ref())?;
         }
         if !vector_batch.is_empty() {
-            let changes: Vec<vectors::VectorChange> =
-                vector_batch.iter().map(|(id, _, v, tier)| (*id, v.clone().map(|v| (v, *tier)))).collect();
+            let changes: Vec<vectors::VectorChange> = vector_batch.iter().map(|(id, _, v)| (*id, v.clone())).collect();
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
             self.vectors.apply(&changes, threads)?;
             self.saves.lock().unwrap_or_else(|p| p.into_inner()).unsaved += vector_batch.len();
         }
         let mut state = self.write();
         state.pending_text.settle(&stamps(&text_batch));
-        let vector_stamps: Vec<(DocId, u64)> = vector_batch.iter().map(|(id, g, _, _)| (*id, *g)).collect();
-        state.pending_vectors.settle(&vector_stamps);
+        state.pending_vectors.settle(&stamps(&vector_batch));
         let more = !state.pending_text.changes().is_empty() || !state.pending_vectors.is_empty();
         Ok((more, vector_cp))
     }

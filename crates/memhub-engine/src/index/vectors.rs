@@ -73,12 +73,7 @@ impl Arena {
             self.scales.resize(len, 0.0);
             self.codes.resize(len * self.dim, 0);
         }
-        let max = v.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE);
-        let scale = max / 127.0;
-        for (c, x) in self.codes[i * self.dim..(i + 1) * self.dim].iter_mut().zip(v) {
-            *c = (x / scale).round() as i8;
-        }
-        self.scales[i] = scale;
+        self.scales[i] = quantise_i8_into(v, &mut self.codes[i * self.dim..(i + 1) * self.dim]);
         self.present.insert(id);
     }
 
@@ -130,10 +125,21 @@ const GRAPH_KINDS: [(Tier, ScalarKind); 2] = [(Tier::Hot, ScalarKind::F16), (Tie
 /// What the sidecar's `quantization` says: both graphs' formats.
 const FORMAT: &str = "hot:f16,warm:i8";
 
-/// i8 codes of `v` with its own scale: the largest component becomes ±127.
-fn quantise_i8(v: &[f32]) -> Vec<i8> {
+/// Write the i8 codes of `v` with its own scale (the largest component becomes
+/// ±127, rounded) into `codes`; returns the scale (`v[i] ≈ codes[i] * scale`).
+fn quantise_i8_into(v: &[f32], codes: &mut [i8]) -> f32 {
     let max = v.iter().fold(0f32, |m, x| m.max(x.abs())).max(f32::MIN_POSITIVE);
-    v.iter().map(|x| (x * 127.0 / max).round().clamp(-127.0, 127.0) as i8).collect()
+    for (c, x) in codes.iter_mut().zip(v) {
+        *c = (x * 127.0 / max).round().clamp(-127.0, 127.0) as i8;
+    }
+    max / 127.0
+}
+
+/// The i8 codes of `v` (see [`quantise_i8_into`]); the warm graph needs no scale.
+fn quantise_i8(v: &[f32]) -> Vec<i8> {
+    let mut codes = vec![0; v.len()];
+    quantise_i8_into(v, &mut codes);
+    codes
 }
 
 pub struct VectorIndex {
