@@ -9,8 +9,7 @@
 use memhub_objects::ObjectInfo;
 
 /// The shape of an upload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
     /// `reflection.duckdb` directly under the system.
     Seed,
@@ -18,6 +17,17 @@ pub enum Layout {
     SessionBuddy,
     /// Akosha: `manifest.json` and `memories.json` in `{upload_id}/`.
     Akosha,
+}
+
+impl Layout {
+    /// Its name in the ledger and the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::Seed => "seed",
+            Layout::SessionBuddy => "session_buddy",
+            Layout::Akosha => "akosha",
+        }
+    }
 }
 
 /// One upload to ingest.

@@ -171,7 +171,7 @@ impl PullWorker {
                     let outcome = Outcome {
                         key: &u.key,
                         system_id: &u.system_id,
-                        layout: layout_name(u.layout),
+                        layout: u.layout.as_str(),
                         etag: u.etag.as_deref(),
                         size: u.size,
                     };
@@ -246,14 +246,6 @@ impl PullWorker {
             failed: uploads.iter().filter(|u| u.state == "failed").count(),
             uploads,
         })
-    }
-}
-
-fn layout_name(l: Layout) -> &'static str {
-    match l {
-        Layout::Seed => "seed",
-        Layout::SessionBuddy => "session_buddy",
-        Layout::Akosha => "akosha",
     }
 }
 
