@@ -788,6 +788,44 @@ fn clustered(rng: &mut Rng, centroids: &[Vec<f32>], noise: f32) -> Vec<f32> {
     v
 }
 
+/// 200 random unit cluster centres.
+fn centroids(rng: &mut Rng, dim: usize) -> Vec<Vec<f32>> {
+    (0..200)
+        .map(|_| {
+            let mut c: Vec<f32> = (0..dim).map(|_| rng.unit()).collect();
+            memhub_embed::l2_normalize(&mut c);
+            c
+        })
+        .collect()
+}
+
+/// Store memories `make(0..count)` in batches of 1000 (with a progress bar) and
+/// return every vector in f32, in order: memory `i` is store seq `i + 1` in a fresh
+/// store, and the benchmarks' exact ground truth scans these.
+fn store_corpus(
+    engine: &memhub_engine::Engine,
+    count: usize,
+    mut make: impl FnMut(usize) -> memhub_types::NewMemory,
+) -> Result<Vec<f32>, String> {
+    let mut all_vectors = Vec::with_capacity(count * engine.config().embedding_dim);
+    let progress = indicatif::ProgressBar::new(count as u64);
+    for start in (0..count).step_by(1000) {
+        let batch: Vec<memhub_types::NewMemory> = (start..(start + 1000).min(count)).map(&mut make).collect();
+        for m in &batch {
+            all_vectors.extend_from_slice(m.embedding.as_deref().unwrap_or_default());
+        }
+        for r in engine
+            .store_batch(&memhub_types::DEFAULT_TENANT.into(), batch, memhub_types::memory::IngestionMethod::Import)
+            .map_err(|e| e.to_string())?
+        {
+            r.map_err(|e| e.to_string())?;
+        }
+        progress.inc(1000);
+    }
+    progress.finish_and_clear();
+    Ok(all_vectors)
+}
+
 fn search_probe(config: &Config, dir: &std::path::Path, queries: usize) -> Result<(), String> {
     use memhub_types::{SearchRequest, DEFAULT_TENANT};
     let engine = memhub_engine::Engine::open(dir, config.engine.clone(), memhub_engine::OpenMode::ReadWrite)
@@ -872,43 +910,20 @@ fn search(config: &Config, count: usize, queries: usize, noise: f32, ef_sweep: &
     let engine = open()?;
     let mut rng = Rng(7);
     let vocabulary = Vocabulary::new(20_000);
-    let centroids: Vec<Vec<f32>> = (0..200)
-        .map(|_| {
-            let mut c: Vec<f32> = (0..dim).map(|_| rng.unit()).collect();
-            memhub_embed::l2_normalize(&mut c);
-            c
-        })
-        .collect();
-    // Every vector in f32, for the exact ground truth (the engine's own exact scans
-    // read 8-bit copies). Memory i gets store seq i + 1 in a fresh store.
-    let mut all_vectors: Vec<f32> = Vec::with_capacity(count * dim);
+    let centroids = centroids(&mut rng, dim);
+    // The f32 vectors are the exact ground truth (the engine's own exact scans read
+    // 8-bit copies).
     let rss_before = rss_kib(std::process::id()).unwrap_or(0);
     let started = Instant::now();
-    let progress = indicatif::ProgressBar::new(count as u64);
-    for start in (0..count).step_by(1000) {
-        let batch: Vec<NewMemory> = (start..(start + 1000).min(count))
-            .map(|i| NewMemory {
-                // 100 systems: a system_id filter selects 1% of the corpus; 10 projects: 10%.
-                system_id: Some(format!("sys-{}", i % 100)),
-                project: Some(format!("p{}", i % 10)),
-                memory_id: Some(format!("m{i}")),
-                content: format!("memory {i}: {}", vocabulary.text(&mut rng, 20)),
-                embedding: Some(clustered(&mut rng, &centroids, noise)),
-                ..Default::default()
-            })
-            .collect();
-        for m in &batch {
-            all_vectors.extend_from_slice(m.embedding.as_deref().unwrap_or_default());
-        }
-        for r in engine
-            .store_batch(&memhub_types::DEFAULT_TENANT.into(), batch, memhub_types::memory::IngestionMethod::Import)
-            .map_err(|e| e.to_string())?
-        {
-            r.map_err(|e| e.to_string())?;
-        }
-        progress.inc(1000);
-    }
-    progress.finish_and_clear();
+    let all_vectors = store_corpus(&engine, count, |i| NewMemory {
+        // 100 systems: a system_id filter selects 1% of the corpus; 10 projects: 10%.
+        system_id: Some(format!("sys-{}", i % 100)),
+        project: Some(format!("p{}", i % 10)),
+        memory_id: Some(format!("m{i}")),
+        content: format!("memory {i}: {}", vocabulary.text(&mut rng, 20)),
+        embedding: Some(clustered(&mut rng, &centroids, noise)),
+        ..Default::default()
+    })?;
     let ingest_s = started.elapsed().as_secs_f64();
     // Index build: until the background maintainer has moved every write into the
     // persisted indexes (tantivy committed, HNSW graph built and saved).
@@ -1083,38 +1098,15 @@ fn tiers(config: &Config, count: usize, queries: usize, noise: f32) -> Result<()
     let mut engine = open(&engine_config)?;
     let mut rng = Rng(17);
     let vocabulary = Vocabulary::new(20_000);
-    let centroids: Vec<Vec<f32>> = (0..200)
-        .map(|_| {
-            let mut c: Vec<f32> = (0..dim).map(|_| rng.unit()).collect();
-            memhub_embed::l2_normalize(&mut c);
-            c
-        })
-        .collect();
-    let mut all_vectors: Vec<f32> = Vec::with_capacity(count * dim);
-    let progress = indicatif::ProgressBar::new(count as u64);
-    for start in (0..count).step_by(1000) {
-        let batch: Vec<NewMemory> = (start..(start + 1000).min(count))
-            .map(|i| NewMemory {
-                system_id: Some(format!("sys-{}", i % 10)),
-                memory_id: Some(format!("m{i}")),
-                content: format!("memory {i}: {}", vocabulary.text(&mut rng, 20)),
-                embedding: Some(clustered(&mut rng, &centroids, noise)),
-                created_at: Some(now - (i as i64 * 365 * DAY) / count as i64 - 1),
-                ..Default::default()
-            })
-            .collect();
-        for m in &batch {
-            all_vectors.extend_from_slice(m.embedding.as_deref().unwrap_or_default());
-        }
-        for r in engine
-            .store_batch(&DEFAULT_TENANT.into(), batch, memhub_types::memory::IngestionMethod::Import)
-            .map_err(|e| e.to_string())?
-        {
-            r.map_err(|e| e.to_string())?;
-        }
-        progress.inc(1000);
-    }
-    progress.finish_and_clear();
+    let centroids = centroids(&mut rng, dim);
+    let all_vectors = store_corpus(&engine, count, |i| NewMemory {
+        system_id: Some(format!("sys-{}", i % 10)),
+        memory_id: Some(format!("m{i}")),
+        content: format!("memory {i}: {}", vocabulary.text(&mut rng, 20)),
+        embedding: Some(clustered(&mut rng, &centroids, noise)),
+        created_at: Some(now - (i as i64 * 365 * DAY) / count as i64 - 1),
+        ..Default::default()
+    })?;
     engine.checkpoint().map_err(|e| e.to_string())?;
     let queries: Vec<(String, Vec<f32>)> =
         (0..queries).map(|_| (vocabulary.text(&mut rng, 3), clustered(&mut rng, &centroids, noise))).collect();
