@@ -220,6 +220,7 @@ impl PendingVectors {
     }
 }
 
+#[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
