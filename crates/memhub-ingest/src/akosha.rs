@@ -3,7 +3,6 @@
 //! next to `memories.json` = `{"conversations": [{id, content, embedding, timestamp,
 //! source, metadata}]}`, compressed as the manifest says.
 
-use std::io::Read;
 use std::path::Path;
 
 use memhub_types::time::parse_timestamp;
@@ -12,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::decode::{reader, sniff_file, Compression};
+use crate::decode::{check_sha256, reader, sniff_file, Compression};
 use crate::{Row, Source};
 
 /// Akosha's `manifest.json`.
@@ -90,12 +89,7 @@ pub fn read(path: &Path, manifest: &Manifest, system_id: &str, dim: usize) -> Re
         return Err(format!("memories file: the manifest says {declared:?} but the file is {found:?}"));
     }
     if let Some(want) = manifest.checksum.as_deref() {
-        let want = want.trim_start_matches("sha256:").to_ascii_lowercase();
-        let raw = sha256_of(reader(path, Compression::None).map_err(|e| e.to_string())?)?;
-        let plain = sha256_of(reader(path, declared).map_err(|e| e.to_string())?)?;
-        if want != raw && want != plain {
-            return Err(format!("memories file: checksum mismatch (manifest {want}, file {raw})"));
-        }
+        check_sha256(path, declared, want).map_err(|e| format!("memories file: {e}"))?;
     }
     let parsed: Memories =
         serde_json::from_reader(std::io::BufReader::new(reader(path, declared).map_err(|e| e.to_string())?))
@@ -130,16 +124,4 @@ pub fn read(path: &Path, manifest: &Manifest, system_id: &str, dim: usize) -> Re
         rows.push(Row { source: Source::Akosha, row_id: id, hash, memory });
     }
     Ok(rows)
-}
-
-fn sha256_of(mut r: impl Read) -> Result<String, String> {
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match r.read(&mut buf).map_err(|e| e.to_string())? {
-            0 => break,
-            n => h.update(&buf[..n]),
-        }
-    }
-    Ok(hex::encode(h.finalize()))
 }

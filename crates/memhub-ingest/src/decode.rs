@@ -73,6 +73,34 @@ pub fn decompress_into(src: &Path, dst: &Path) -> std::io::Result<Compression> {
     Ok(compression)
 }
 
+/// Check a manifest's `checksum` (hex sha256, optionally `sha256:`-prefixed)
+/// against the file as stored or with `compression` undone: uploaders differ in
+/// which of the two they hash.
+pub fn check_sha256(path: &Path, compression: Compression, want: &str) -> Result<(), String> {
+    let want = want.trim_start_matches("sha256:").to_ascii_lowercase();
+    let raw = sha256_of(reader(path, Compression::None).map_err(|e| e.to_string())?)?;
+    if want == raw {
+        return Ok(());
+    }
+    if compression != Compression::None && want == sha256_of(reader(path, compression).map_err(|e| e.to_string())?)? {
+        return Ok(());
+    }
+    Err(format!("checksum mismatch (manifest {want}, file {raw})"))
+}
+
+fn sha256_of(mut r: impl Read) -> Result<String, String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf).map_err(|e| e.to_string())? {
+            0 => break,
+            n => h.update(&buf[..n]),
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,11 +12,17 @@
 
 pub mod akosha;
 pub mod decode;
+#[cfg(feature = "duckdb")]
+pub mod duckdb;
 pub mod layout;
 pub mod ledger;
+pub mod session_buddy;
 pub mod worker;
 
 pub use worker::{IngestConfig, IngestStatus, PollReport, PullWorker};
+
+/// Whether this build reads DuckDB files (the `duckdb` cargo feature).
+pub const READS_DUCKDB: bool = cfg!(feature = "duckdb");
 
 use memhub_types::NewMemory;
 
@@ -26,6 +32,8 @@ pub enum Source {
     Akosha,
     Conversations,
     Reflections,
+    Entities,
+    Relations,
 }
 
 impl Source {
@@ -34,6 +42,8 @@ impl Source {
             Source::Akosha => "akosha",
             Source::Conversations => "conversations",
             Source::Reflections => "reflections",
+            Source::Entities => "kg_entities",
+            Source::Relations => "kg_relationships",
         }
     }
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout::{find_uploads, Layout, Upload};
 use crate::ledger::{Ledger, Outcome, UploadStatus};
-use crate::{akosha, Row};
+use crate::{akosha, decode, session_buddy, Row, Source};
 
 /// `[ingest]`: where uploads are and how often to look.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,10 +198,23 @@ impl PullWorker {
         report
     }
 
-    /// Ingest one upload: `(rows read, rows written, rows refused, first refusal)`.
+    /// Ingest one upload.
     async fn ingest(&self, u: &Upload) -> Result<Ingested, String> {
         let tmp = tempfile::tempdir_in(&self.work_dir).map_err(|e| e.to_string())?;
-        let rows = match u.layout {
+        let mut writer = RowWriter {
+            engine: self.engine.clone(),
+            ledger: self.ledger.clone(),
+            scope: Scope::tenant(&self.config.tenant),
+            system: u.system_id.clone(),
+            batch: self.config.batch.max(1),
+            done: Ingested::default(),
+        };
+        let dim = self.engine.config().embedding_dim;
+        // Reading and the engine's writes (which fsync) run off the async threads.
+        let blocking = |f: Box<dyn FnOnce() -> Result<Ingested, String> + Send>| async move {
+            tokio::task::spawn_blocking(f).await.map_err(|e| e.to_string())?
+        };
+        match u.layout {
             Layout::Akosha => {
                 let manifest_bytes = self.bucket.get(&u.key).await.map_err(|e| e.to_string())?;
                 let manifest: akosha::Manifest =
@@ -209,27 +222,70 @@ impl PullWorker {
                 let file = tmp.path().join("memories");
                 let key = format!("{}/{}", u.dir, manifest.memories_file());
                 self.bucket.get_to_file(&key, &file).await.map_err(|e| e.to_string())?;
-                let (system, dim) = (u.system_id.clone(), self.engine.config().embedding_dim);
-                tokio::task::spawn_blocking(move || akosha::read(&file, &manifest, &system, dim))
-                    .await
-                    .map_err(|e| e.to_string())??
+                let system = u.system_id.clone();
+                blocking(Box::new(move || {
+                    writer.write(akosha::read(&file, &manifest, &system, dim)?)?;
+                    Ok(writer.done)
+                }))
+                .await
             }
-            Layout::Seed | Layout::SessionBuddy => {
-                return Err(format!(
-                    "{:?} uploads (reflection.duckdb) are not readable by this memhub yet: the DuckDB reader is \
-                     not implemented; the upload is kept and retried, so a build that reads it will ingest it",
-                    u.layout
-                ))
+            Layout::Seed => {
+                let file = self.fetch_database(&u.key, tmp.path(), "reflection.duckdb", None).await?;
+                blocking(Box::new(move || read_databases(&[file], writer, dim))).await
             }
-        };
-        let engine = self.engine.clone();
-        let (tenant, batch) = (self.config.tenant.clone(), self.config.batch.max(1));
-        let ledger = self.ledger.clone();
-        let system = u.system_id.clone();
-        // The engine's writes fsync: off the async threads.
-        tokio::task::spawn_blocking(move || write_rows(&engine, &ledger, &tenant, &system, rows, batch))
-            .await
-            .map_err(|e| e.to_string())?
+            Layout::SessionBuddy => {
+                let bytes = self.bucket.get(&u.key).await.map_err(|e| e.to_string())?;
+                let manifest =
+                    session_buddy::Manifest::parse(&bytes, &u.system_id, u.upload_id.as_deref().unwrap_or_default())?;
+                let mut files = Vec::new();
+                for name in session_buddy::FILES {
+                    let Some(entry) = manifest.files.iter().find(|f| f.name == name) else { continue };
+                    let key = format!("{}/{name}", u.dir);
+                    files.push(self.fetch_database(&key, tmp.path(), name, Some(entry)).await?);
+                }
+                blocking(Box::new(move || read_databases(&files, writer, dim))).await
+            }
+        }
+    }
+
+    /// Download a database file to `dir` (streamed), check it against its manifest
+    /// entry, and undo its compression (found by magic bytes). Returns its path.
+    async fn fetch_database(
+        &self,
+        key: &str,
+        dir: &Path,
+        name: &str,
+        entry: Option<&session_buddy::ManifestFile>,
+    ) -> Result<PathBuf, String> {
+        let raw = dir.join(format!("{name}.download"));
+        self.bucket.get_to_file(key, &raw).await.map_err(|e| e.to_string())?;
+        let out = dir.join(name);
+        let entry = entry.cloned();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            let found = decode::sniff_file(&raw).map_err(|e| format!("{name}: {e}"))?;
+            if let Some(entry) = &entry {
+                if let Some(declared) = entry.compression.as_deref() {
+                    let declared = decode::Compression::named(declared)
+                        .ok_or_else(|| format!("{name}: unknown compression {declared:?} in manifest.json"))?;
+                    if declared != found {
+                        return Err(format!("{name}: manifest.json says {declared:?} but the file is {found:?}"));
+                    }
+                }
+                if let Some(want) = entry.checksum.as_deref() {
+                    decode::check_sha256(&raw, found, want).map_err(|e| format!("{name}: {e}"))?;
+                }
+            }
+            if found == decode::Compression::None {
+                std::fs::rename(&raw, &out).map_err(|e| format!("{name}: {e}"))?;
+            } else {
+                decode::decompress_into(&raw, &out).map_err(|e| format!("{name}: cannot decompress: {e}"))?;
+                let _ = std::fs::remove_file(&raw);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     /// The worker's state for `GET /v1/ingest/status`.
@@ -249,39 +305,110 @@ impl PullWorker {
     }
 }
 
-/// Write the rows whose hash changed, `batch` at a time; remember each written row.
-fn write_rows(
-    engine: &Engine,
-    ledger: &Ledger,
-    tenant: &str,
-    system: &str,
-    rows: Vec<Row>,
+/// Writes an upload's rows: only those whose hash changed since the last ingest,
+/// `batch` per engine transaction, each remembered in the ledger once durable.
+pub(crate) struct RowWriter {
+    engine: Arc<Engine>,
+    ledger: Arc<Ledger>,
+    scope: Scope,
+    system: String,
     batch: usize,
-) -> Result<Ingested, String> {
-    let mut done = Ingested { rows_read: rows.len() as u64, ..Default::default() };
-    let scope = Scope::tenant(tenant);
-    for chunk in rows.chunks(batch) {
-        let source = chunk[0].source.as_str();
-        let keys: Vec<(&str, &str)> = chunk.iter().map(|r| (r.row_id.as_str(), r.hash.as_str())).collect();
-        let same = ledger.unchanged(system, source, &keys)?;
-        let todo: Vec<&Row> = chunk.iter().filter(|r| !same.contains(&r.row_id)).collect();
-        if todo.is_empty() {
-            continue;
-        }
-        let items = todo.iter().map(|r| r.memory.clone()).collect();
-        let results = engine.store_batch(&scope, items, IngestionMethod::CloudPull).map_err(|e| e.to_string())?;
-        let mut written = Vec::new();
-        for (row, result) in todo.iter().zip(results) {
-            match result {
-                Ok(_) => written.push((row.row_id.as_str(), row.hash.as_str())),
-                Err(e) => {
-                    done.rows_refused += 1;
-                    done.first_refusal.get_or_insert_with(|| format!("row {}: {e}", row.row_id));
+    pub done: Ingested,
+}
+
+impl RowWriter {
+    pub fn write(&mut self, rows: Vec<Row>) -> Result<(), String> {
+        self.done.rows_read += rows.len() as u64;
+        for chunk in rows.chunks(self.batch) {
+            let Some(todo) = self.changed(chunk.iter().map(|r| (r.source, r.row_id.as_str(), r.hash.as_str())))? else {
+                continue;
+            };
+            let todo: Vec<&Row> = chunk.iter().filter(|r| todo.contains(&r.row_id)).collect();
+            let items = todo.iter().map(|r| r.memory.clone()).collect();
+            let results =
+                self.engine.store_batch(&self.scope, items, IngestionMethod::CloudPull).map_err(|e| e.to_string())?;
+            let mut written = Vec::new();
+            for (row, result) in todo.iter().zip(results) {
+                match result {
+                    Ok(_) => written.push((row.row_id.as_str(), row.hash.as_str())),
+                    Err(e) => self.refused(&row.row_id, e),
                 }
             }
+            self.done.rows_written += written.len() as u64;
+            self.ledger.remember(&self.system, chunk[0].source.as_str(), &written)?;
         }
-        done.rows_written += written.len() as u64;
-        ledger.remember(system, source, &written)?;
+        Ok(())
     }
-    Ok(done)
+
+    /// The ids among `rows` (all of one source) whose hash changed; `None` if none did.
+    fn changed<'a>(
+        &self,
+        rows: impl Iterator<Item = (Source, &'a str, &'a str)>,
+    ) -> Result<Option<std::collections::HashSet<String>>, String> {
+        let rows: Vec<_> = rows.collect();
+        let Some((source, _, _)) = rows.first() else { return Ok(None) };
+        let keys: Vec<(&str, &str)> = rows.iter().map(|(_, id, hash)| (*id, *hash)).collect();
+        let same = self.ledger.unchanged(&self.system, source.as_str(), &keys)?;
+        let todo: std::collections::HashSet<String> =
+            keys.iter().filter(|(id, _)| !same.contains(*id)).map(|(id, _)| id.to_string()).collect();
+        Ok((!todo.is_empty()).then_some(todo))
+    }
+
+    fn refused(&mut self, row_id: &str, e: impl std::fmt::Display) {
+        self.done.rows_refused += 1;
+        self.done.first_refusal.get_or_insert_with(|| format!("row {row_id}: {e}"));
+    }
+
+    /// Upsert changed entities and relations of a knowledge graph.
+    #[cfg(feature = "duckdb")]
+    fn write_graph(&mut self, graph: crate::duckdb::Graph) -> Result<(), String> {
+        let tenant = self.scope.tenant.clone();
+        let (entities, relations) = (graph.entities, graph.relations);
+        self.done.rows_read += (entities.len() + relations.len()) as u64;
+        let entity_ids = entities.iter().map(|(id, h, _)| (Source::Entities, id.as_str(), h.as_str()));
+        let todo = self.changed(entity_ids)?.unwrap_or_default();
+        let mut written = Vec::new();
+        for (id, hash, e) in entities.iter().filter(|(id, _, _)| todo.contains(id)) {
+            match self.engine.store_entity(&tenant, e.clone()) {
+                Ok(_) => written.push((id.as_str(), hash.as_str())),
+                Err(err) => self.refused(id, err),
+            }
+        }
+        self.done.rows_written += written.len() as u64;
+        self.ledger.remember(&self.system, Source::Entities.as_str(), &written)?;
+        let relation_ids = relations.iter().map(|(id, h, _)| (Source::Relations, id.as_str(), h.as_str()));
+        let todo = self.changed(relation_ids)?.unwrap_or_default();
+        let mut written = Vec::new();
+        for (id, hash, r) in relations.iter().filter(|(id, _, _)| todo.contains(id)) {
+            match self.engine.store_relation(&tenant, r.clone()) {
+                Ok(_) => written.push((id.as_str(), hash.as_str())),
+                Err(err) => self.refused(id, err),
+            }
+        }
+        self.done.rows_written += written.len() as u64;
+        self.ledger.remember(&self.system, Source::Relations.as_str(), &written)
+    }
+}
+
+/// Read downloaded database files (`reflection.duckdb`, `knowledge_graph.duckdb`,
+/// told apart by name) through `writer`.
+#[cfg(feature = "duckdb")]
+fn read_databases(files: &[PathBuf], mut writer: RowWriter, dim: usize) -> Result<Ingested, String> {
+    for file in files {
+        if file.file_name().is_some_and(|n| n == "knowledge_graph.duckdb") {
+            writer.write_graph(crate::duckdb::read_knowledge_graph(file, &writer.system.clone())?)?;
+        } else {
+            let (system, batch) = (writer.system.clone(), writer.batch);
+            crate::duckdb::read_reflection(file, &system, dim, batch, |rows| writer.write(rows))?;
+        }
+    }
+    Ok(writer.done)
+}
+
+#[cfg(not(feature = "duckdb"))]
+fn read_databases(_: &[PathBuf], _: RowWriter, _: usize) -> Result<Ingested, String> {
+    Err("this memhub was built without the `duckdb` feature, so it cannot read reflection.duckdb / \
+         knowledge_graph.duckdb uploads; the upload is kept and retried, so a build with the feature \
+         (`cargo build --release --features duckdb`, see the README) will ingest it"
+        .into())
 }

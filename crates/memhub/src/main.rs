@@ -2,6 +2,7 @@
 //! the engine to the transports; all behaviour lives in the library crates.
 
 mod bench;
+mod sync;
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
@@ -95,6 +96,10 @@ enum Command {
         #[command(subcommand)]
         op: TierOp,
     },
+    /// Send this system's memory databases (Session-Buddy's reflection.duckdb and
+    /// knowledge_graph.duckdb) to a hub: upload to its bucket, or push over HTTP.
+    /// Prints a JSON result; exits 1 if the sync failed.
+    Sync(sync::SyncArgs),
 }
 
 #[derive(Subcommand)]
@@ -381,6 +386,17 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Bench { which } => bench::run(which, &config),
         Command::Keys { op } => keys(op, &config),
         Command::Audit { op } => audit(op, &config),
+        Command::Sync(args) => {
+            init_logging(&config.log);
+            let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            let (result, ok) = rt.block_on(sync::run(args));
+            println!("{}", json(&result));
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("sync failed: {}", result.errors.join("; ")))
+            }
+        }
         Command::Tier { op: TierOp::Run } => {
             let engine = open_engine(&config, OpenMode::ReadWrite)?;
             let report = engine.age_tiers().map_err(|e| e.to_string())?;
