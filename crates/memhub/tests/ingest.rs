@@ -140,3 +140,64 @@ async fn ingest_routes_say_how_to_turn_the_worker_on() {
     assert_eq!(status, 404, "{body}");
     assert!(body.to_string().contains("MEMHUB_INGEST_BUCKET"), "{body}");
 }
+
+/// Layout 1 (the seed's `systems/{id}/reflection.duckdb`, overwritten in place) and
+/// layout 2 (Session-Buddy's uploads) with real DuckDB files: a changed database is
+/// read again and only its changed rows are written; a Session-Buddy upload whose
+/// checksum does not match fails alone, with its reason.
+#[cfg(feature = "duckdb")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duckdb_uploads_are_read_and_reread_only_for_changed_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, bucket, work) = (dir.path().join("data"), dir.path().join("bucket"), dir.path().join("work"));
+    for d in [&data, &bucket, &work] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let config = data.join("memhub.toml");
+    std::fs::write(
+        &config,
+        format!("[ingest]\ninterval_seconds = 3600\n[ingest.bucket]\nurl = \"file://{}\"\n", bucket.display()),
+    )
+    .unwrap();
+    let db = work.join("reflection.duckdb");
+    let db_s = db.to_str().unwrap();
+    common::duckdb_fixture(&["--out", db_s, "--conversations", "8", "--reflections", "4"]);
+    put(&bucket, "systems/host-a/reflection.duckdb", &gzip(&std::fs::read(&db).unwrap()));
+    // A Session-Buddy upload whose manifest's checksum is wrong.
+    let upload = "systems/host-b/uploads/20261121_101500_host-b";
+    put(&bucket, &format!("{upload}/reflection.duckdb"), &gzip(&std::fs::read(&db).unwrap()));
+    let manifest = json!({"upload_id": "20261121_101500_host-b", "system_id": "host-b", "timestamp": "2026-11-21T10:15:00Z",
+        "files": [{"name": "reflection.duckdb", "path": format!("{upload}/reflection.duckdb"), "size_bytes": 1,
+                   "compression": "gzip", "checksum": "00".repeat(32)}],
+        "metadata": {"uploader": "session-buddy", "version": "0.10.4"}});
+    put(&bucket, &format!("{upload}/manifest.json"), &serde_json::to_vec(&manifest).unwrap());
+
+    let server = Server::start_in(&data, &[("MEMHUB_CONFIG", config.to_str().unwrap())]);
+    let http = Http::new(&server);
+    let (_, report) = http.post("/v1/ingest/run", &json!({})).await;
+    let (_, status) = http.get("/v1/ingest/status").await;
+    let by_system = |status: &Value, system: &str| -> Value {
+        status["uploads"].as_array().unwrap().iter().find(|u| u["system_id"] == system).cloned().unwrap()
+    };
+    let a = by_system(&status, "host-a");
+    assert_eq!(
+        (a["state"].as_str(), a["layout"].as_str(), a["rows_written"].as_u64()),
+        (Some("done"), Some("seed"), Some(12)),
+        "{status} {report}"
+    );
+    let b = by_system(&status, "host-b");
+    assert_eq!(b["state"], "failed", "{status}");
+    assert!(b["last_error"].as_str().unwrap().contains("checksum mismatch"), "{status}");
+
+    // The seed overwrites its file: two new rows and one edit; this time uncompressed.
+    common::duckdb_fixture(&["--out", db_s, "--conversations", "2", "--first", "8"]);
+    common::duckdb_fixture(&["--out", db_s, "--set-content", "conv_000003", "rewritten by the seed"]);
+    put(&bucket, "systems/host-a/reflection.duckdb", &std::fs::read(&db).unwrap());
+    let (_, report) = http.post("/v1/ingest/run", &json!({})).await;
+    assert_eq!(report["rows_written"], 3, "only the changed rows: {report}");
+    let (_, found) = http.get("/v1/memories?system_id=host-a&limit=100").await;
+    let memories = found["memories"].as_array().unwrap();
+    assert_eq!(memories.len(), 14, "{found}");
+    let edited = memories.iter().find(|m| m["memory_id"] == "conv_000003").unwrap();
+    assert_eq!((edited["content"].as_str(), edited["version"].as_u64()), (Some("rewritten by the seed"), Some(2)));
+}

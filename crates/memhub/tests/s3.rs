@@ -6,51 +6,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use common::{manifest_dir, Http, Server};
+use common::{list_keys, start_moto, Http, Server};
 use serde_json::{json, Value};
 
 const SECRET: &str = "s3cr3t-never-logged";
-
-struct Moto {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_moto() -> Moto {
-    let bin = manifest_dir().join("../../.venv/bin/moto_server");
-    assert!(
-        bin.exists(),
-        "moto_server is needed for this test: run scripts/test.sh (it installs moto[server] into .venv)"
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(bin)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start moto_server");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Moto { child, url: format!("http://127.0.0.1:{port}") }
-}
-
-async fn list_keys(client: &reqwest::Client, moto: &Moto, bucket: &str) -> Vec<String> {
-    let body = client.get(format!("{}/{bucket}?list-type=2", moto.url)).send().await.unwrap().text().await.unwrap();
-    body.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(String::from).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_and_cold_tier_work_against_a_real_s3_api() {

@@ -237,3 +237,54 @@ pub fn axis_vector(i: usize) -> Vec<f32> {
     v[i % 384] = 1.0;
     v
 }
+
+/// A `moto_server` (an S3 API; installed into `.venv` by scripts/test.sh) on a
+/// free loopback port, killed on drop.
+pub struct Moto {
+    child: Child,
+    pub url: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_moto() -> Moto {
+    let bin = manifest_dir().join("../../.venv/bin/moto_server");
+    assert!(
+        bin.exists(),
+        "moto_server is needed for this test: run scripts/test.sh (it installs moto[server] into .venv)"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moto_server");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Moto { child, url: format!("http://127.0.0.1:{port}") }
+}
+
+/// The keys in `bucket` (one listing page).
+pub async fn list_keys(client: &reqwest::Client, moto: &Moto, bucket: &str) -> Vec<String> {
+    let body = client.get(format!("{}/{bucket}?list-type=2", moto.url)).send().await.unwrap().text().await.unwrap();
+    body.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(String::from).collect()
+}
+
+/// Write Session-Buddy-shaped DuckDB files with `scripts/duckdb-fixture.py` and the
+/// test venv's DuckDB 1.5 (installed by scripts/test.sh).
+pub fn duckdb_fixture(args: &[&str]) {
+    let repo = manifest_dir().join("../..");
+    let python = repo.join(".venv/bin/python");
+    assert!(python.exists(), "run scripts/test.sh: it installs duckdb 1.5 into .venv");
+    let out = Command::new(python).arg(repo.join("scripts/duckdb-fixture.py")).args(args).output().unwrap();
+    assert!(out.status.success(), "fixture {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
