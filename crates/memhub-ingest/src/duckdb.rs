@@ -28,6 +28,9 @@ use crate::{Row, Source};
 /// Rows fetched per query.
 const PAGE: i64 = 2048;
 
+/// A table's columns: (name, DuckDB type).
+type Columns = Vec<(String, String)>;
+
 /// A DuckDB file opened read-only.
 pub struct Database {
     conn: Connection,
@@ -53,7 +56,7 @@ impl Database {
 
     /// The columns of `table` in the main schema, with their DuckDB types; empty
     /// when there is no such table.
-    pub fn columns(&self, table: &str) -> Result<Vec<(String, String)>, String> {
+    pub fn columns(&self, table: &str) -> Result<Columns, String> {
         let mut stmt = self
             .conn
             .prepare(
@@ -67,7 +70,7 @@ impl Database {
     }
 
     /// The first of `tables` that exists, with its columns.
-    fn pick(&self, tables: &[&'static str]) -> Result<Option<(&'static str, Vec<(String, String)>)>, String> {
+    fn pick(&self, tables: &[&'static str]) -> Result<Option<(&'static str, Columns)>, String> {
         for t in tables {
             let cols = self.columns(t)?;
             if !cols.is_empty() {

@@ -16,7 +16,7 @@
 //! The state is written after every acknowledged step, so a killed sync loses at
 //! most the step in flight.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,7 +24,6 @@ use std::time::Instant;
 use memhub_ingest::session_buddy::{self, Manifest, ManifestFile};
 use memhub_objects::{Bucket, BucketConfig};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -373,144 +372,154 @@ async fn push(_: &SyncArgs, _: &mut State, _: &Path) -> Result<SyncResult, Strin
 }
 
 #[cfg(feature = "duckdb")]
-async fn push(args: &SyncArgs, state: &mut State, state_path: &Path) -> Result<SyncResult, String> {
+use http::push;
+
+/// The HTTP push: needs the DuckDB reader to read rows on this side.
+#[cfg(feature = "duckdb")]
+mod http {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
     use memhub_ingest::Row;
+    use serde_json::Value;
 
-    let hubs: Vec<&str> = args.hubs.iter().map(String::as_str).collect();
-    let mut client = memhub_client::Client::new(&hubs).map_err(|e| e.to_string())?;
-    if let Some(key) = &args.api_key {
-        client = client.api_key(key.clone());
-    }
-    let mut result = SyncResult { method: "http", memories_uploaded: Some(0), ..Default::default() };
-    if args.full {
-        state.rows.clear();
-    }
-    // The reader runs on a blocking thread and hands over batches; two in flight
-    // at most, so memory stays bounded.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Row>>(2);
-    let (db, system, batch) = (args.db.clone(), args.system_id.clone(), args.batch);
-    let reader = tokio::task::spawn_blocking(move || {
-        memhub_ingest::duckdb::read_reflection(
-            &db,
-            &system,
-            memhub_engine::EngineConfig::default().embedding_dim,
-            batch,
-            |rows| tx.blocking_send(rows).map_err(|_| "stopped".to_string()),
-        )
-    });
-    let bar = crate::progress(None, "memories");
-    let mut failure = None;
-    while let Some(rows) = rx.recv().await {
-        let table = rows[0].source.as_str().to_string();
-        let sent = state.rows.entry(table.clone()).or_default();
-        let todo: Vec<&Row> = rows.iter().filter(|r| sent.get(&r.row_id) != Some(&r.hash)).collect();
-        result.unchanged += (rows.len() - todo.len()) as u64;
-        if todo.is_empty() {
-            continue;
+    use super::{State, SyncArgs, SyncResult};
+
+    pub async fn push(args: &SyncArgs, state: &mut State, state_path: &Path) -> Result<SyncResult, String> {
+        let hubs: Vec<&str> = args.hubs.iter().map(String::as_str).collect();
+        let mut client = memhub_client::Client::new(&hubs).map_err(|e| e.to_string())?;
+        if let Some(key) = &args.api_key {
+            client = client.api_key(key.clone());
         }
-        let items: Vec<Value> = todo.iter().map(|r| akosha_item(r)).collect();
-        result.bytes_transferred += items.iter().map(|i| i.to_string().len() as u64).sum::<u64>();
-        match client.batch_store_memories(&items).await {
-            Ok(out) => {
-                let failed: BTreeSet<&str> = out.errors.iter().filter_map(|e| e["memory_id"].as_str()).collect();
-                for e in out.errors.iter().take(20usize.saturating_sub(result.errors.len())) {
-                    result.errors.push(format!("{table}: {e}"));
+        let mut result = SyncResult { method: "http", memories_uploaded: Some(0), ..Default::default() };
+        if args.full {
+            state.rows.clear();
+        }
+        // The reader runs on a blocking thread and hands over batches; two in flight
+        // at most, so memory stays bounded.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Row>>(2);
+        let (db, system, batch) = (args.db.clone(), args.system_id.clone(), args.batch);
+        let reader = tokio::task::spawn_blocking(move || {
+            memhub_ingest::duckdb::read_reflection(
+                &db,
+                &system,
+                memhub_engine::EngineConfig::default().embedding_dim,
+                batch,
+                |rows| tx.blocking_send(rows).map_err(|_| "stopped".to_string()),
+            )
+        });
+        let bar = crate::progress(None, "memories");
+        let mut failure = None;
+        while let Some(rows) = rx.recv().await {
+            let table = rows[0].source.as_str().to_string();
+            let sent = state.rows.entry(table.clone()).or_default();
+            let todo: Vec<&Row> = rows.iter().filter(|r| sent.get(&r.row_id) != Some(&r.hash)).collect();
+            result.unchanged += (rows.len() - todo.len()) as u64;
+            if todo.is_empty() {
+                continue;
+            }
+            let items: Vec<Value> = todo.iter().map(|r| akosha_item(r)).collect();
+            result.bytes_transferred += items.iter().map(|i| i.to_string().len() as u64).sum::<u64>();
+            match client.batch_store_memories(&items).await {
+                Ok(out) => {
+                    let failed: BTreeSet<&str> = out.errors.iter().filter_map(|e| e["memory_id"].as_str()).collect();
+                    for e in out.errors.iter().take(20usize.saturating_sub(result.errors.len())) {
+                        result.errors.push(format!("{table}: {e}"));
+                    }
+                    for r in todo.iter().filter(|r| !failed.contains(r.row_id.as_str())) {
+                        sent.insert(r.row_id.clone(), r.hash.clone());
+                    }
+                    let stored = out.stored as u64;
+                    *result.memories_uploaded.get_or_insert(0) += stored;
+                    bar.inc(stored);
+                    state.save(state_path)?;
                 }
-                for r in todo.iter().filter(|r| !failed.contains(r.row_id.as_str())) {
-                    sent.insert(r.row_id.clone(), r.hash.clone());
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
                 }
-                let stored = out.stored as u64;
-                *result.memories_uploaded.get_or_insert(0) += stored;
-                bar.inc(stored);
-                state.save(state_path)?;
-            }
-            Err(e) => {
-                failure = Some(e.to_string());
-                break;
             }
         }
+        drop(rx);
+        bar.finish_and_clear();
+        let read = reader.await.map_err(|e| e.to_string())?;
+        if let Some(e) = failure {
+            result.errors.push(format!("http: {e}"));
+            return Ok(result);
+        }
+        read?;
+        if let Some(kg) = &args.kg {
+            push_graph(&client, kg, args, state, &mut result).await?;
+            state.save(state_path)?;
+        }
+        result.success = result.errors.is_empty();
+        Ok(result)
     }
-    drop(rx);
-    bar.finish_and_clear();
-    let read = reader.await.map_err(|e| e.to_string())?;
-    if let Some(e) = failure {
-        result.errors.push(format!("http: {e}"));
-        return Ok(result);
-    }
-    read?;
-    if let Some(kg) = &args.kg {
-        push_graph(&client, kg, args, state, &mut result).await?;
-        state.save(state_path)?;
-    }
-    result.success = result.errors.is_empty();
-    Ok(result)
-}
 
-/// A row as a `batch_store_memories` item: the hub maps `metadata.type` to the
-/// kind, `source` to the system, and the kind's declared keys to attributes.
-#[cfg(feature = "duckdb")]
-fn akosha_item(r: &memhub_ingest::Row) -> Value {
-    let m = &r.memory;
-    let mut metadata = m.metadata.clone().unwrap_or_default();
-    if let Some(Value::Object(attrs)) = &m.attributes {
-        metadata.extend(attrs.clone());
-    }
-    let text = |s: &Option<String>| s.clone().map_or(Value::Null, Value::String);
-    metadata.insert("type".into(), text(&m.kind));
-    metadata.insert("source".into(), text(&m.system_id));
-    for (k, v) in [("user_id", &m.user_id), ("session_id", &m.session_id), ("project", &m.project)] {
-        if v.is_some() {
-            metadata.insert(k.into(), text(v));
+    /// A row as a `batch_store_memories` item: the hub maps `metadata.type` to the
+    /// kind, `source` to the system, and the kind's declared keys to attributes.
+    fn akosha_item(r: &Row) -> Value {
+        let m = &r.memory;
+        let mut metadata = m.metadata.clone().unwrap_or_default();
+        if let Some(Value::Object(attrs)) = &m.attributes {
+            metadata.extend(attrs.clone());
         }
-    }
-    if let Some(t) = m.created_at {
-        metadata.insert("created_at".into(), Value::String(memhub_types::time::format_micros(t)));
-    }
-    if !m.tags.is_empty() {
-        metadata.insert("tags".into(), serde_json::json!(m.tags));
-    }
-    let mut item = serde_json::json!({"memory_id": r.row_id, "text": m.content, "metadata": metadata});
-    if let Some(e) = &m.embedding {
-        item["embedding"] = serde_json::json!(e);
-    }
-    item
-}
-
-#[cfg(feature = "duckdb")]
-async fn push_graph(
-    client: &memhub_client::Client,
-    kg: &Path,
-    args: &SyncArgs,
-    state: &mut State,
-    result: &mut SyncResult,
-) -> Result<(), String> {
-    let (kg, system) = (kg.to_path_buf(), args.system_id.clone());
-    let graph = tokio::task::spawn_blocking(move || memhub_ingest::duckdb::read_knowledge_graph(&kg, &system))
-        .await
-        .map_err(|e| e.to_string())??;
-    let calls = graph
-        .entities
-        .into_iter()
-        .map(|(id, h, e)| ("kg_entities", "create_entity", id, h, serde_json::to_value(e)))
-        .chain(
-            graph
-                .relations
-                .into_iter()
-                .map(|(id, h, r)| ("kg_relationships", "create_relation", id, h, serde_json::to_value(r))),
-        );
-    for (table, tool, id, hash, args) in calls {
-        let sent = state.rows.entry(table.into()).or_default();
-        if sent.get(&id) == Some(&hash) {
-            result.unchanged += 1;
-            continue;
-        }
-        let args = args.map_err(|e| e.to_string())?;
-        match client.call_tool(tool, args).await {
-            Ok(_) => {
-                sent.insert(id, hash);
+        let text = |s: &Option<String>| s.clone().map_or(Value::Null, Value::String);
+        metadata.insert("type".into(), text(&m.kind));
+        metadata.insert("source".into(), text(&m.system_id));
+        for (k, v) in [("user_id", &m.user_id), ("session_id", &m.session_id), ("project", &m.project)] {
+            if v.is_some() {
+                metadata.insert(k.into(), text(v));
             }
-            Err(e) => result.errors.push(format!("{table} {id}: {e}")),
         }
+        if let Some(t) = m.created_at {
+            metadata.insert("created_at".into(), Value::String(memhub_types::time::format_micros(t)));
+        }
+        if !m.tags.is_empty() {
+            metadata.insert("tags".into(), serde_json::json!(m.tags));
+        }
+        let mut item = serde_json::json!({"memory_id": r.row_id, "text": m.content, "metadata": metadata});
+        if let Some(e) = &m.embedding {
+            item["embedding"] = serde_json::json!(e);
+        }
+        item
     }
-    Ok(())
+
+    async fn push_graph(
+        client: &memhub_client::Client,
+        kg: &Path,
+        args: &SyncArgs,
+        state: &mut State,
+        result: &mut SyncResult,
+    ) -> Result<(), String> {
+        let (kg, system) = (kg.to_path_buf(), args.system_id.clone());
+        let graph = tokio::task::spawn_blocking(move || memhub_ingest::duckdb::read_knowledge_graph(&kg, &system))
+            .await
+            .map_err(|e| e.to_string())??;
+        let calls = graph
+            .entities
+            .into_iter()
+            .map(|(id, h, e)| ("kg_entities", "create_entity", id, h, serde_json::to_value(e)))
+            .chain(
+                graph
+                    .relations
+                    .into_iter()
+                    .map(|(id, h, r)| ("kg_relationships", "create_relation", id, h, serde_json::to_value(r))),
+            );
+        for (table, tool, id, hash, args) in calls {
+            let sent = state.rows.entry(table.into()).or_default();
+            if sent.get(&id) == Some(&hash) {
+                result.unchanged += 1;
+                continue;
+            }
+            let args = args.map_err(|e| e.to_string())?;
+            match client.call_tool(tool, args).await {
+                Ok(_) => {
+                    sent.insert(id, hash);
+                }
+                Err(e) => result.errors.push(format!("{table} {id}: {e}")),
+            }
+        }
+        Ok(())
+    }
 }
