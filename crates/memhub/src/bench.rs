@@ -102,6 +102,16 @@ pub enum Which {
         #[arg(long, default_value_t = 0.06)]
         noise: f32,
     },
+    /// Pull ingestion of a Session-Buddy `reflection.duckdb` (in process): the file,
+    /// gzip-compressed, in a local bucket; one poll of the worker ingests it into a
+    /// fresh store. Reports rows/s, the DuckDB read alone, an unchanged re-upload,
+    /// and peak resident memory. Make a file with
+    /// `scripts/duckdb-fixture.py --out F --conversations 70000 --reflections 30000`.
+    Pull {
+        /// The reflection.duckdb to ingest.
+        #[arg(long)]
+        db: std::path::PathBuf,
+    },
 }
 
 /// The indexed text of a LoCoMo turn.
@@ -289,7 +299,89 @@ pub fn run(which: Which, config: &Config) -> Result<(), String> {
         Which::SearchProbe { dir, queries } => search_probe(config, &dir, queries),
         Which::Locomo { data, text } => locomo(config, &data, text),
         Which::Tiers { count, queries, noise } => tiers(config, count, queries, noise),
+        Which::Pull { db } => rt.block_on(pull(config, &db)),
     }
+}
+
+/// A line of /proc/self/status in KiB (`VmRSS`, `VmHWM` = peak).
+fn self_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(not(feature = "duckdb"))]
+async fn pull(_: &Config, _: &std::path::Path) -> Result<(), String> {
+    Err("bench pull reads DuckDB files: build with --features duckdb (see the README)".into())
+}
+
+/// `bench pull`: see [`Which::Pull`].
+#[cfg(feature = "duckdb")]
+async fn pull(config: &Config, db: &std::path::Path) -> Result<(), String> {
+    use memhub_engine::{Engine, OpenMode};
+    use memhub_ingest::{IngestConfig, PullWorker};
+    use memhub_objects::BucketConfig;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (data, bucket) = (dir.path().join("data"), dir.path().join("bucket"));
+    let key = bucket.join("systems/bench-host/reflection.duckdb");
+    std::fs::create_dir_all(key.parent().expect("has a parent")).map_err(|e| e.to_string())?;
+    let db_bytes = std::fs::metadata(db).map_err(|e| format!("{}: {e}", db.display()))?.len();
+
+    // The DuckDB read alone (no writes).
+    let started = Instant::now();
+    let dim = config.engine.embedding_dim;
+    let read = memhub_ingest::duckdb::read_reflection(db, "bench-host", dim, 500, |_| Ok(()))?;
+    let read_seconds = started.elapsed().as_secs_f64();
+
+    let gzip = |dst: &std::path::Path| -> Result<u64, String> {
+        let mut gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(dst).map_err(|e| e.to_string())?,
+            flate2::Compression::fast(),
+        );
+        std::io::copy(&mut std::fs::File::open(db).map_err(|e| e.to_string())?, &mut gz).map_err(|e| e.to_string())?;
+        gz.finish().map_err(|e| e.to_string())?;
+        std::fs::metadata(dst).map(|m| m.len()).map_err(|e| e.to_string())
+    };
+    let gz_bytes = gzip(&key)?;
+
+    let engine = Arc::new(Engine::open(&data, config.engine.clone(), OpenMode::ReadWrite).map_err(|e| e.to_string())?);
+    let ingest = IngestConfig {
+        bucket: Some(BucketConfig { url: format!("file://{}", bucket.display()), ..Default::default() }),
+        ..Default::default()
+    };
+    let worker = PullWorker::open(engine.clone(), ingest, &data)?.expect("a bucket is configured");
+    let rss_before = self_status_kib("VmRSS:").unwrap_or(0);
+    let started = Instant::now();
+    let report = worker.poll().await;
+    let seconds = started.elapsed().as_secs_f64();
+    let peak = self_status_kib("VmHWM:").unwrap_or(0);
+    if report.failed > 0 || report.rows_written == 0 {
+        return Err(format!("the ingest failed: {report:?} {:?}", worker.status().map(|s| s.uploads)));
+    }
+    // The same data uploaded again (a new object): read, compared, nothing written.
+    gzip(&key)?;
+    let started = Instant::now();
+    let again = worker.poll().await;
+    let again_seconds = started.elapsed().as_secs_f64();
+    engine.checkpoint().map_err(|e| e.to_string())?;
+
+    let out = json!({
+        "bench": "pull",
+        "file_mb": round(db_bytes as f64 / 1048576.0),
+        "gzip_mb": round(gz_bytes as f64 / 1048576.0),
+        "rows": read,
+        "duckdb_read_rows_per_s": (read as f64 / read_seconds).round(),
+        "ingest_seconds": round(seconds),
+        "ingest_rows_per_s": (report.rows_written as f64 / seconds).round(),
+        "rows_written": report.rows_written,
+        "reupload_unchanged_seconds": round(again_seconds),
+        "reupload_rows_written": again.rows_written,
+        "rss_before_mb": round(rss_before as f64 / 1024.0),
+        "peak_rss_mb": round(peak as f64 / 1024.0),
+    });
+    println!("{}", serde_json::to_string_pretty(&out).expect("serializes"));
+    Ok(())
 }
 
 async fn ingest(config: &Config, count: usize, batch: usize, concurrency: usize, singles: usize) -> Result<(), String> {
