@@ -13,7 +13,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), memhub_client::ClientError> {
 //! let hub = memhub_client::Client::new(&["http://10.0.0.5:8682", "http://10.0.0.6:8682"])?.api_key("mh_...");
-//! let found = hub.search(&memhub_types::SearchRequest { query: Some("deploy".into()), ..Default::default() }).await?;
+//! let found = hub.search(&memhub_types::SearchRequest { query: "deploy".into(), ..Default::default() }).await?;
 //! # Ok(()) }
 //! ```
 
