@@ -11,7 +11,8 @@
 //! the `metadata` JSON stays metadata, and any column memhub does not know is kept
 //! in the attributes too. Rows are read a page at a time (by `rowid`), so memory
 //! stays bounded whatever the size of the file. A persisted `vss` HNSW index does
-//! not need the extension: read-only scans never touch it.
+//! not need the extension: read-only scans never touch it. Files are untrusted:
+//! only base tables are read (never views), with external access and extensions off.
 
 use std::path::Path;
 
@@ -42,9 +43,13 @@ impl Database {
     /// hub is offline and must not run code a file asks for).
     pub fn open(path: &Path) -> Result<Database, String> {
         let shown = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        // An upload is untrusted: no extensions, no access to other files (a view
+        // calling read_text('/etc/...') fails), bounded memory.
         let config = Config::default()
             .access_mode(AccessMode::ReadOnly)
             .and_then(|c| c.enable_autoload_extension(false))
+            .and_then(|c| c.enable_external_access(false))
+            .and_then(|c| c.max_memory("512MB"))
             .map_err(|e| format!("{shown}: {e}"))?;
         let conn = Connection::open_with_flags(path, config).map_err(|e| explain_open_error(&shown, &e.to_string()))?;
         Ok(Database { conn, path: shown })
@@ -69,12 +74,21 @@ impl Database {
         rows.and_then(|r| r.collect()).map_err(|e| self.err(e))
     }
 
-    /// The first of `tables` that exists, with its columns.
+    /// The first of `tables` that exists as a base table (never a view: a view is
+    /// code the uploader wrote), with its columns.
     fn pick(&self, tables: &[&'static str]) -> Result<Option<(&'static str, Columns)>, String> {
         for t in tables {
-            let cols = self.columns(t)?;
-            if !cols.is_empty() {
-                return Ok(Some((t, cols)));
+            let is_table: bool = self
+                .conn
+                .query_row(
+                    "SELECT count(*) > 0 FROM duckdb_tables() \
+                     WHERE database_name = current_database() AND schema_name = 'main' AND table_name = ?",
+                    [t],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.err(e))?;
+            if is_table {
+                return Ok(Some((t, self.columns(t)?)));
             }
         }
         Ok(None)

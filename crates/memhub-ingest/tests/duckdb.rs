@@ -167,9 +167,31 @@ fn unreadable_files_get_a_clear_error() {
         "import duckdb; c = duckdb.connect({:?}); c.execute('CREATE TABLE conversations_v2 (id VARCHAR, text VARCHAR)')",
         odd.to_str().unwrap()
     );
-    assert!(Command::new(python).args(["-c", &sql]).status().unwrap().success());
+    assert!(Command::new(&python).args(["-c", &sql]).status().unwrap().success());
     let err = read_reflection(&odd, "x", 384, 10, |_| Ok(())).unwrap_err();
     assert!(err.contains("conversations_v2 has no content column"), "{err}");
+
+    // An uploader's view that reads a file of the hub's machine is never run.
+    let secret = dir.path().join("hub-secret.txt");
+    std::fs::write(&secret, "hub-private-token").unwrap();
+    let evil = dir.path().join("evil.duckdb");
+    let sql = format!(
+        "import duckdb; c = duckdb.connect({:?}); c.execute(\"CREATE VIEW conversations_v2 AS \
+         SELECT 'c1' AS id, content FROM read_text('{}')\"); \
+         c.execute(\"CREATE VIEW reflections AS SELECT 'r1' AS id, content FROM read_text('{}')\")",
+        evil.to_str().unwrap(),
+        secret.to_str().unwrap(),
+        secret.to_str().unwrap()
+    );
+    let made = Command::new(&python).args(["-c", &sql]).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let mut rows = Vec::new();
+    read_reflection(&evil, "x", 384, 10, |b| {
+        rows.extend(b);
+        Ok(())
+    })
+    .unwrap();
+    assert!(rows.is_empty(), "views are not read: {:?}", rows.iter().map(|r| &r.memory.content).collect::<Vec<_>>());
 }
 
 /// DuckDB 1.5 cannot open files written by DuckDB 2.0 (a newer storage version):

@@ -304,6 +304,7 @@ pub fn run(which: Which, config: &Config) -> Result<(), String> {
 }
 
 /// A line of /proc/self/status in KiB (`VmRSS`, `VmHWM` = peak).
+#[cfg(feature = "duckdb")]
 fn self_status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
