@@ -90,21 +90,11 @@ fn random_unit() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// `batch_store_memories`' result (the Akosha contract).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BatchStoreResult {
-    /// `completed`, `partial` or `failed`.
-    pub status: String,
-    pub total: usize,
-    pub stored: usize,
-    pub failed: usize,
-    #[serde(default)]
-    pub errors: Vec<Value>,
-}
-
-/// `POST /v1/memories/batch`'s result.
+/// A batch write's result: `POST /v1/memories/batch` and the
+/// `batch_store_memories` tool (the Akosha contract, which has no `results`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchResult {
+    /// `completed`, `partial` or `failed`.
     pub status: String,
     pub total: usize,
     pub stored: usize,
@@ -219,7 +209,7 @@ impl Client {
 
     /// The `batch_store_memories` tool: items are `{memory_id, text, embedding?,
     /// metadata?}` (at most 1000). A `partial` result is not an error: see `errors`.
-    pub async fn batch_store_memories(&self, items: &[Value]) -> Result<BatchStoreResult> {
+    pub async fn batch_store_memories(&self, items: &[Value]) -> Result<BatchResult> {
         let out = match self.call_tool("batch_store_memories", json!({ "memories": items })).await {
             Err(ClientError::Tool { result, .. }) => result,
             other => other?,

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::decode::{check_sha256, reader, sniff_file, Compression};
+use crate::decode::{reader, verify, Compression};
 use crate::{Row, Source};
 
 /// Akosha's `manifest.json`.
@@ -83,14 +83,8 @@ struct Conversation {
 /// must agree) into rows for `system_id`. Vectors that are not `dim`-dimensional
 /// are dropped (the server embeds those memories when it has an encoder).
 pub fn read(path: &Path, manifest: &Manifest, system_id: &str, dim: usize) -> Result<Vec<Row>, String> {
-    let declared = manifest.compression()?;
-    let found = sniff_file(path).map_err(|e| e.to_string())?;
-    if declared != found {
-        return Err(format!("memories file: the manifest says {declared:?} but the file is {found:?}"));
-    }
-    if let Some(want) = manifest.checksum.as_deref() {
-        check_sha256(path, declared, want).map_err(|e| format!("memories file: {e}"))?;
-    }
+    let declared = verify(path, Some(manifest.compression()?), manifest.checksum.as_deref())
+        .map_err(|e| format!("memories file: {e}"))?;
     let parsed: Memories =
         serde_json::from_reader(std::io::BufReader::new(reader(path, declared).map_err(|e| e.to_string())?))
             .map_err(|e| format!("memories file: {e}"))?;

@@ -73,10 +73,24 @@ pub fn decompress_into(src: &Path, dst: &Path) -> std::io::Result<Compression> {
     Ok(compression)
 }
 
+/// Check a downloaded file against what its manifest says: the compression its
+/// magic bytes show must be the `declared` one, and the `checksum` must match.
+/// Returns the compression found.
+pub fn verify(path: &Path, declared: Option<Compression>, checksum: Option<&str>) -> Result<Compression, String> {
+    let found = sniff_file(path).map_err(|e| e.to_string())?;
+    if let Some(declared) = declared.filter(|d| *d != found) {
+        return Err(format!("the manifest says {declared:?} but the file is {found:?}"));
+    }
+    if let Some(want) = checksum {
+        check_sha256(path, found, want)?;
+    }
+    Ok(found)
+}
+
 /// Check a manifest's `checksum` (hex sha256, optionally `sha256:`-prefixed)
 /// against the file as stored or with `compression` undone: uploaders differ in
 /// which of the two they hash.
-pub fn check_sha256(path: &Path, compression: Compression, want: &str) -> Result<(), String> {
+fn check_sha256(path: &Path, compression: Compression, want: &str) -> Result<(), String> {
     let want = want.trim_start_matches("sha256:").to_ascii_lowercase();
     let raw = sha256_of(reader(path, Compression::None).map_err(|e| e.to_string())?)?;
     if want == raw {
@@ -86,6 +100,11 @@ pub fn check_sha256(path: &Path, compression: Compression, want: &str) -> Result
         return Ok(());
     }
     Err(format!("checksum mismatch (manifest {want}, file {raw})"))
+}
+
+/// The hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String, String> {
+    sha256_of(File::open(path).map_err(|e| format!("{}: {e}", path.display()))?)
 }
 
 fn sha256_of(mut r: impl Read) -> Result<String, String> {

@@ -288,7 +288,7 @@ fn to_row(
     embedding: Option<Vec<f32>>,
 ) -> Row {
     let mut h = Sha256::new();
-    h.update(Value::Object(map.clone()).to_string().as_bytes());
+    h.update(serde_json::to_string(&map).expect("JSON values serialize").as_bytes());
     for x in embedding.iter().flatten() {
         h.update(x.to_le_bytes());
     }
@@ -347,7 +347,9 @@ pub fn read_knowledge_graph(path: &Path, system_id: &str) -> Result<Graph, Strin
     let db = Database::open(path)?;
     let mut graph = Graph::default();
     let mut names = std::collections::HashMap::new();
-    let hash = |m: &Map<String, Value>| hex::encode(Sha256::digest(Value::Object(m.clone()).to_string().as_bytes()));
+    let hash = |m: &Map<String, Value>| {
+        hex::encode(Sha256::digest(serde_json::to_string(m).expect("JSON values serialize").as_bytes()))
+    };
     let object = |v: Option<Value>| match v {
         Some(Value::Object(m)) => m,
         _ => Map::new(),

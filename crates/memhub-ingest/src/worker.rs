@@ -263,19 +263,15 @@ impl PullWorker {
         let entry = entry.cloned();
         let name = name.to_string();
         tokio::task::spawn_blocking(move || {
-            let found = decode::sniff_file(&raw).map_err(|e| format!("{name}: {e}"))?;
-            if let Some(entry) = &entry {
-                if let Some(declared) = entry.compression.as_deref() {
-                    let declared = decode::Compression::named(declared)
-                        .ok_or_else(|| format!("{name}: unknown compression {declared:?} in manifest.json"))?;
-                    if declared != found {
-                        return Err(format!("{name}: manifest.json says {declared:?} but the file is {found:?}"));
-                    }
-                }
-                if let Some(want) = entry.checksum.as_deref() {
-                    decode::check_sha256(&raw, found, want).map_err(|e| format!("{name}: {e}"))?;
-                }
-            }
+            let declared = match entry.as_ref().and_then(|e| e.compression.as_deref()) {
+                Some(d) => Some(
+                    decode::Compression::named(d)
+                        .ok_or_else(|| format!("{name}: unknown compression {d:?} in manifest.json"))?,
+                ),
+                None => None,
+            };
+            let checksum = entry.as_ref().and_then(|e| e.checksum.as_deref());
+            let found = decode::verify(&raw, declared, checksum).map_err(|e| format!("{name}: {e}"))?;
             if found == decode::Compression::None {
                 std::fs::rename(&raw, &out).map_err(|e| format!("{name}: {e}"))?;
             } else {
@@ -363,30 +359,31 @@ impl RowWriter {
     #[cfg(feature = "duckdb")]
     fn write_graph(&mut self, graph: crate::duckdb::Graph) -> Result<(), String> {
         let tenant = self.scope.tenant.clone();
-        let (entities, relations) = (graph.entities, graph.relations);
-        self.done.rows_read += (entities.len() + relations.len()) as u64;
-        let entity_ids = entities.iter().map(|(id, h, _)| (Source::Entities, id.as_str(), h.as_str()));
-        let todo = self.changed(entity_ids)?.unwrap_or_default();
+        self.upsert(Source::Entities, &graph.entities, |engine, e| engine.store_entity(&tenant, e.clone()).map(drop))?;
+        self.upsert(Source::Relations, &graph.relations, |engine, r| {
+            engine.store_relation(&tenant, r.clone()).map(drop)
+        })
+    }
+
+    /// Store the `(id, hash, item)`s whose hash changed, one by one, and remember them.
+    #[cfg(feature = "duckdb")]
+    fn upsert<T>(
+        &mut self,
+        source: Source,
+        items: &[(String, String, T)],
+        store: impl Fn(&Engine, &T) -> memhub_types::Result<()>,
+    ) -> Result<(), String> {
+        self.done.rows_read += items.len() as u64;
+        let todo = self.changed(items.iter().map(|(id, h, _)| (source, id.as_str(), h.as_str())))?.unwrap_or_default();
         let mut written = Vec::new();
-        for (id, hash, e) in entities.iter().filter(|(id, _, _)| todo.contains(id)) {
-            match self.engine.store_entity(&tenant, e.clone()) {
-                Ok(_) => written.push((id.as_str(), hash.as_str())),
+        for (id, hash, item) in items.iter().filter(|(id, _, _)| todo.contains(id)) {
+            match store(&self.engine, item) {
+                Ok(()) => written.push((id.as_str(), hash.as_str())),
                 Err(err) => self.refused(id, err),
             }
         }
         self.done.rows_written += written.len() as u64;
-        self.ledger.remember(&self.system, Source::Entities.as_str(), &written)?;
-        let relation_ids = relations.iter().map(|(id, h, _)| (Source::Relations, id.as_str(), h.as_str()));
-        let todo = self.changed(relation_ids)?.unwrap_or_default();
-        let mut written = Vec::new();
-        for (id, hash, r) in relations.iter().filter(|(id, _, _)| todo.contains(id)) {
-            match self.engine.store_relation(&tenant, r.clone()) {
-                Ok(_) => written.push((id.as_str(), hash.as_str())),
-                Err(err) => self.refused(id, err),
-            }
-        }
-        self.done.rows_written += written.len() as u64;
-        self.ledger.remember(&self.system, Source::Relations.as_str(), &written)
+        self.ledger.remember(&self.system, source.as_str(), &written)
     }
 }
 

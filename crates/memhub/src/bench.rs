@@ -192,8 +192,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(&pid.to_string(), "VmRSS:")
+}
+
+/// A line of `/proc/<pid>/status` in KiB (`VmRSS:`, `VmHWM:` = peak); `pid` may be `self`.
+fn proc_status_kib(pid: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 struct ServerProcess {
@@ -303,13 +308,6 @@ pub fn run(which: Which, config: &Config) -> Result<(), String> {
     }
 }
 
-/// A line of /proc/self/status in KiB (`VmRSS`, `VmHWM` = peak).
-#[cfg(feature = "duckdb")]
-fn self_status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
-}
-
 #[cfg(not(feature = "duckdb"))]
 async fn pull(_: &Config, _: &std::path::Path) -> Result<(), String> {
     Err("bench pull reads DuckDB files: build with --features duckdb (see the README)".into())
@@ -335,16 +333,7 @@ async fn pull(config: &Config, db: &std::path::Path) -> Result<(), String> {
     let read = memhub_ingest::duckdb::read_reflection(db, "bench-host", dim, 500, |_| Ok(()))?;
     let read_seconds = started.elapsed().as_secs_f64();
 
-    let gzip = |dst: &std::path::Path| -> Result<u64, String> {
-        let mut gz = flate2::write::GzEncoder::new(
-            std::fs::File::create(dst).map_err(|e| e.to_string())?,
-            flate2::Compression::fast(),
-        );
-        std::io::copy(&mut std::fs::File::open(db).map_err(|e| e.to_string())?, &mut gz).map_err(|e| e.to_string())?;
-        gz.finish().map_err(|e| e.to_string())?;
-        std::fs::metadata(dst).map(|m| m.len()).map_err(|e| e.to_string())
-    };
-    let gz_bytes = gzip(&key)?;
+    let (gz_bytes, _) = crate::sync::gzip_file(db, &key)?;
 
     let engine = Arc::new(Engine::open(&data, config.engine.clone(), OpenMode::ReadWrite).map_err(|e| e.to_string())?);
     let ingest = IngestConfig {
@@ -352,16 +341,16 @@ async fn pull(config: &Config, db: &std::path::Path) -> Result<(), String> {
         ..Default::default()
     };
     let worker = PullWorker::open(engine.clone(), ingest, &data)?.expect("a bucket is configured");
-    let rss_before = self_status_kib("VmRSS:").unwrap_or(0);
+    let rss_before = proc_status_kib("self", "VmRSS:").unwrap_or(0);
     let started = Instant::now();
     let report = worker.poll().await;
     let seconds = started.elapsed().as_secs_f64();
-    let peak = self_status_kib("VmHWM:").unwrap_or(0);
+    let peak = proc_status_kib("self", "VmHWM:").unwrap_or(0);
     if report.failed > 0 || report.rows_written == 0 {
         return Err(format!("the ingest failed: {report:?} {:?}", worker.status().map(|s| s.uploads)));
     }
     // The same data uploaded again (a new object): read, compared, nothing written.
-    gzip(&key)?;
+    crate::sync::gzip_file(db, &key)?;
     let started = Instant::now();
     let again = worker.poll().await;
     let again_seconds = started.elapsed().as_secs_f64();

@@ -17,7 +17,7 @@
 //! most the step in flight.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -228,23 +228,9 @@ async fn sync(args: &SyncArgs) -> Result<SyncResult, String> {
     Ok(r)
 }
 
-/// sha256 of a file, streamed.
-fn sha256_file(path: &Path) -> Result<String, String> {
-    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match f.read(&mut buf).map_err(|e| format!("{}: {e}", path.display()))? {
-            0 => break,
-            n => h.update(&buf[..n]),
-        }
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
 /// Gzip `src` into `dst` (deterministic bytes: no name, mtime 0); returns the
 /// compressed size and its sha256.
-fn gzip_file(src: &Path, dst: &Path) -> Result<(u64, String), String> {
+pub(crate) fn gzip_file(src: &Path, dst: &Path) -> Result<(u64, String), String> {
     struct Hashing<W> {
         inner: W,
         hash: Sha256,
@@ -287,7 +273,7 @@ async fn upload(args: &SyncArgs, state: &mut State, state_path: &Path) -> Result
     let mut changed = BTreeMap::new();
     let mut result = SyncResult { method: "cloud", ..Default::default() };
     for (name, path) in &files {
-        let sha = sha256_file(path)?;
+        let sha = memhub_ingest::decode::sha256_file(path)?;
         if !args.full && state.uploaded.get(*name) == Some(&sha) {
             result.unchanged += 1;
         } else {
