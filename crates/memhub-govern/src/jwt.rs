@@ -344,7 +344,10 @@ mod tests {
     }
 
     fn fixture(name: &str) -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+        // Read at run time: the target dir is shared between checkouts, so the
+        // compile-time path can name another (even a deleted) one.
+        let dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+        std::path::Path::new(&dir).join("tests/fixtures").join(name)
     }
 
     #[test]

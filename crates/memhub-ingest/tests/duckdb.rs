@@ -9,8 +9,11 @@ use memhub_ingest::duckdb::{read_knowledge_graph, read_reflection};
 use memhub_ingest::{Row, Source};
 use serde_json::json;
 
+/// The checkout under test, read at run time (the target dir is shared between
+/// checkouts, so the compile-time path can name another one).
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    PathBuf::from(dir).join("../..")
 }
 
 /// Run the fixture script with the test venv's Python (and `pythonpath`, if any).
