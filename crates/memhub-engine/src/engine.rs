@@ -751,7 +751,7 @@ impl Engine {
                     retrievers: Vec::new(),
                     content_key: match key {
                         Key::Doc(id) => state.filters.get(id).map_or(0, |d| d.content_key),
-                        Key::Cold(i) => content_key(&cold_hits[i].memory.content_hash),
+                        Key::Cold(i) => content_key(&cold_hits[i].memory().content_hash),
                     },
                 });
                 c.score += weight / (RRF_K + rank as f32);
@@ -813,7 +813,7 @@ impl Engine {
                 for (key, c) in fused.iter_mut() {
                     let created_at = match key {
                         Key::Doc(id) => state.filters.get(*id).map(|d| d.created_at),
-                        Key::Cold(i) => Some(cold_hits[*i].memory.created_at),
+                        Key::Cold(i) => Some(cold_hits[*i].memory().created_at),
                     };
                     if let Some(created_at) = created_at {
                         let age_seconds = ((now - created_at).max(0) as f64) / 1e6;
@@ -833,13 +833,13 @@ impl Engine {
         let seqs: Vec<i64> =
             ranked.iter().filter_map(|c| if let Key::Doc(id) = c.key { Some(i64::from(id)) } else { None }).collect();
         let mut loaded: HashMap<i64, Memory> = self.store.read(|c| store::load_by_seq(c, &seqs))?.into_iter().collect();
-        let mut cold_hits: Vec<Option<Memory>> = cold_hits.into_iter().map(|h| Some(h.memory)).collect();
         let results: Vec<SearchHit> = ranked
             .into_iter()
             .filter_map(|c| {
                 let mut memory = match c.key {
                     Key::Doc(id) => loaded.remove(&i64::from(id))?,
-                    Key::Cold(i) => cold_hits[i].take()?,
+                    // Each key is ranked once, so each cold hit is copied at most once.
+                    Key::Cold(i) => cold_hits[i].memory().clone(),
                 };
                 if !req.include_embedding {
                     memory.embedding = None;

@@ -17,7 +17,7 @@
 //! one tier, and a crash at any point neither loses nor duplicates one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use memhub_objects::{BlockingBucket, BucketConfig, ObjectError};
@@ -122,6 +122,8 @@ pub struct TierReport {
     pub files_written: usize,
     /// Objects no catalog entry named (left by a crash), deleted.
     pub orphans_removed: usize,
+    /// Small files of one partition merged into fewer (see `merge_small_files`).
+    pub files_merged: usize,
 }
 
 /// Counts and bytes of one tier.
@@ -133,7 +135,25 @@ pub struct TierStats {
 }
 
 /// A decoded cold file, shared by concurrent readers.
-type ColdFile = Arc<Vec<Memory>>;
+pub(crate) struct ColdRows {
+    pub memories: Vec<Memory>,
+    /// Each memory's analysed text, computed the first time a search's filter admits
+    /// it: a repeated search over the same window tokenizes nothing.
+    analysed: Vec<OnceLock<crate::index::Analysed>>,
+}
+
+impl ColdRows {
+    fn new(memories: Vec<Memory>) -> ColdRows {
+        let analysed = memories.iter().map(|_| OnceLock::new()).collect();
+        ColdRows { memories, analysed }
+    }
+
+    fn analysed(&self, row: usize) -> &crate::index::Analysed {
+        self.analysed[row].get_or_init(|| crate::index::Analysed::of(&self.memories[row].content))
+    }
+}
+
+type ColdFile = Arc<ColdRows>;
 
 /// The cold tier: a bucket, the lock every move holds, and recently read files
 /// (files never change, so a cached one is never stale).
@@ -143,8 +163,10 @@ pub(crate) struct ColdTier {
     cache: Mutex<(HashMap<String, ColdFile>, Vec<String>)>,
 }
 
-/// Decoded files kept in memory for repeated cold reads.
+/// Decoded files kept in memory for repeated cold reads: at most this many files
+/// and (about) this many memories, the least recently read evicted first.
 const CACHED_FILES: usize = 32;
+const CACHED_ROWS: usize = 200_000;
 
 fn object_error(e: ObjectError) -> Error {
     Error::new(ErrorCode::ObjectStoreUnavailable, e.to_string())
@@ -194,32 +216,43 @@ impl ColdTier {
         self.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Read cold files (cached, or fetched up to 8 at a time).
+    /// Read cold files (cached, or fetched up to 8 at a time and decoded on every
+    /// core).
     fn read(&self, paths: &[String]) -> Result<Vec<(String, ColdFile)>> {
-        let mut out = Vec::with_capacity(paths.len());
+        let mut found: HashMap<&str, ColdFile> = HashMap::new();
         let mut missing = Vec::new();
         {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             for p in paths {
                 match cache.0.get(p) {
-                    Some(f) => out.push((p.clone(), f.clone())),
+                    Some(f) => {
+                        found.insert(p, f.clone());
+                        // Most recently used last.
+                        cache.1.retain(|k| k != p);
+                        cache.1.push(p.clone());
+                    }
                     None => missing.push(p.clone()),
                 }
             }
         }
-        for (path, bytes) in missing.iter().zip(self.bucket.get_many(&missing)) {
-            let memories = memhub_objects::parquet::decode(bytes.map_err(object_error)?).map_err(object_error)?;
-            let file: ColdFile = Arc::new(memories);
+        let fetched: Vec<Bytes> =
+            self.bucket.get_many(&missing).into_iter().collect::<std::result::Result<_, _>>().map_err(object_error)?;
+        let decoded = decode_parallel(fetched)?;
+        {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.1.len() >= CACHED_FILES {
-                let old = cache.1.remove(0);
-                cache.0.remove(&old);
+            for (path, file) in missing.iter().zip(decoded) {
+                cache.0.insert(path.clone(), file.clone());
+                cache.1.retain(|k| k != path);
+                cache.1.push(path.clone());
+                found.insert(path, file);
             }
-            cache.0.insert(path.clone(), file.clone());
-            cache.1.push(path.clone());
-            out.push((path.clone(), file));
+            let mut rows: usize = cache.0.values().map(|f| f.memories.len()).sum();
+            while cache.1.len() > 1 && (cache.1.len() > CACHED_FILES || rows > CACHED_ROWS) {
+                let old = cache.1.remove(0);
+                rows -= cache.0.remove(&old).map_or(0, |f| f.memories.len());
+            }
         }
-        Ok(out)
+        Ok(paths.iter().filter_map(|p| Some((p.clone(), found.get(p.as_str())?.clone()))).collect())
     }
 
     fn write(&self, key: &str, memories: &[Memory]) -> Result<u64> {
@@ -237,6 +270,36 @@ impl ColdTier {
         cache.0.remove(key);
         cache.1.retain(|k| k != key);
     }
+}
+
+/// Decode fetched cold files, spread over the available cores (decoding, mostly
+/// JSON, is what a first cold search waits on).
+fn decode_parallel(files: Vec<Bytes>) -> Result<Vec<ColdFile>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(files.len().max(1));
+    let decode = |bytes: Bytes| -> Result<ColdFile> {
+        let memories = memhub_objects::parquet::decode(bytes).map_err(object_error)?;
+        Ok(Arc::new(ColdRows::new(memories)))
+    };
+    if threads <= 1 {
+        return files.into_iter().map(decode).collect();
+    }
+    let mut slots: Vec<Vec<(usize, Bytes)>> = vec![Vec::new(); threads];
+    for (i, bytes) in files.into_iter().enumerate() {
+        slots[i % threads].push((i, bytes));
+    }
+    let mut out: Vec<(usize, ColdFile)> = std::thread::scope(|s| {
+        let handles: Vec<_> = slots
+            .into_iter()
+            .map(|slot| s.spawn(move || slot.into_iter().map(|(i, b)| Ok((i, decode(b)?))).collect::<Result<Vec<_>>>()))
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.extend(h.join().map_err(|_| Error::internal("decoding a cold file panicked"))??);
+        }
+        Ok::<_, Error>(out)
+    })?;
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out.into_iter().map(|(_, f)| f).collect())
 }
 
 /// Record a new cold file and its memories in the catalog.
@@ -303,7 +366,7 @@ impl Engine {
         // A hot memory old enough for cold is listed for both moves; `freeze` takes
         // only those that are warm by then.
         let mut to_warm = Vec::new();
-        let mut to_cold: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
+        let mut to_cold: BTreeMap<(String, String), Vec<(i64, i64)>> = BTreeMap::new();
         {
             let state = self.indexes().read();
             for (id, d) in state.filters.docs() {
@@ -313,7 +376,10 @@ impl Engine {
                     to_warm.push(i64::from(id));
                 }
                 if target == Tier::Cold {
-                    to_cold.entry((tenant.to_string(), system.to_string())).or_default().push(i64::from(id));
+                    to_cold
+                        .entry((tenant.to_string(), system.to_string()))
+                        .or_default()
+                        .push((d.created_at, i64::from(id)));
                 }
             }
         }
@@ -323,13 +389,19 @@ impl Engine {
         if let Some(cold) = self.cold() {
             let _moving = cold.guard();
             report.orphans_removed = self.sweep_orphans(cold)?;
-            for seqs in to_cold.into_values() {
+            for mut by_time in to_cold.into_values() {
+                // In time order, a freeze step spans one or two months, so each month
+                // partition gets few, full files (in table order, every step would
+                // leave a small file in every month).
+                by_time.sort_unstable();
+                let seqs: Vec<i64> = by_time.into_iter().map(|(_, seq)| seq).collect();
                 for chunk in seqs.chunks(self.tiers().file_rows) {
                     let (moved, files) = self.freeze(cold, chunk)?;
                     report.to_cold += moved;
                     report.files_written += files;
                 }
             }
+            report.files_merged = self.merge_small_files(cold)?;
         }
         if report != TierReport::default() {
             tracing::info!(?report, "tiers aged");
@@ -418,6 +490,64 @@ impl Engine {
         Ok((moved, files))
     }
 
+    /// Merge the small files of each partition (under half of `file_rows` rows; every
+    /// aging run leaves one per partition it touches) into files of up to
+    /// `file_rows`: a cold search reads a few full files, not one per run. Same
+    /// protocol as every cold move: the merged object first, then one transaction
+    /// swaps the catalog, then the old objects go. Returns how many files were merged
+    /// away.
+    fn merge_small_files(&self, cold: &ColdTier) -> Result<usize> {
+        let file_rows = self.tiers().file_rows;
+        let small: Vec<(String, usize)> = self.store().read(|c| {
+            let mut st =
+                c.prepare("SELECT path, rows FROM cold_files WHERE rows < ?1 ORDER BY path").map_err(storage)?;
+            let rows = st
+                .query_map(params![(file_rows / 2) as i64], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize))
+                })
+                .map_err(storage)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
+        })?;
+        let mut partitions: BTreeMap<&str, Vec<(&String, usize)>> = BTreeMap::new();
+        for (path, rows) in &small {
+            let partition = path.rsplit_once('/').map_or("", |(p, _)| p);
+            partitions.entry(partition).or_default().push((path, *rows));
+        }
+        let mut merged_away = 0;
+        for files in partitions.into_values() {
+            let mut groups: Vec<Vec<&String>> = Vec::new();
+            let mut rows_in_last = usize::MAX;
+            for (path, rows) in files {
+                if rows_in_last.saturating_add(rows) > file_rows {
+                    groups.push(Vec::new());
+                    rows_in_last = 0;
+                }
+                rows_in_last += rows;
+                groups.last_mut().expect("a group").push(path);
+            }
+            for group in groups.into_iter().filter(|g| g.len() > 1) {
+                let paths: Vec<String> = group.into_iter().cloned().collect();
+                let mut memories: Vec<Memory> =
+                    cold.read(&paths)?.iter().flat_map(|(_, f)| f.memories.iter().cloned()).collect();
+                memories.sort_by_key(|m| m.created_at);
+                let key = cold_key(&memories[0]);
+                let bytes = cold.write(&key, &memories)?;
+                self.store().write(|tx| {
+                    for old in &paths {
+                        tx.execute("DELETE FROM cold_memories WHERE file = ?1", params![old]).map_err(storage)?;
+                        tx.execute("DELETE FROM cold_files WHERE path = ?1", params![old]).map_err(storage)?;
+                    }
+                    catalog_file(tx, &key, &memories, bytes)
+                })?;
+                for old in &paths {
+                    cold.delete(old);
+                }
+                merged_away += paths.len() - 1;
+            }
+        }
+        Ok(merged_away)
+    }
+
     /// Delete objects under the bucket that the catalog does not name.
     fn sweep_orphans(&self, cold: &ColdTier) -> Result<usize> {
         let listed = cold.bucket.list("").map_err(object_error)?;
@@ -454,7 +584,8 @@ impl Engine {
         for (file, ids) in by_file {
             let [(_, memories)]: [(String, ColdFile); 1] =
                 cold.read(std::slice::from_ref(&file))?.try_into().map_err(|_| Error::internal("one file"))?;
-            let (out, kept): (Vec<Memory>, Vec<Memory>) = memories.iter().cloned().partition(|m| ids.contains(&m.id));
+            let (out, kept): (Vec<Memory>, Vec<Memory>) =
+                memories.memories.iter().cloned().partition(|m| ids.contains(&m.id));
             let replacement = match kept.first() {
                 Some(first) => {
                     let key = cold_key(first);
@@ -569,7 +700,7 @@ impl Engine {
         let files = self.cold_files(Some(&scope.tenant), filter, scope.systems.as_deref())?;
         let mut ids = Vec::new();
         for (_, memories) in cold.read(&files)? {
-            ids.extend(memories.iter().filter(|m| scope.permits(m) && filter.matches(m)).map(|m| m.id));
+            ids.extend(memories.memories.iter().filter(|m| scope.permits(m) && filter.matches(m)).map(|m| m.id));
         }
         Ok(self.take_cold(cold, &ids, Taken::Discard)?.len())
     }
@@ -606,13 +737,27 @@ impl Engine {
         })
     }
 
-    /// Cold memories of `scope` matching `filter`, visible at `now`.
-    pub(crate) fn scan_cold(&self, scope: &Scope, filter: &MemoryFilter, now: i64) -> Result<Vec<Memory>> {
+    /// Cold memories of `scope` matching `filter`, visible at `now`: each file with
+    /// the rows that match (nothing is copied).
+    pub(crate) fn scan_cold(
+        &self,
+        scope: &Scope,
+        filter: &MemoryFilter,
+        now: i64,
+    ) -> Result<Vec<(ColdFile, Vec<u32>)>> {
         let Some(cold) = self.cold() else { return Ok(Vec::new()) };
         let files = self.cold_files(Some(&scope.tenant), filter, scope.systems.as_deref())?;
         let mut out = Vec::new();
-        for (_, memories) in cold.read(&files)? {
-            out.extend(memories.iter().filter(|m| filter.matches(m) && self.visible(scope, m, now)).cloned());
+        for (_, file) in cold.read(&files)? {
+            let rows: Vec<u32> = (0..file.memories.len() as u32)
+                .filter(|&i| {
+                    let m = &file.memories[i as usize];
+                    filter.matches(m) && self.visible(scope, m, now)
+                })
+                .collect();
+            if !rows.is_empty() {
+                out.push((file, rows));
+            }
         }
         Ok(out)
     }
@@ -625,7 +770,7 @@ impl Engine {
         // A file at a time: an export of a large archive never holds it all.
         for file in files {
             for (_, memories) in cold.read(&[file])? {
-                for m in memories.iter() {
+                for m in memories.memories.iter() {
                     f(m.clone())?;
                     n += 1;
                 }
@@ -643,7 +788,7 @@ impl Engine {
                 .map_err(storage)
         })?;
         let Some(file) = file else { return Ok(None) };
-        Ok(cold.read(&[file])?.into_iter().flat_map(|(_, f)| f.iter().find(|m| m.id == *id).cloned()).next())
+        Ok(cold.read(&[file])?.into_iter().flat_map(|(_, f)| f.memories.iter().find(|m| m.id == *id).cloned()).next())
     }
 
     /// Cold memories by client key in `tenant` (`system_id` optional), at most two.
@@ -723,45 +868,55 @@ impl Engine {
 
 /// A cold memory's BM25 and vector scores within one search.
 pub(crate) struct ColdHit {
-    pub memory: Memory,
+    file: ColdFile,
+    row: u32,
     pub bm25: f32,
     pub coverage: f32,
     pub cosine: Option<f32>,
 }
 
+impl ColdHit {
+    pub fn memory(&self) -> &Memory {
+        &self.file.memories[self.row as usize]
+    }
+}
+
 /// Score scanned cold memories: BM25 over the scanned set (its own statistics) for
-/// `terms`, and cosine against `query` for vectors of `model`.
+/// `terms`, and cosine against `query` (normalised) for vectors of `model`.
 pub(crate) fn score_cold(
-    memories: Vec<Memory>,
+    scanned: Vec<(ColdFile, Vec<u32>)>,
     terms: &[(String, bool)],
     query: Option<&[f32]>,
     model: &str,
 ) -> Vec<ColdHit> {
-    use crate::index::Analysed;
-    let analysed: Vec<Analysed> =
-        if terms.is_empty() { Vec::new() } else { memories.iter().map(|m| Analysed::of(&m.content)).collect() };
-    let docs = analysed.len() as u64;
-    let avg_len = (analysed.iter().map(|a| u64::from(a.len)).sum::<u64>() as f32 / docs.max(1) as f32).max(1.0);
-    let df: HashMap<&str, u64> = terms
-        .iter()
-        .map(|(t, _)| {
-            (
-                t.as_str(),
-                analysed.iter().filter(|a| a.terms.binary_search_by(|(x, _)| x.as_str().cmp(t)).is_ok()).count() as u64,
-            )
-        })
-        .collect();
-    memories
-        .into_iter()
-        .enumerate()
-        .map(|(i, memory)| {
+    let position = |a: &crate::index::Analysed, term: &str| a.terms.binary_search_by(|(x, _)| x.as_str().cmp(term));
+    let (mut docs, mut total_len) = (0u64, 0u64);
+    let mut df = vec![0u64; terms.len()];
+    if !terms.is_empty() {
+        for (file, rows) in &scanned {
+            for &row in rows {
+                let a = file.analysed(row as usize);
+                docs += 1;
+                total_len += u64::from(a.len);
+                for (n, (term, _)) in terms.iter().enumerate() {
+                    df[n] += u64::from(position(a, term).is_ok());
+                }
+            }
+        }
+    }
+    let avg_len = (total_len as f32 / docs.max(1) as f32).max(1.0);
+    let idf: Vec<f32> = df.iter().map(|&d| crate::index::pending::idf(docs, d)).collect();
+    let mut out = Vec::with_capacity(scanned.iter().map(|(_, rows)| rows.len()).sum());
+    for (file, rows) in scanned {
+        for row in rows {
+            let memory = &file.memories[row as usize];
             let (mut bm25, mut matched, mut content) = (0f32, 0u32, false);
-            if let Some(a) = analysed.get(i) {
-                for (term, is_content) in terms {
-                    if let Ok(pos) = a.terms.binary_search_by(|(x, _)| x.as_str().cmp(term)) {
+            if !terms.is_empty() {
+                let a = file.analysed(row as usize);
+                for (n, (term, is_content)) in terms.iter().enumerate() {
+                    if let Ok(pos) = position(a, term) {
                         let tf = a.terms[pos].1 as f32;
-                        let w = crate::index::pending::idf(docs, df[term.as_str()]);
-                        bm25 += w * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * a.len as f32 / avg_len));
+                        bm25 += idf[n] * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * a.len as f32 / avg_len));
                         matched += 1;
                         content |= *is_content;
                     }
@@ -772,10 +927,23 @@ pub(crate) fn score_cold(
             }
             let cosine = query.and_then(|q| {
                 let v = memory.embedding.as_deref().filter(|_| memory.embedding_model.as_deref() == Some(model))?;
-                Some(crate::index::pending::dot(&crate::index::normalized(v)?, q))
+                cosine_to_unit(v, q)
             });
             let coverage = if terms.is_empty() { 0.0 } else { matched as f32 / terms.len() as f32 };
-            ColdHit { memory, bm25, coverage, cosine }
-        })
-        .collect()
+            out.push(ColdHit { file: file.clone(), row, bm25, coverage, cosine });
+        }
+    }
+    out
+}
+
+/// Cosine of `v` and the unit vector `unit`, without normalising a copy of `v`;
+/// `None` for a zero or non-finite `v` (the indexes skip those too).
+fn cosine_to_unit(v: &[f32], unit: &[f32]) -> Option<f32> {
+    let (mut dot, mut norm) = (0f32, 0f32);
+    for (x, y) in v.iter().zip(unit) {
+        dot += x * y;
+        norm += x * x;
+    }
+    let norm = norm.sqrt();
+    (norm.is_finite() && norm > 0.0).then(|| dot / norm)
 }

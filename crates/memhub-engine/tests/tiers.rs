@@ -314,3 +314,75 @@ fn bad_tier_boundaries_are_refused_at_open() {
     let e = Engine::open(dir.path(), cfg, OpenMode::ReadWrite).err().expect("refused");
     assert_eq!(e.field.as_deref(), Some("engine.tiers.warm_days"), "{e}");
 }
+
+#[test]
+fn a_cold_search_over_more_files_than_the_cache_holds_finds_every_match_the_same_each_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path());
+    let s = scope();
+    // One file per system: 40 files, more than the decoded-file cache keeps.
+    for i in 0..40 {
+        let content = if i == 17 { "kickoff kickoff agenda".to_string() } else { format!("kickoff notes {i}") };
+        let v = [1.0, i as f32 / 40.0, 0.0, 0.0];
+        engine
+            .store_memory(&s, memory(&format!("sys-{i}"), &format!("m{i}"), &content, 200, v), IngestionMethod::Rest)
+            .unwrap();
+    }
+    let report = engine.age_tiers().unwrap();
+    assert_eq!((report.to_cold, report.files_written), (40, 40), "{report:?}");
+    let cold_text = SearchRequest { tiers: Some(vec![Tier::Cold]), limit: Some(100), ..text("kickoff") };
+    let first = engine.search(&s, &cold_text).unwrap();
+    assert_eq!(first.results.len(), 40);
+    assert_eq!(first.results[0].memory.memory_id, "m17", "the highest term frequency ranks first");
+    let again = engine.search(&s, &cold_text).unwrap();
+    let key = |r: &memhub_types::SearchResponse| -> Vec<(String, u32)> {
+        r.results.iter().map(|h| (h.memory.memory_id.clone(), h.score.to_bits())).collect()
+    };
+    assert_eq!(key(&first), key(&again), "a cached re-read scores exactly the same");
+    // Cosine of a cold vector: m39's vector is nearest to [1, 1, 0, 0].
+    assert_eq!(by_vector(&engine, [1.0, 1.0, 0.0, 0.0], true), vec!["m39"]);
+    let hit = engine
+        .search(
+            &s,
+            &SearchRequest {
+                query_embedding: Some(vec![1.0, 0.0, 0.0, 0.0]),
+                include_cold: true,
+                limit: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(hit.results[0].memory.memory_id, "m0");
+    assert!((hit.results[0].similarity - 1.0).abs() < 1e-6, "{}", hit.results[0].similarity);
+    assert_eq!(hit.results[0].memory.embedding, None, "vectors only on request");
+}
+
+#[test]
+fn aging_runs_merge_the_small_files_they_leave_in_a_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    let mut cfg = config(&bucket);
+    cfg.tiers.file_rows = 10;
+    let engine = Engine::open(&dir.path().join("data"), cfg, OpenMode::ReadWrite).unwrap();
+    let s = scope();
+    let mut merged = 0;
+    for i in 0..3 {
+        let m = memory("mac.local", &format!("r{i}"), &format!("retro {i}"), 200, [1.0, i as f32, 0.0, 0.0]);
+        engine.store_memory(&s, m, IngestionMethod::Rest).unwrap();
+        let report = engine.age_tiers().unwrap();
+        assert_eq!((report.to_cold, report.files_written), (1, 1), "{report:?}");
+        merged += report.files_merged;
+        assert_eq!(files_under(&bucket).len(), 1, "run {i} leaves one file in the partition");
+    }
+    assert_eq!(merged, 2);
+    let mut found = search(&engine, SearchRequest { include_cold: true, ..text("retro") });
+    found.sort();
+    assert_eq!(found, ["r0", "r1", "r2"]);
+    let r1 = engine.get_by_memory_id(&s, Some("mac.local"), "r1").unwrap();
+    assert_eq!((r1.tier, engine.get(&s, &r1.id).unwrap().content.as_str()), (Tier::Cold, "retro 1"));
+    assert_eq!(engine.stats(&s).unwrap().tiers[&Tier::Cold].memories, 3);
+    // A full file is left alone: with file_rows 2 nothing here is small.
+    drop(engine);
+    let engine = open(dir.path());
+    assert_eq!(engine.age_tiers().unwrap().files_merged, 0);
+}

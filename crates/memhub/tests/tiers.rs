@@ -74,6 +74,7 @@ async fn aging_over_http_moves_memories_to_parquet_and_they_stay_findable() {
     let (status, report) = http.post("/v1/tiers/run", &json!({})).await;
     assert_eq!(status, 200, "{report}");
     assert!(report["to_cold"].as_u64().unwrap() > 0 && report["to_warm"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["files_merged"].as_u64().unwrap() > 0, "partial month files are merged: {report}");
 
     let (_, stats) = http.get("/v1/stats").await;
     let count = |t: &str| stats["tiers"][t]["memories"].as_u64().unwrap();
