@@ -23,6 +23,7 @@ use crate::index::pending::dot;
 use crate::index::{normalized, query_terms, DocId, IndexSizes, Indexes};
 use crate::prepare::{self, check_attributes, check_content, check_embedding, check_tags, same_revision, Prepared};
 use crate::store::{self, storage, OpenMode, Store, MEMORY_COLUMNS};
+use crate::telemetry;
 use crate::tiers::{score_cold, ColdTier, TierStats};
 use crate::EngineConfig;
 
@@ -458,6 +459,12 @@ impl Engine {
 
     /// Store one memory within the write scope `scope`. Durable when this returns `Ok`.
     pub fn store_memory(&self, scope: &Scope, new: NewMemory, method: IngestionMethod) -> Result<Stored> {
+        let stored = self.store_one(scope, new, method);
+        telemetry::writes(method, [&stored]);
+        stored
+    }
+
+    fn store_one(&self, scope: &Scope, new: NewMemory, method: IngestionMethod) -> Result<Stored> {
         let prepared = self.prepare_in(scope, new, method, &self.registry(), now_micros())?;
         let cold = self.cold.is_some();
         let (_, stored) = self
@@ -530,7 +537,9 @@ impl Engine {
                 results[i] = Some(w.map(|(_, stored)| stored));
             }
         }
-        Ok(results.into_iter().map(|r| r.expect("every item has a result")).collect())
+        let results: Vec<Result<Stored>> = results.into_iter().map(|r| r.expect("every item has a result")).collect();
+        telemetry::writes(method, &results);
+        Ok(results)
     }
 
     /// Whether a memory of this tenant, system and kind created at `created_at` is
@@ -645,7 +654,10 @@ impl Engine {
                 },
                 |(seq, _), change| self.apply(&[(*seq, None)], change),
             )
-            .map(|(_, m)| m)
+            .map(|(_, m)| {
+                telemetry::removed("delete", 1);
+                m
+            })
     }
 
     /// Every version of a memory, newest first (the current one included).
@@ -692,6 +704,7 @@ impl Engine {
 
     /// Hybrid search: BM25 and exact vector scan, fused by reciprocal rank.
     pub fn search(&self, scope: &Scope, req: &SearchRequest) -> Result<SearchResponse> {
+        let started = std::time::Instant::now();
         let limit = check_limit(req.limit, 10, 1000)?;
         let ratio = req.semantic_ratio.unwrap_or(DEFAULT_SEMANTIC_RATIO);
         if !(0.0..=1.0).contains(&ratio) {
@@ -852,6 +865,7 @@ impl Engine {
                 })
             })
             .collect();
+        telemetry::search(mode, tiers.contains(&Tier::Cold), started.elapsed().as_secs_f64());
         Ok(SearchResponse { query: req.query.clone(), total_results: results.len(), results, mode: mode.into() })
     }
 
@@ -1208,6 +1222,7 @@ impl Engine {
             history_versions = removed.history_versions,
             "purged expired memories"
         );
+        telemetry::removed("retention", removed.memories);
         Ok(removed)
     }
 
@@ -1223,6 +1238,7 @@ impl Engine {
         let mut removed = self.remove_where(&seqs, |m| scope.permits(m))?;
         // Cold files holding matches are rewritten without them (and the old objects deleted).
         removed.memories += self.erase_cold(scope, filter)?;
+        telemetry::removed("erasure", removed.memories);
         self.compact()?;
         Ok(removed)
     }

@@ -16,6 +16,7 @@ mod engine;
 pub mod index;
 mod prepare;
 pub mod store;
+pub mod telemetry;
 mod tiers;
 
 pub use embedding::EmbeddingWorker;

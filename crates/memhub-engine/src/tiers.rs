@@ -403,6 +403,8 @@ impl Engine {
             }
             report.files_merged = self.merge_small_files(cold)?;
         }
+        crate::telemetry::moved(Tier::Warm, report.to_warm);
+        crate::telemetry::moved(Tier::Cold, report.to_cold);
         if report != TierReport::default() {
             tracing::info!(?report, "tiers aged");
         }
@@ -815,6 +817,17 @@ impl Engine {
             out.extend(self.get_cold(tenant, &id)?);
         }
         Ok(out)
+    }
+
+    /// Memories and bytes in the cold tier, every tenant (from the catalog's file
+    /// records: no row is counted one by one).
+    pub fn cold_totals(&self) -> Result<(u64, u64)> {
+        self.store().read(|c| {
+            c.query_row("SELECT COALESCE(SUM(rows), 0), COALESCE(SUM(bytes), 0) FROM cold_files", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(storage)
+        })
     }
 
     /// Counts and bytes per tier for `scope`.

@@ -154,6 +154,15 @@ impl Ledger {
         Ok(attempts)
     }
 
+    /// How many uploads' last attempt failed (they wait for a retry).
+    pub fn failing(&self) -> Result<usize, String> {
+        let n: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM uploads WHERE state = 'failed'", [], |r| r.get(0))
+            .map_err(err)?;
+        Ok(n as usize)
+    }
+
     /// The rows among `rows` (id, hash) whose hash is the one already written.
     pub fn unchanged(&self, system_id: &str, source: &str, rows: &[(&str, &str)]) -> Result<HashSet<String>, String> {
         let conn = self.conn();

@@ -17,6 +17,7 @@ pub mod duckdb;
 pub mod layout;
 pub mod ledger;
 pub mod session_buddy;
+pub mod telemetry;
 pub mod worker;
 
 pub use worker::{IngestConfig, IngestStatus, PollReport, PullWorker};

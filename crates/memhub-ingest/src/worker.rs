@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout::{find_uploads, Layout, Upload};
 use crate::ledger::{Ledger, Outcome, UploadStatus};
+use crate::telemetry;
 use crate::{akosha, decode, session_buddy, Row, Source};
 
 /// `[ingest]`: where uploads are and how often to look.
@@ -142,6 +143,7 @@ impl PullWorker {
             Err(e) => {
                 tracing::error!(bucket = self.bucket.url(), error = %e, "cannot list the ingest bucket");
                 report.failed = 1;
+                telemetry::poll(false, 0, None);
             }
             Ok(objects) => {
                 let (uploads, refused) = find_uploads(&objects, &self.config.root);
@@ -175,6 +177,7 @@ impl PullWorker {
                         etag: u.etag.as_deref(),
                         size: u.size,
                     };
+                    telemetry::upload(u.layout.as_str(), result.as_ref().map_err(|_| ()));
                     let recorded = match result {
                         Ok(done) => {
                             report.ingested += 1;
@@ -192,6 +195,7 @@ impl PullWorker {
                         tracing::error!(key = u.key, error = %e, "cannot record the upload's outcome");
                     }
                 }
+                telemetry::poll(true, report.refused.len(), self.ledger.failing().ok());
             }
         }
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, report.clone()));
@@ -284,6 +288,11 @@ impl PullWorker {
         .map_err(|e| e.to_string())?
     }
 
+    /// How many uploads wait for a retry after a failed attempt.
+    pub fn failing(&self) -> Result<usize, String> {
+        self.ledger.failing()
+    }
+
     /// The worker's state for `GET /v1/ingest/status`.
     pub fn status(&self) -> Result<IngestStatus, String> {
         let uploads = self.ledger.uploads(200)?;
@@ -295,7 +304,7 @@ impl PullWorker {
             interval_seconds: self.config.interval_seconds,
             last_poll_at: last.as_ref().map(|(t, _)| format_micros(*t)),
             last_poll: last.map(|(_, r)| r),
-            failed: uploads.iter().filter(|u| u.state == "failed").count(),
+            failed: self.ledger.failing()?,
             uploads,
         })
     }

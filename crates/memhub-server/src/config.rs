@@ -31,6 +31,10 @@ pub struct Config {
     pub purge_interval_seconds: u64,
     /// Write the audit log (`<data_dir>/audit.db`). Turn off only to measure its cost.
     pub audit: bool,
+    /// The environment variable holding the scrape token of `GET /metrics` (default
+    /// `MEMHUB_METRICS_TOKEN`; at least 16 characters). Unset: only a superadmin (or
+    /// auth mode `open`) may scrape.
+    pub metrics_token_env: String,
     pub auth: AuthConfig,
     pub engine: EngineConfig,
     pub embedder: EmbedderConfig,
@@ -90,6 +94,7 @@ impl Default for Config {
             allow_unauthenticated_public: false,
             purge_interval_seconds: 60,
             audit: true,
+            metrics_token_env: "MEMHUB_METRICS_TOKEN".into(),
             auth: AuthConfig::default(),
             ingest: memhub_ingest::IngestConfig::default(),
             engine: EngineConfig::default(),

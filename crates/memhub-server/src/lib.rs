@@ -8,6 +8,7 @@ pub mod config;
 pub mod mcp;
 pub mod openapi;
 pub mod rest;
+pub mod telemetry;
 pub mod tools;
 
 use std::future::Future;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub mcp: mcp::McpService,
     /// The pull ingestion worker, when `[ingest]` names a bucket.
     pub ingest: Option<Arc<memhub_ingest::PullWorker>>,
+    /// SHA-256 of the `/metrics` scrape token, when one is set.
+    pub metrics_token: Option<[u8; 32]>,
 }
 
 /// The audit log's file in a data dir.
@@ -62,13 +65,15 @@ impl AppState {
                  create a key with `memhub keys create --role admin` to require authentication"
             );
         }
+        let metrics_token = telemetry::scrape_token(&config.metrics_token_env)?;
+        telemetry::recorder();
         let hosts = config.allowed_hosts();
         let guard = Arc::new(auth::Guard::new(required, keys, jwt, audit.clone(), &config.auth, &hosts));
         let mcp = mcp::http_service(engine.clone(), audit, &hosts, config.max_body_bytes);
         let ingest = memhub_ingest::PullWorker::open(engine.clone(), config.ingest.clone(), &config.data_dir)
             .map_err(|e| Error::new(ErrorCode::InvalidField, format!("ingest: {e}")))?
             .map(Arc::new);
-        Ok(AppState { engine, config: Arc::new(config), guard, mcp, ingest })
+        Ok(AppState { engine, config: Arc::new(config), guard, mcp, ingest, metrics_token })
     }
 
     /// The context MCP tools run in for `caller`.
@@ -151,7 +156,9 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/metrics", get(telemetry::metrics_endpoint))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
+        .route_layer(axum::middleware::from_fn(telemetry::track))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(TraceLayer::new_for_http())

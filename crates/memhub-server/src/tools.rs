@@ -101,7 +101,9 @@ fn audit_targets(out: &ToolOutput) -> Vec<String> {
 /// not in the catalogue.
 pub async fn call_tool(ctx: &ToolContext, name: &str, args: Map<String, Value>) -> Result<ToolOutput, UnknownTool> {
     let filters = audit_filters(name, &args);
+    let started = std::time::Instant::now();
     let out = run_tool(ctx, name, args).await?;
+    crate::telemetry::tool_call(name, out.status, started);
     if let Some(audit) = &ctx.audit {
         audit.record(ctx.caller.event(&format!("mcp.{name}"), audit_targets(&out), filters, out.status));
     }

@@ -130,6 +130,22 @@ async fn uploads_are_ingested_once_and_only_changed_rows_are_rewritten() {
     assert_eq!(status["failed"], 1);
     assert_eq!(uploads.iter().filter(|u| u["state"] == "done").count(), 2, "{status}");
     assert!(status["bucket"].as_str().unwrap().starts_with("file://"));
+
+    // The same story in the metrics a Prometheus alert would watch.
+    let metrics = reqwest::get(http.url("/metrics")).await.unwrap().text().await.unwrap();
+    let sample = |series: &str| -> Option<f64> {
+        metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    };
+    assert_eq!(sample("memhub_ingest_polls_total{outcome=\"ok\"}"), Some(4.0), "{metrics}");
+    assert_eq!(sample("memhub_ingest_uploads_total{layout=\"akosha\",outcome=\"ingested\"}"), Some(3.0), "{metrics}");
+    assert_eq!(sample("memhub_ingest_uploads_total{layout=\"akosha\",outcome=\"failed\"}"), Some(1.0), "{metrics}");
+    assert_eq!(sample("memhub_ingest_rows_total{outcome=\"written\"}"), Some(7.0), "{metrics}");
+    assert_eq!(sample("memhub_ingest_rows_total{outcome=\"unchanged\"}"), Some(2.0), "{metrics}");
+    assert_eq!(sample("memhub_ingest_uploads_refused_total"), Some(3.0), "refused again at every poll: {metrics}");
+    assert_eq!(sample("memhub_ingest_failing_uploads"), Some(1.0), "{metrics}");
+    assert!(sample("memhub_ingest_last_poll_timestamp_seconds").is_some_and(|t| t > 1.7e9), "{metrics}");
+    let pulled = "memhub_memories_written_total{method=\"cloud_pull\",outcome=\"created\"}";
+    assert_eq!(sample(pulled), Some(6.0), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,71 @@
+//! The metrics the engine records, through the `metrics` facade: the server
+//! installs a Prometheus recorder and serves them on `/metrics`; without a
+//! recorder (the CLI, benchmarks, tests) recording is a no-op.
+//!
+//! Labels are closed sets (methods, outcomes, modes, tiers), never tenants, systems
+//! or ids, so a scrape stays small however many tenants a hub serves.
+
+use memhub_types::memory::IngestionMethod;
+use memhub_types::{Result, StoreOutcome};
+
+use crate::engine::Stored;
+
+pub const MEMORIES_WRITTEN: &str = "memhub_memories_written_total";
+pub const SEARCHES: &str = "memhub_searches_total";
+pub const SEARCH_SECONDS: &str = "memhub_search_duration_seconds";
+pub const TIER_MOVES: &str = "memhub_tier_moves_total";
+pub const MEMORIES_REMOVED: &str = "memhub_memories_removed_total";
+
+/// Register the engine's metric descriptions with the installed recorder.
+pub fn describe() {
+    metrics::describe_counter!(
+        MEMORIES_WRITTEN,
+        "Memory writes by ingestion method and outcome (created, updated, unchanged, rejected)"
+    );
+    metrics::describe_counter!(
+        SEARCHES,
+        "Searches answered, by mode (hybrid, vector, keyword) and whether cold was scanned"
+    );
+    metrics::describe_histogram!(SEARCH_SECONDS, metrics::Unit::Seconds, "Engine time of a search, by mode");
+    metrics::describe_counter!(TIER_MOVES, "Memories moved by the aging job, by destination tier");
+    metrics::describe_counter!(MEMORIES_REMOVED, "Memories removed for good, by reason (retention, erasure, delete)");
+}
+
+/// Count the outcomes of a write of `results` made by `method`.
+pub(crate) fn writes<'a>(method: IngestionMethod, results: impl IntoIterator<Item = &'a Result<Stored>>) {
+    let (mut created, mut updated, mut unchanged, mut rejected) = (0u64, 0u64, 0u64, 0u64);
+    for r in results {
+        match r {
+            Ok(s) if s.outcome == StoreOutcome::Created => created += 1,
+            Ok(s) if s.outcome == StoreOutcome::Updated => updated += 1,
+            Ok(_) => unchanged += 1,
+            Err(_) => rejected += 1,
+        }
+    }
+    for (outcome, n) in [("created", created), ("updated", updated), ("unchanged", unchanged), ("rejected", rejected)] {
+        if n > 0 {
+            metrics::counter!(MEMORIES_WRITTEN, "method" => method.as_str(), "outcome" => outcome).increment(n);
+        }
+    }
+}
+
+/// Record one answered search.
+pub(crate) fn search(mode: &'static str, cold: bool, seconds: f64) {
+    let cold = if cold { "true" } else { "false" };
+    metrics::counter!(SEARCHES, "mode" => mode, "cold" => cold).increment(1);
+    metrics::histogram!(SEARCH_SECONDS, "mode" => mode, "cold" => cold).record(seconds);
+}
+
+/// Count memories removed for `reason`.
+pub(crate) fn removed(reason: &'static str, n: usize) {
+    if n > 0 {
+        metrics::counter!(MEMORIES_REMOVED, "reason" => reason).increment(n as u64);
+    }
+}
+
+/// Count memories the aging job moved to `tier`.
+pub(crate) fn moved(tier: memhub_types::Tier, n: usize) {
+    if n > 0 {
+        metrics::counter!(TIER_MOVES, "to" => tier.as_str()).increment(n as u64);
+    }
+}
