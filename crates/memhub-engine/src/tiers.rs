@@ -120,7 +120,8 @@ pub struct TierReport {
     pub to_warm: usize,
     pub to_cold: usize,
     pub files_written: usize,
-    /// Objects no catalog entry named (left by a crash), deleted.
+    /// Objects no catalog entry named, deleted: files a merge replaced in an earlier
+    /// run (kept until now for readers that had listed them) or left by a crash.
     pub orphans_removed: usize,
     /// Small files of one partition merged into fewer (see `merge_small_files`).
     pub files_merged: usize,
@@ -292,9 +293,11 @@ fn decode_parallel(files: Vec<Bytes>) -> Result<Vec<ColdFile>> {
             .into_iter()
             .map(|slot| s.spawn(move || slot.into_iter().map(|(i, b)| Ok((i, decode(b)?))).collect::<Result<Vec<_>>>()))
             .collect();
+        // Join every thread before looking at any result.
+        let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
         let mut out = Vec::new();
-        for h in handles {
-            out.extend(h.join().map_err(|_| Error::internal("decoding a cold file panicked"))??);
+        for j in joined {
+            out.extend(j.map_err(|_| Error::internal("decoding a cold file panicked"))??);
         }
         Ok::<_, Error>(out)
     })?;
@@ -387,8 +390,12 @@ impl Engine {
             report.to_warm += self.move_between(chunk, Tier::Hot, Tier::Warm)?;
         }
         if let Some(cold) = self.cold() {
-            let _moving = cold.guard();
-            report.orphans_removed = self.sweep_orphans(cold)?;
+            // The lock is taken per step, not per run: a write to a cold key waits for
+            // one step (a thaw needs the lock), never for a whole archive's move.
+            report.orphans_removed = {
+                let _moving = cold.guard();
+                self.sweep_orphans(cold)?
+            };
             for mut by_time in to_cold.into_values() {
                 // In time order, a freeze step spans one or two months, so each month
                 // partition gets few, full files (in table order, every step would
@@ -396,12 +403,19 @@ impl Engine {
                 by_time.sort_unstable();
                 let seqs: Vec<i64> = by_time.into_iter().map(|(_, seq)| seq).collect();
                 for chunk in seqs.chunks(self.tiers().file_rows) {
-                    let (moved, files) = self.freeze(cold, chunk)?;
+                    let (moved, files) = {
+                        let _moving = cold.guard();
+                        self.freeze(cold, chunk)?
+                    };
                     report.to_cold += moved;
                     report.files_written += files;
                 }
             }
-            report.files_merged = self.merge_small_files(cold)?;
+            // The moves are committed; a merge failure is retried next run.
+            report.files_merged = self.merge_small_files(cold).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "merging small cold files failed; the next aging run retries");
+                0
+            });
         }
         crate::telemetry::moved(Tier::Warm, report.to_warm);
         crate::telemetry::moved(Tier::Cold, report.to_cold);
@@ -494,10 +508,12 @@ impl Engine {
 
     /// Merge the small files of each partition (under half of `file_rows` rows; every
     /// aging run leaves one per partition it touches) into files of up to
-    /// `file_rows`: a cold search reads a few full files, not one per run. Same
-    /// protocol as every cold move: the merged object first, then one transaction
-    /// swaps the catalog, then the old objects go. Returns how many files were merged
-    /// away.
+    /// `file_rows`: a cold search reads a few full files, not one per run. The merged
+    /// object is written first, then one transaction swaps the catalog (only if every
+    /// old file is still cataloged: a purge may have replaced one meanwhile). The old
+    /// objects hold the same memories, so they are not deleted now but left to the
+    /// next run's sweep: a search or export that listed them keeps reading them.
+    /// Returns how many files were merged away.
     fn merge_small_files(&self, cold: &ColdTier) -> Result<usize> {
         let file_rows = self.tiers().file_rows;
         let small: Vec<(String, usize)> = self.store().read(|c| {
@@ -528,29 +544,37 @@ impl Engine {
                 groups.last_mut().expect("a group").push(path);
             }
             for group in groups.into_iter().filter(|g| g.len() > 1) {
+                let _moving = cold.guard();
                 let paths: Vec<String> = group.into_iter().cloned().collect();
                 let mut memories: Vec<Memory> =
                     cold.read(&paths)?.iter().flat_map(|(_, f)| f.memories.iter().cloned()).collect();
                 memories.sort_by_key(|m| m.created_at);
                 let key = cold_key(&memories[0]);
                 let bytes = cold.write(&key, &memories)?;
-                self.store().write(|tx| {
+                let swapped = self.store().write(|tx| {
                     for old in &paths {
+                        if tx.execute("DELETE FROM cold_files WHERE path = ?1", params![old]).map_err(storage)? != 1 {
+                            return Err(Error::internal(format!("{old} left the catalog during a merge")));
+                        }
                         tx.execute("DELETE FROM cold_memories WHERE file = ?1", params![old]).map_err(storage)?;
-                        tx.execute("DELETE FROM cold_files WHERE path = ?1", params![old]).map_err(storage)?;
                     }
                     catalog_file(tx, &key, &memories, bytes)
-                })?;
-                for old in &paths {
-                    cold.delete(old);
+                });
+                match swapped {
+                    Ok(()) => merged_away += paths.len() - 1,
+                    // Rolled back: the merged object is an orphan; the group is retried next run.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cold merge skipped");
+                        cold.delete(&key);
+                    }
                 }
-                merged_away += paths.len() - 1;
             }
         }
         Ok(merged_away)
     }
 
-    /// Delete objects under the bucket that the catalog does not name.
+    /// Delete objects under the bucket that the catalog does not name (callers hold
+    /// `ColdTier::lock`, so no move is between writing an object and cataloging it).
     fn sweep_orphans(&self, cold: &ColdTier) -> Result<usize> {
         let listed = cold.bucket.list("").map_err(object_error)?;
         let known: HashSet<String> = self.store().read(|c| {
@@ -628,6 +652,10 @@ impl Engine {
                 Taken::Restore => restored.into_iter().map(|(_, m)| m).collect(),
                 Taken::Discard => out,
             });
+        }
+        if taken == Taken::Discard {
+            // Files a merge replaced may still hold copies of what was just removed.
+            self.sweep_orphans(cold)?;
         }
         Ok(all_taken)
     }
@@ -952,6 +980,9 @@ pub(crate) fn score_cold(
 /// Cosine of `v` and the unit vector `unit`, without normalising a copy of `v`;
 /// `None` for a zero or non-finite `v` (the indexes skip those too).
 fn cosine_to_unit(v: &[f32], unit: &[f32]) -> Option<f32> {
+    if v.len() != unit.len() {
+        return None;
+    }
     let (mut dot, mut norm) = (0f32, 0f32);
     for (x, y) in v.iter().zip(unit) {
         dot += x * y;

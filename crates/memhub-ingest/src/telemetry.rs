@@ -4,7 +4,7 @@
 
 pub const POLLS: &str = "memhub_ingest_polls_total";
 pub const UPLOADS: &str = "memhub_ingest_uploads_total";
-pub const UPLOADS_REFUSED: &str = "memhub_ingest_uploads_refused_total";
+pub const REFUSED_OBJECTS: &str = "memhub_ingest_refused_objects";
 pub const ROWS: &str = "memhub_ingest_rows_total";
 pub const LAST_POLL: &str = "memhub_ingest_last_poll_timestamp_seconds";
 pub const FAILING_UPLOADS: &str = "memhub_ingest_failing_uploads";
@@ -13,7 +13,7 @@ pub const FAILING_UPLOADS: &str = "memhub_ingest_failing_uploads";
 pub fn describe() {
     metrics::describe_counter!(POLLS, "Polls of the ingest bucket, by outcome (ok, list_failed)");
     metrics::describe_counter!(UPLOADS, "Uploads processed, by layout and outcome (ingested, failed)");
-    metrics::describe_counter!(UPLOADS_REFUSED, "Objects refused for a bad system or upload id");
+    metrics::describe_gauge!(REFUSED_OBJECTS, "Objects the last poll refused for a bad system or upload id");
     metrics::describe_counter!(ROWS, "Rows read from uploads, by outcome (written, unchanged, refused)");
     metrics::describe_gauge!(LAST_POLL, metrics::Unit::Seconds, "When the last poll finished (Unix time)");
     metrics::describe_gauge!(FAILING_UPLOADS, "Uploads whose last attempt failed and wait for a retry");
@@ -22,7 +22,9 @@ pub fn describe() {
 pub(crate) fn poll(listed: bool, refused: usize, failing: Option<usize>) {
     let outcome = if listed { "ok" } else { "list_failed" };
     metrics::counter!(POLLS, "outcome" => outcome).increment(1);
-    metrics::counter!(UPLOADS_REFUSED).increment(refused as u64);
+    if listed {
+        metrics::gauge!(REFUSED_OBJECTS).set(refused as f64);
+    }
     metrics::gauge!(LAST_POLL).set(memhub_types::time::now_micros() as f64 / 1e6);
     if let Some(n) = failing {
         metrics::gauge!(FAILING_UPLOADS).set(n as f64);

@@ -384,7 +384,7 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
     let bearer = req.headers().get(header::AUTHORIZATION).map(|v| {
         v.to_str().ok().and_then(|s| s.strip_prefix("Bearer ").or_else(|| s.strip_prefix("bearer "))).map(str::trim)
     });
-    if path == "/metrics" {
+    if path == "/metrics" && ip.and_then(|ip| guard.blocked_for(ip)).is_none() {
         if let (Some(Some(token)), Some(want)) = (bearer, state.metrics_token) {
             // Digests compare in constant time as far as the token is concerned.
             if crate::telemetry::digest(token) == want {

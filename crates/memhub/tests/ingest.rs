@@ -133,15 +133,13 @@ async fn uploads_are_ingested_once_and_only_changed_rows_are_rewritten() {
 
     // The same story in the metrics a Prometheus alert would watch.
     let metrics = reqwest::get(http.url("/metrics")).await.unwrap().text().await.unwrap();
-    let sample = |series: &str| -> Option<f64> {
-        metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-    };
+    let sample = |series: &str| common::metric_sample(&metrics, series);
     assert_eq!(sample("memhub_ingest_polls_total{outcome=\"ok\"}"), Some(4.0), "{metrics}");
     assert_eq!(sample("memhub_ingest_uploads_total{layout=\"akosha\",outcome=\"ingested\"}"), Some(3.0), "{metrics}");
     assert_eq!(sample("memhub_ingest_uploads_total{layout=\"akosha\",outcome=\"failed\"}"), Some(1.0), "{metrics}");
     assert_eq!(sample("memhub_ingest_rows_total{outcome=\"written\"}"), Some(7.0), "{metrics}");
     assert_eq!(sample("memhub_ingest_rows_total{outcome=\"unchanged\"}"), Some(2.0), "{metrics}");
-    assert_eq!(sample("memhub_ingest_uploads_refused_total"), Some(3.0), "refused again at every poll: {metrics}");
+    assert_eq!(sample("memhub_ingest_refused_objects"), Some(1.0), "{metrics}");
     assert_eq!(sample("memhub_ingest_failing_uploads"), Some(1.0), "{metrics}");
     assert!(sample("memhub_ingest_last_poll_timestamp_seconds").is_some_and(|t| t > 1.7e9), "{metrics}");
     let pulled = "memhub_memories_written_total{method=\"cloud_pull\",outcome=\"created\"}";

@@ -4,13 +4,8 @@
 
 mod common;
 
-use common::{create_key, Http, Server};
+use common::{create_key, metric_sample as sample, Http, Server};
 use serde_json::json;
-
-/// The value of the sample `name{labels}` (labels exactly as rendered), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-}
 
 async fn scrape(base: &str, token: Option<&str>) -> (u16, String, String) {
     let mut req = reqwest::Client::new().get(format!("{base}/metrics"));
@@ -46,6 +41,11 @@ async fn a_scrape_counts_writes_searches_tool_calls_and_requests_by_route() {
     let (status, _) = http.get("/v1/memories/0190a6b0-0000-7000-8000-000000000000").await;
     assert_eq!(status, 404);
 
+    // Any token is a method: a made-up one must not become a label of its own.
+    let odd = reqwest::Method::from_bytes(b"XQ7ZMETHOD").unwrap();
+    let resp = reqwest::Client::new().request(odd, server.url("/health")).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+
     let (status, kind, text) = scrape(&server.base, None).await;
     assert_eq!(status, 200, "open mode (loopback) may scrape: {text}");
     assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
@@ -65,6 +65,9 @@ async fn a_scrape_counts_writes_searches_tool_calls_and_requests_by_route() {
     let by_id = "memhub_http_requests_total{method=\"GET\",route=\"/v1/memories/{id}\",status=\"404\"}";
     assert_eq!(sample(&text, by_id), Some(1.0), "the route template, never the id: {text}");
     assert!(!text.contains("0190a6b0"), "no id in a label");
+    let other = "memhub_http_requests_total{method=\"OTHER\",route=\"/health\",status=\"405\"}";
+    assert_eq!(sample(&text, other), Some(1.0), "{text}");
+    assert!(!text.contains("XQ7Z"), "{text}");
     assert_eq!(sample(&text, "memhub_indexed_memories"), Some(3.0), "{text}");
     assert_eq!(sample(&text, "memhub_cold_memories"), Some(0.0), "{text}");
     // Histograms have buckets (aggregatable across replicas), and every metric is described.

@@ -288,3 +288,9 @@ pub fn duckdb_fixture(args: &[&str]) {
     let out = Command::new(python).arg(repo.join("scripts/duckdb-fixture.py")).args(args).output().unwrap();
     assert!(out.status.success(), "fixture {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The value of the sample `series` (name and labels exactly as rendered) in a
+/// Prometheus text scrape, if present.
+pub fn metric_sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
