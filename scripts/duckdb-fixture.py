@@ -48,10 +48,17 @@ REFLECTION = "printf('Reflection %d: prefer small commits; 反省 %d', i, i)"
 TAGS = "CASE WHEN i % 3 = 2 THEN NULL ELSE ['lesson', 'tag' || (i % 4), 'ünï'] END"
 
 
-def conversations(con, legacy, first, count, start):
+def row_parts(first, count, start, null_every):
+    """The row source, timestamp and embedding expressions of `count` rows from
+    `first`: a minute apart from `start`, every `null_every`-th vector NULL."""
     rows = f"FROM range({first}, {first + count}) t(i)"
     when = f"TIMESTAMP '{start}' + to_minutes(i::BIGINT)"
-    embedding = f"(CASE WHEN i % 5 = 4 THEN NULL ELSE {VECTOR} END)::FLOAT[384]"
+    embedding = f"(CASE WHEN i % {null_every} = {null_every - 1} THEN NULL ELSE {VECTOR} END)::FLOAT[384]"
+    return rows, when, embedding
+
+
+def conversations(con, legacy, first, count, start):
+    rows, when, embedding = row_parts(first, count, start, 5)
     if legacy:
         con.execute(CONVERSATIONS)
         con.execute(f"""INSERT INTO conversations SELECT printf('conv_%06d', i), {CONTENT}, {embedding},
@@ -65,9 +72,7 @@ def conversations(con, legacy, first, count, start):
 
 
 def reflections(con, legacy, first, count, start):
-    rows = f"FROM range({first}, {first + count}) t(i)"
-    when = f"TIMESTAMP '{start}' + to_minutes(i::BIGINT)"
-    embedding = f"(CASE WHEN i % 4 = 3 THEN NULL ELSE {VECTOR} END)::FLOAT[384]"
+    rows, when, embedding = row_parts(first, count, start, 4)
     if legacy:
         con.execute(REFLECTIONS)
         con.execute(f"""INSERT INTO reflections SELECT printf('refl_%06d', i), {REFLECTION}, {embedding},

@@ -339,6 +339,12 @@ fn catalog_file(tx: &Transaction<'_>, key: &str, memories: &[Memory], bytes: u64
     Ok(())
 }
 
+/// Remove a file and its memories from the catalog; whether it was cataloged.
+fn uncatalog_file(tx: &Transaction<'_>, path: &str) -> Result<bool> {
+    tx.execute("DELETE FROM cold_memories WHERE file = ?1", params![path]).map_err(storage)?;
+    Ok(tx.execute("DELETE FROM cold_files WHERE path = ?1", params![path]).map_err(storage)? == 1)
+}
+
 /// What a cold removal does with the memories it takes out of their files.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Taken {
@@ -553,10 +559,9 @@ impl Engine {
                 let bytes = cold.write(&key, &memories)?;
                 let swapped = self.store().write(|tx| {
                     for old in &paths {
-                        if tx.execute("DELETE FROM cold_files WHERE path = ?1", params![old]).map_err(storage)? != 1 {
+                        if !uncatalog_file(tx, old)? {
                             return Err(Error::internal(format!("{old} left the catalog during a merge")));
                         }
-                        tx.execute("DELETE FROM cold_memories WHERE file = ?1", params![old]).map_err(storage)?;
                     }
                     catalog_file(tx, &key, &memories, bytes)
                 });
@@ -622,8 +627,7 @@ impl Engine {
             };
             let restored = self.store().write_then(
                 |tx| {
-                    tx.execute("DELETE FROM cold_memories WHERE file = ?1", params![file]).map_err(storage)?;
-                    tx.execute("DELETE FROM cold_files WHERE path = ?1", params![file]).map_err(storage)?;
+                    uncatalog_file(tx, &file)?;
                     if let Some((key, bytes)) = &replacement {
                         catalog_file(tx, key, &kept, *bytes)?;
                     }

@@ -288,11 +288,6 @@ impl PullWorker {
         .map_err(|e| e.to_string())?
     }
 
-    /// How many uploads wait for a retry after a failed attempt.
-    pub fn failing(&self) -> Result<usize, String> {
-        self.ledger.failing()
-    }
-
     /// The worker's state for `GET /v1/ingest/status`.
     pub fn status(&self) -> Result<IngestStatus, String> {
         let uploads = self.ledger.uploads(200)?;

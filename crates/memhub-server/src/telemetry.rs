@@ -151,7 +151,7 @@ pub async fn metrics_endpoint(
         .into());
     };
     let engine = state.engine.clone();
-    let worker = state.ingest.clone();
+    // The ingest gauges are set by each poll (the only time the ledger changes).
     blocking(move || {
         let sizes = engine.indexes().sizes();
         metrics::gauge!("memhub_indexed_memories").set(sizes.memories as f64);
@@ -167,11 +167,6 @@ pub async fn metrics_endpoint(
         metrics::gauge!("memhub_tier_bytes", "tier" => Tier::Cold.as_str()).set(cold_bytes as f64);
         metrics::gauge!("memhub_embedding_backlog").set(engine.embedding_backlog() as f64);
         metrics::gauge!("memhub_index_pending_changes").set((sizes.pending_text + sizes.pending_vectors) as f64);
-        if let Some(worker) = worker {
-            if let Ok(n) = worker.failing() {
-                metrics::gauge!(memhub_ingest::telemetry::FAILING_UPLOADS).set(n as f64);
-            }
-        }
         Ok(())
     })
     .await?;
