@@ -22,7 +22,13 @@ pub struct MiniLmEncoder {
     tokenizer: Tokenizer,
     name: String,
     dim: usize,
+    /// One single-threaded pool per core (none on one core): batches of one call run
+    /// side by side, one per worker.
+    workers: Vec<rayon::ThreadPool>,
 }
+
+/// Texts per forward pass, at most.
+const MAX_BATCH: usize = 32;
 
 fn load_err(path: &Path, reason: impl std::fmt::Display) -> EmbedError {
     EmbedError::Load { path: path.display().to_string(), reason: reason.to_string() }
@@ -62,7 +68,21 @@ impl MiniLmEncoder {
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &Device::Cpu) }
             .map_err(|e| load_err(&weights, e))?;
         let model = BertModel::load(vb, &config).map_err(|e| load_err(&weights, e))?;
-        Ok(MiniLmEncoder { model, tokenizer, name: "all-MiniLM-L6-v2".into(), dim: config.hidden_size })
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        let workers = if cores < 2 {
+            Vec::new()
+        } else {
+            (0..cores)
+                .map(|w| {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(1)
+                        .thread_name(move |_| format!("minilm-{w}"))
+                        .build()
+                        .map_err(|e| load_err(dir, format!("cannot start encoder worker: {e}")))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        Ok(MiniLmEncoder { model, tokenizer, name: "all-MiniLM-L6-v2".into(), dim: config.hidden_size, workers })
     }
 
     /// The number of tokens (with `[CLS]` and `[SEP]`) the encoder sees for `text`.
@@ -106,16 +126,60 @@ impl Embedder for MiniLmEncoder {
         self.dim
     }
 
-    /// Texts are sorted by token count and encoded in batches of 32, so each batch
-    /// pads little; the vectors come back in the callers' order.
+    /// Texts are sorted by token count and encoded in batches of neighbours, so each
+    /// batch pads little; with more than one batch the batches run on the encoder's
+    /// workers. The vectors come back in the callers' order.
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(infer)?;
         let mut order: Vec<usize> = (0..encodings.len()).collect();
         order.sort_by_key(|&i| encodings[i].get_ids().len());
+        let workers = self.workers.len().max(1);
+        // Up to 32 texts a batch, and at least one batch per worker when there are
+        // texts enough.
+        let per_batch = order.len().div_ceil(workers).clamp(1, MAX_BATCH);
+        let batches: Vec<&[usize]> = order.chunks(per_batch).collect();
+        let encode = |batch: &[usize]| -> Result<Vec<Vec<f32>>, EmbedError> {
+            let encodings: Vec<&Encoding> = batch.iter().map(|&i| &encodings[i]).collect();
+            self.embed_batch(&encodings)
+        };
+        let vectors: Vec<Result<Vec<Vec<f32>>, EmbedError>> = if batches.len() < 2 || workers < 2 {
+            batches.iter().map(|b| encode(b)).collect()
+        } else {
+            // candle runs only its matrix products on several cores; the rest of a
+            // forward pass (softmax, layer norm, GELU, copies) runs on one. A batch per
+            // worker, each in a one-thread pool, keeps every core busy on all of it.
+            let mut vectors: Vec<Option<Result<Vec<Vec<f32>>, EmbedError>>> =
+                (0..batches.len()).map(|_| None).collect();
+            std::thread::scope(|s| {
+                let handles: Vec<_> = self
+                    .workers
+                    .iter()
+                    .enumerate()
+                    .map(|(w, pool)| {
+                        let (batches, encode) = (&batches, &encode);
+                        s.spawn(move || {
+                            pool.install(|| {
+                                (w..batches.len()).step_by(workers).map(|b| (b, encode(batches[b]))).collect::<Vec<_>>()
+                            })
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    match h.join() {
+                        Ok(done) => done.into_iter().for_each(|(b, v)| vectors[b] = Some(v)),
+                        Err(_) => return Err(EmbedError::Inference("an encoder worker panicked".into())),
+                    }
+                }
+                Ok(())
+            })?;
+            vectors
+                .into_iter()
+                .map(|v| v.unwrap_or_else(|| Err(EmbedError::Inference("a batch was not encoded".into()))))
+                .collect()
+        };
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); encodings.len()];
-        for chunk in order.chunks(32) {
-            let batch: Vec<&Encoding> = chunk.iter().map(|&i| &encodings[i]).collect();
-            for (&i, v) in chunk.iter().zip(self.embed_batch(&batch)?) {
+        for (batch, vectors) in batches.iter().zip(vectors) {
+            for (&i, v) in batch.iter().zip(vectors?) {
                 out[i] = v;
             }
         }

@@ -19,7 +19,6 @@ use uuid::Uuid;
 
 use crate::embedding::EmbeddingQueue;
 use crate::index::filters::content_key;
-use crate::index::pending::dot;
 use crate::index::{normalized, query_terms, DocId, IndexSizes, Indexes};
 use crate::prepare::{self, check_attributes, check_content, check_embedding, check_tags, same_revision, Prepared};
 use crate::store::{self, storage, OpenMode, Store, MEMORY_COLUMNS};
@@ -812,9 +811,16 @@ impl Engine {
             // With a query vector, every hit's similarity is its cosine when it has a
             // vector of the model, so thresholds mean the same for all hits.
             if let Some(q) = query_vector.as_deref() {
-                for (key, c) in fused.iter_mut().filter(|(_, c)| !c.retrievers.contains(&"vector")) {
+                let keyword_only = |c: &Candidate| !c.retrievers.contains(&"vector");
+                let ids: Vec<DocId> = fused
+                    .values()
+                    .filter(|c| keyword_only(c))
+                    .filter_map(|c| if let Key::Doc(id) = c.key { Some(id) } else { None })
+                    .collect();
+                let cosines: HashMap<DocId, f32> = self.indexes.similarities(&state, q, &ids).into_iter().collect();
+                for (key, c) in fused.iter_mut().filter(|(_, c)| keyword_only(c)) {
                     let cosine = match key {
-                        Key::Doc(id) => self.indexes.vector(&state, *id).map(|v| dot(&v, q)),
+                        Key::Doc(id) => cosines.get(id).copied(),
                         Key::Cold(i) => cold_hits[*i].cosine,
                     };
                     if let Some(cosine) = cosine {

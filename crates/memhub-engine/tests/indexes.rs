@@ -224,3 +224,43 @@ fn a_read_only_engine_sees_writes_its_indexes_lack() {
     assert_eq!(text(&reader, "deploy_7"), vec!["m7"]);
     assert_eq!(reader.indexes().sizes().caught_up_text, 1);
 }
+
+#[test]
+fn a_selective_filter_ranks_its_memories_as_the_unfiltered_search_does() {
+    // 40 systems of 5 memories: a system filter keeps 2.5 %, so the text search is
+    // driven by the filter's postings; the ranking inside the filter must not change.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(), OpenMode::ReadWrite).unwrap();
+    let words = ["report", "deploy", "incident", "review", "budget"];
+    let memories = (0..200)
+        .map(|i| NewMemory {
+            system_id: Some(format!("sys-{}", i % 40)),
+            content: format!("the {} {} of topic{} for team{}", words[i % 5], words[(i / 5) % 5], i % 3, i % 7),
+            ..memory(i, "")
+        })
+        .collect();
+    store(&engine, memories);
+    engine.checkpoint().unwrap();
+    let search = |q: &str, filter: MemoryFilter| -> Vec<String> {
+        let req = SearchRequest {
+            query: q.into(),
+            semantic_ratio: Some(0.0),
+            limit: Some(200),
+            filter,
+            ..Default::default()
+        };
+        engine.search(&DEFAULT_TENANT.into(), &req).unwrap().results.into_iter().map(|h| h.memory.memory_id).collect()
+    };
+    let in_system = |id: &String, s: usize| id[1..].parse::<usize>().unwrap() % 40 == s;
+    for q in ["report topic1", "the deploy review team3", "incident", "budget of topic2 team5"] {
+        let everywhere = search(q, MemoryFilter::default());
+        for s in [0, 7, 13, 39] {
+            let filtered = search(q, MemoryFilter { system_id: Some(format!("sys-{s}")), ..Default::default() });
+            let expected: Vec<String> = everywhere.iter().filter(|id| in_system(id, s)).cloned().collect();
+            assert!(!filtered.is_empty(), "{q:?} in sys-{s}");
+            assert_eq!(filtered, expected, "{q:?} in sys-{s}");
+        }
+    }
+    // A memory that matches only a stop word of the query is no keyword hit.
+    assert!(search("the zebra", MemoryFilter { system_id: Some("sys-3".into()), ..Default::default() }).is_empty());
+}

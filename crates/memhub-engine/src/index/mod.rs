@@ -284,12 +284,15 @@ impl Indexes {
         hits
     }
 
-    /// The normalised vector of a memory, if it has one of the model.
-    pub fn vector(&self, state: &IndexState, id: DocId) -> Option<Vec<f32>> {
-        if state.pending_vectors.contains(id) {
-            return state.pending_vectors.get(id).map(|v| v.to_vec());
-        }
-        self.vectors.get(id)
+    /// Cosine of `query` with each of `ids` that has a vector of the model: pending
+    /// vectors exactly, the rest by one scan of their 8-bit copies (as a selective
+    /// filter's are scored).
+    pub fn similarities(&self, state: &IndexState, query: &[f32], ids: &[DocId]) -> Vec<(DocId, f32)> {
+        let pending = &state.pending_vectors;
+        let mut cosines: Vec<(DocId, f32)> =
+            ids.iter().filter_map(|&id| pending.get(id).map(|v| (id, pending::dot(v, query)))).collect();
+        cosines.extend(self.vectors.exact(query, ids.iter().copied().filter(|&id| !pending.contains(id))));
+        cosines
     }
 
     /// Move pending changes into the persisted indexes, at most `max` of each kind,

@@ -118,35 +118,36 @@ impl TextIndex {
         if terms.is_empty() || n == 0 {
             return Ok(Vec::new());
         }
+        // A selective filter drives the search: each term is intersected with the
+        // filter's postings, so a term is read only where the filter's memories are
+        // (skipping through its postings), and the union of the terms stays as small
+        // as the filter. (A union of the terms intersected with the filter afterwards
+        // scores every posting of the commonest term: ~4 ms at 1M memories.)
+        let filter = narrow.map(|t| Term::from_field_text(self.filters, t));
+        let term_query = |t: &str| -> Box<dyn Query> {
+            let term: Box<dyn Query> = Box::new(TermQuery::new(self.term(t), IndexRecordOption::WithFreqs));
+            match &filter {
+                None => term,
+                Some(f) => {
+                    let filter = TermQuery::new(f.clone(), IndexRecordOption::Basic);
+                    Box::new(BooleanQuery::new(vec![
+                        (Occur::Must, term),
+                        (Occur::Must, Box::new(BoostQuery::new(Box::new(filter), 0.0))),
+                    ]))
+                }
+            }
+        };
         let query_of = |content: bool| -> Vec<(Occur, Box<dyn Query>)> {
-            terms
-                .iter()
-                .filter(|t| t.1 == content)
-                .map(|(t, _)| {
-                    (
-                        Occur::Should,
-                        Box::new(TermQuery::new(self.term(t), IndexRecordOption::WithFreqs)) as Box<dyn Query>,
-                    )
-                })
-                .collect()
+            terms.iter().filter(|t| t.1 == content).map(|(t, _)| (Occur::Should, term_query(t))).collect()
         };
         let (content, stop) = (query_of(true), query_of(false));
-        let mut query: Box<dyn Query> = if stop.is_empty() {
+        let query: Box<dyn Query> = if stop.is_empty() {
             Box::new(BooleanQuery::new(content))
         } else {
             let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(Occur::Must, Box::new(BooleanQuery::new(content)))];
             clauses.extend(stop);
             Box::new(BooleanQuery::new(clauses))
         };
-        if let Some(term) = narrow {
-            // A selective filter drives the search: intersecting with its postings
-            // visits only its memories instead of every match of the query's terms.
-            let filter = TermQuery::new(Term::from_field_text(self.filters, term), IndexRecordOption::Basic);
-            query = Box::new(BooleanQuery::new(vec![
-                (Occur::Must, query),
-                (Occur::Must, Box::new(BoostQuery::new(Box::new(filter), 0.0))),
-            ]));
-        }
         let found = searcher.search(&*query, &FilteredTopN { n, accept }).map_err(text_error)?;
         // Coverage: which query terms each hit contains, by seeking the postings.
         let mut hits = Vec::with_capacity(found.len());

@@ -84,14 +84,54 @@ impl Arena {
         (q.iter().map(|x| (x / scale).round() as i16).collect(), scale)
     }
 
-    /// Approximate dot product of a quantised query with vector `id`: integer
-    /// multiply-adds, which vectorise on any x86-64 (no f32 conversion per element).
-    fn dot(&self, id: DocId, q: &[i16], q_scale: f32) -> Option<f32> {
-        if !self.present.contains(id) {
-            return None;
+    /// Approximate dot products of a quantised query with the vectors of `ids` that
+    /// are present: integer multiply-adds, which vectorise on any x86-64 (no f32
+    /// conversion per element).
+    fn scan(&self, ids: impl Iterator<Item = DocId>, q: &[i16], q_scale: f32) -> Vec<(DocId, f32)> {
+        let ids: Vec<DocId> = ids.filter(|id| self.present.contains(*id)).collect();
+        // A filter's memories lie scattered through the array (390 MB at 1M), so each
+        // vector is a cache and TLB miss: asking for the vectors a few ids ahead
+        // overlaps those misses instead of waiting for each in turn.
+        const AHEAD: usize = 8;
+        for &id in ids.iter().take(AHEAD) {
+            self.prefetch(id);
         }
+        let mut scores = Vec::with_capacity(ids.len());
+        for (j, &id) in ids.iter().enumerate() {
+            if let Some(&next) = ids.get(j + AHEAD) {
+                self.prefetch(next);
+            }
+            scores.push((id, self.dot(id, q, q_scale)));
+        }
+        scores
+    }
+
+    fn codes(&self, id: DocId) -> &[i8] {
         let i = id as usize;
-        let codes = &self.codes[i * self.dim..(i + 1) * self.dim];
+        &self.codes[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// Hint the CPU to load vector `id` into cache; no effect on results.
+    #[inline]
+    fn prefetch(&self, id: DocId) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let codes = self.codes(id);
+            for offset in (0..codes.len()).step_by(64).chain([codes.len().saturating_sub(1)]) {
+                // SAFETY: a prefetch is a hint: it reads nothing into the program and
+                // never faults; the address is inside `codes` anyway.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(codes.as_ptr().add(offset)) };
+            }
+            // SAFETY: as above; `id` indexes `scales` (it has a row in `codes`).
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(self.scales.as_ptr().add(id as usize).cast()) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = id;
+    }
+
+    fn dot(&self, id: DocId, q: &[i16], q_scale: f32) -> f32 {
+        let codes = self.codes(id);
         let mut acc = [0i32; 16];
         let (code_chunks, q_chunks) = (codes.chunks_exact(16), q.chunks_exact(16));
         let tail: i32 =
@@ -101,7 +141,7 @@ impl Arena {
                 acc[k] += i32::from(c[k]) * i32::from(x[k]);
             }
         }
-        Some((acc.iter().sum::<i32>() + tail) as f32 * self.scales[i] * q_scale)
+        (acc.iter().sum::<i32>() + tail) as f32 * self.scales[id as usize] * q_scale
     }
 
     fn get(&self, id: DocId) -> Option<Vec<f32>> {
@@ -301,9 +341,8 @@ impl VectorIndex {
     /// Cosine of `query` against the stored vectors of `ids` (an exact scan of 8-bit
     /// vectors and an 8-bit query: scores within ~1% of the f32 ones).
     pub fn exact(&self, query: &[f32], ids: impl Iterator<Item = DocId>) -> Vec<(DocId, f32)> {
-        let arena = self.arena();
         let (q, q_scale) = Arena::quantise(query);
-        ids.filter_map(|id| arena.dot(id, &q, q_scale).map(|s| (id, s))).collect()
+        self.arena().scan(ids, &q, q_scale)
     }
 
     /// Change the search breadth at run time (benchmarks sweep it).
