@@ -264,3 +264,27 @@ fn a_selective_filter_ranks_its_memories_as_the_unfiltered_search_does() {
     // A memory that matches only a stop word of the query is no keyword hit.
     assert!(search("the zebra", MemoryFilter { system_id: Some("sys-3".into()), ..Default::default() }).is_empty());
 }
+
+#[test]
+fn a_new_search_breadth_keeps_the_saved_graph_and_a_new_build_setting_rebuilds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = Engine::open(dir.path(), config(), OpenMode::ReadWrite).unwrap();
+        store(&engine, corpus());
+        engine.checkpoint().unwrap();
+    }
+    let reopen = |hnsw: memhub_engine::index::HnswParams| {
+        let engine = Engine::open(dir.path(), EngineConfig { hnsw, ..config() }, OpenMode::ReadWrite).unwrap();
+        let sizes = engine.indexes().sizes();
+        // A rebuild re-applies every vector from the store (pending until drained).
+        assert_eq!(sizes.vectors + sizes.pending_vectors, 40, "{sizes:?}");
+        assert_eq!(nearest(&engine, vector(13), MemoryFilter::default())[0], "m13");
+        engine.checkpoint().unwrap();
+        sizes.caught_up_vectors
+    };
+    let defaults = memhub_engine::index::HnswParams::default();
+    let wider = memhub_engine::index::HnswParams { expansion_search: defaults.expansion_search * 2, ..defaults };
+    assert_eq!(reopen(wider), 0, "only the search breadth changed: the graph is loaded, not rebuilt");
+    let sparser = memhub_engine::index::HnswParams { connectivity: defaults.connectivity / 2, ..defaults };
+    assert_eq!(reopen(sparser), 40, "another connectivity is another graph: rebuilt from the store");
+}

@@ -55,8 +55,11 @@ pub enum Which {
         dir: std::path::PathBuf,
         #[arg(long, default_value_t = 200)]
         queries: usize,
-        /// Run `bench search`'s 1%-filter hybrid queries instead (for profiling).
+        /// Run `bench search`'s hybrid queries instead (for profiling).
         #[arg(long)]
+        hybrid: bool,
+        /// With `--hybrid`: its 1%-selective system filter too.
+        #[arg(long, requires = "hybrid")]
         filtered: bool,
     },
     /// What authentication and the audit log cost: the same ingest and search load
@@ -317,7 +320,7 @@ pub fn run(which: Which, config: &Config) -> Result<(), String> {
         Which::Search { count, queries, noise, ef_sweep, data_dir } => {
             search(config, count, queries, noise, &ef_sweep, data_dir.as_deref())
         }
-        Which::SearchProbe { dir, queries, filtered } => search_probe(config, &dir, queries, filtered),
+        Which::SearchProbe { dir, queries, hybrid, filtered } => search_probe(config, &dir, queries, hybrid, filtered),
         Which::Locomo { data, text } => locomo(config, &data, text),
         Which::Tiers { count, queries, noise, cold_only } => tiers(config, count, queries, noise, cold_only),
         Which::Pull { db } => rt.block_on(pull(config, &db)),
@@ -941,7 +944,13 @@ fn corpus(
     Ok(all_vectors)
 }
 
-fn search_probe(config: &Config, dir: &std::path::Path, queries: usize, filtered: bool) -> Result<(), String> {
+fn search_probe(
+    config: &Config,
+    dir: &std::path::Path,
+    queries: usize,
+    hybrid: bool,
+    filtered: bool,
+) -> Result<(), String> {
     use memhub_types::{MemoryFilter, SearchRequest, DEFAULT_TENANT};
     let engine = memhub_engine::Engine::open(dir, config.engine.clone(), memhub_engine::OpenMode::ReadWrite)
         .map_err(|e| e.to_string())?;
@@ -950,12 +959,13 @@ fn search_probe(config: &Config, dir: &std::path::Path, queries: usize, filtered
     let (vocabulary, centres) = (Vocabulary::new(20_000), centroids(&mut Rng(7), dim));
     let mut ms = Vec::new();
     for q in 0..queries {
-        let req = if filtered {
+        let req = if hybrid {
+            let system = filtered.then(|| format!("sys-{}", q % 100));
             SearchRequest {
                 query: vocabulary.text(&mut rng, 3),
                 query_embedding: Some(clustered(&mut rng, &centres, 0.06)),
                 limit: Some(10),
-                filter: MemoryFilter { system_id: Some(format!("sys-{}", q % 100)), ..Default::default() },
+                filter: MemoryFilter { system_id: system, ..Default::default() },
                 ..Default::default()
             }
         } else {

@@ -37,6 +37,14 @@ impl Default for HnswParams {
     }
 }
 
+impl HnswParams {
+    /// Whether a graph built with `self` is the graph `other` would build: the
+    /// search breadth is a search setting, so changing it keeps the saved graph.
+    fn builds_like(&self, other: &HnswParams) -> bool {
+        (self.connectivity, self.expansion_add) == (other.connectivity, other.expansion_add)
+    }
+}
+
 /// What the sidecar file records next to the graph.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Sidecar {
@@ -228,7 +236,12 @@ impl VectorIndex {
             let sidecar: Option<Sidecar> =
                 std::fs::read(sidecar_path(path)).ok().and_then(|b| serde_json::from_slice(&b).ok());
             match sidecar {
-                Some(s) if s.dim == dim && s.model == model && s.quantization == FORMAT && s.params == params => {
+                Some(s)
+                    if s.dim == dim
+                        && s.model == model
+                        && s.quantization == FORMAT
+                        && s.params.builds_like(&params) =>
+                {
                     let graphs = fresh()?;
                     let read = graphs.iter().zip(GRAPH_KINDS).try_for_each(|(g, (tier, _))| {
                         let p = graph_path(path, tier);
@@ -236,6 +249,7 @@ impl VectorIndex {
                             return Ok(());
                         }
                         g.load(&p.to_string_lossy()).map_err(vector_error)?;
+                        g.change_expansion_search(params.expansion_search);
                         let cap = g.size().max(1024) * 2;
                         g.reserve_capacity_and_threads(cap, SEARCH_THREADS).map_err(vector_error)
                     });
