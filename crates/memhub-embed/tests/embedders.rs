@@ -53,6 +53,13 @@ fn minilm_matches_the_golden_vectors() {
         let single = encoder.embed(&[text]).unwrap().pop().unwrap();
         assert!(cosine(&single, got) > 0.99999, "batching changed the vector of {text:?}");
     }
+    // More texts than one batch per worker: batches are dealt to the workers in turn
+    // and every vector still comes back in its caller's place.
+    let many: Vec<&str> = texts.iter().cycle().take(texts.len() * 7).copied().collect();
+    assert!(many.len() > 64);
+    for (i, got) in encoder.embed(&many).unwrap().iter().enumerate() {
+        assert!(cosine(got, &batch[i % texts.len()]) > 0.99999, "text {i} of {} came back out of place", many.len());
+    }
     let long = cases.iter().find(|c| c["tokens"] == 256).expect("a case longer than 256 tokens");
     assert!(long["text"].as_str().unwrap().len() > 1000, "the truncation case is really long");
 }
