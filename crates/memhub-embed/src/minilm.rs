@@ -148,9 +148,7 @@ impl Embedder for MiniLmEncoder {
             // candle runs only its matrix products on several cores; the rest of a
             // forward pass (softmax, layer norm, GELU, copies) runs on one. A batch per
             // worker, each in a one-thread pool, keeps every core busy on all of it.
-            let mut vectors: Vec<Option<Result<Vec<Vec<f32>>, EmbedError>>> =
-                (0..batches.len()).map(|_| None).collect();
-            std::thread::scope(|s| {
+            let mut done = std::thread::scope(|s| {
                 let handles: Vec<_> = self
                     .workers
                     .iter()
@@ -164,18 +162,15 @@ impl Embedder for MiniLmEncoder {
                         })
                     })
                     .collect();
+                let mut done = Vec::with_capacity(batches.len());
                 for h in handles {
-                    match h.join() {
-                        Ok(done) => done.into_iter().for_each(|(b, v)| vectors[b] = Some(v)),
-                        Err(_) => return Err(EmbedError::Inference("an encoder worker panicked".into())),
-                    }
+                    done.extend(h.join().map_err(|_| EmbedError::Inference("an encoder worker panicked".into()))?);
                 }
-                Ok(())
+                Ok::<_, EmbedError>(done)
             })?;
-            vectors
-                .into_iter()
-                .map(|v| v.unwrap_or_else(|| Err(EmbedError::Inference("a batch was not encoded".into()))))
-                .collect()
+            // Worker w encoded batches w, w + workers, ...: back into batch order.
+            done.sort_unstable_by_key(|(b, _)| *b);
+            done.into_iter().map(|(_, v)| v).collect()
         };
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); encodings.len()];
         for (batch, vectors) in batches.iter().zip(vectors) {

@@ -903,14 +903,6 @@ fn centroids(rng: &mut Rng, dim: usize) -> Vec<Vec<f32>> {
 /// Store memories `make(0..count)` in batches of 1000 (with a progress bar) and
 /// return every vector in f32, in order: memory `i` is store seq `i + 1` in a fresh
 /// store, and the benchmarks' exact ground truth scans these.
-fn store_corpus(
-    engine: &memhub_engine::Engine,
-    count: usize,
-    make: impl FnMut(usize) -> memhub_types::NewMemory,
-) -> Result<Vec<f32>, String> {
-    corpus(Some(engine), count, make)
-}
-
 /// Generate the corpus (the same memories for the same generator state) and store it
 /// when `engine` is given; returns every vector, in order, for exact ground truth.
 fn corpus(
@@ -918,25 +910,20 @@ fn corpus(
     count: usize,
     mut make: impl FnMut(usize) -> memhub_types::NewMemory,
 ) -> Result<Vec<f32>, String> {
-    let Some(engine) = engine else {
-        let mut all_vectors = Vec::new();
-        for i in 0..count {
-            all_vectors.extend(make(i).embedding.unwrap_or_default());
-        }
-        return Ok(all_vectors);
-    };
-    let mut all_vectors = Vec::with_capacity(count * engine.config().embedding_dim);
+    let mut all_vectors = Vec::with_capacity(count * engine.map_or(0, |e| e.config().embedding_dim));
     let progress = indicatif::ProgressBar::new(count as u64);
     for start in (0..count).step_by(1000) {
         let batch: Vec<memhub_types::NewMemory> = (start..(start + 1000).min(count)).map(&mut make).collect();
         for m in &batch {
             all_vectors.extend_from_slice(m.embedding.as_deref().unwrap_or_default());
         }
-        for r in engine
-            .store_batch(&memhub_types::DEFAULT_TENANT.into(), batch, memhub_types::memory::IngestionMethod::Import)
-            .map_err(|e| e.to_string())?
-        {
-            r.map_err(|e| e.to_string())?;
+        if let Some(engine) = engine {
+            for r in engine
+                .store_batch(&memhub_types::DEFAULT_TENANT.into(), batch, memhub_types::memory::IngestionMethod::Import)
+                .map_err(|e| e.to_string())?
+            {
+                r.map_err(|e| e.to_string())?;
+            }
         }
         progress.inc(1000);
     }
@@ -1255,7 +1242,7 @@ fn tiers(config: &Config, count: usize, queries: usize, noise: f32, cold_only: b
     let vocabulary = Vocabulary::new(20_000);
     let centroids = centroids(&mut rng, dim);
     let t = Instant::now();
-    let all_vectors = store_corpus(&engine, count, |i| NewMemory {
+    let all_vectors = corpus(Some(&engine), count, |i| NewMemory {
         system_id: Some(format!("sys-{}", i % 10)),
         memory_id: Some(format!("m{i}")),
         content: format!("memory {i}: {}", vocabulary.text(&mut rng, 20)),

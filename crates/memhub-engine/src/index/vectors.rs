@@ -152,13 +152,6 @@ impl Arena {
         (acc.iter().sum::<i32>() + tail) as f32 * self.scales[id as usize] * q_scale
     }
 
-    fn get(&self, id: DocId) -> Option<Vec<f32>> {
-        let i = id as usize;
-        self.present.contains(id).then(|| {
-            self.codes[i * self.dim..(i + 1) * self.dim].iter().map(|c| f32::from(*c) * self.scales[i]).collect()
-        })
-    }
-
     fn bytes(&self) -> usize {
         self.codes.capacity() + self.scales.capacity() * 4 + self.present.serialized_size()
     }
@@ -345,11 +338,6 @@ impl VectorIndex {
 
     fn arena(&self) -> std::sync::RwLockReadGuard<'_, Arena> {
         self.arena.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The stored vector of `id` (dequantised), if present.
-    pub fn get(&self, id: DocId) -> Option<Vec<f32>> {
-        self.arena().get(id)
     }
 
     /// Cosine of `query` against the stored vectors of `ids` (an exact scan of 8-bit
