@@ -288,3 +288,57 @@ fn a_new_search_breadth_keeps_the_saved_graph_and_a_new_build_setting_rebuilds_i
     let sparser = memhub_engine::index::HnswParams { connectivity: defaults.connectivity / 2, ..defaults };
     assert_eq!(reopen(sparser), 40, "another connectivity is another graph: rebuilt from the store");
 }
+
+#[test]
+fn terms_in_most_of_a_large_corpus_count_only_beside_rarer_ones() {
+    use memhub_engine::index::COMMON_MIN_DOCS;
+    // 100k memories: "alpha" in the first half, "beta" in the second, both in ten
+    // memories where the halves overlap; "gamma" in one memory in a thousand.
+    let count = 2 * COMMON_MIN_DOCS as usize;
+    let (half, overlap) = (count / 2, 5);
+    let content = |i: usize| {
+        let mut c = format!("n{i}");
+        if i < half + overlap {
+            c.push_str(" alpha");
+        }
+        if i >= half - overlap {
+            c.push_str(" beta");
+        }
+        if i % 1000 == 7 {
+            c.push_str(" gamma");
+        }
+        c
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(dir.path(), config(), OpenMode::ReadWrite).unwrap();
+    for chunk in (0..count).collect::<Vec<_>>().chunks(1000) {
+        let batch = chunk
+            .iter()
+            .map(|&i| NewMemory { memory_id: Some(format!("m{i}")), content: content(i), ..Default::default() })
+            .collect();
+        store(&engine, batch);
+    }
+    let search = |q: &str, limit: usize| -> Vec<usize> {
+        let req = SearchRequest { query: q.into(), limit: Some(limit), ..Default::default() };
+        let found = engine.search(&DEFAULT_TENANT.into(), &req).unwrap().results;
+        found.into_iter().map(|h| h.memory.memory_id[1..].parse().unwrap()).collect()
+    };
+    let check = |when: &str| {
+        // "alpha" is common: it ranks the memories that hold "gamma", it adds none.
+        let rare = search("alpha gamma", 200);
+        assert_eq!(rare.len(), count / 1000, "{when}: {rare:?}");
+        assert!(rare.iter().all(|i| i % 1000 == 7), "{when}: {rare:?}");
+        assert!(rare[..rare.len() / 2].iter().all(|i| *i < half + overlap), "{when}: alpha still scores");
+        // Only common terms: the memories that hold all of them first; too few do, so
+        // the search falls back to any of them and still fills the limit.
+        let common = search("alpha beta", 20);
+        assert_eq!(common.len(), 20, "{when}: {common:?}");
+        let mut best: Vec<usize> = common[..2 * overlap].to_vec();
+        best.sort_unstable();
+        assert_eq!(best, (half - overlap..half + overlap).collect::<Vec<_>>(), "{when}");
+    };
+    check("pending");
+    engine.checkpoint().unwrap();
+    assert_eq!(engine.indexes().sizes().pending_text, 0);
+    check("persisted");
+}

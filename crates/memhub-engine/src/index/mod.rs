@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 pub use filters::{doc_id, DocId, DocMeta, FilterTable, MetaSource, Plan};
 pub use pending::{Analysed, PendingText, PendingVectors, TextHit};
 pub use text::TextIndex;
-pub use tokens::{normalized, query_terms, tokenize};
+pub use tokens::{mark_common_terms, normalized, query_terms, tokenize, COMMON_MIN_DOCS};
 pub use vectors::{HnswParams, VectorIndex};
 
 use crate::store::{self, storage};
@@ -232,24 +232,34 @@ impl Indexes {
     /// BM25 top `n` over memories in `plan`: committed ones from tantivy, the rest
     /// from the pending set, scored with the whole corpus's statistics.
     pub fn text_search(&self, state: &IndexState, query: &str, plan: &Plan<'_>, n: usize) -> Result<Vec<TextHit>> {
-        let terms = query_terms(query);
+        let mut terms = query_terms(query);
         if terms.is_empty() || n == 0 {
             return Ok(Vec::new());
         }
         let searcher = self.text.searcher();
         let pending = &state.pending_text;
+        let (base, extra) = (self.text.stats(&searcher), pending.stats());
+        let docs = base.docs + extra.docs;
+        let doc_freq = |t: &str| self.text.doc_freq(&searcher, t) + pending.doc_freq(t);
+        let match_all = mark_common_terms(&mut terms, &doc_freq, docs);
         let accept = |id: DocId| plan.matches(id) && !pending.changes().contains(id);
         // Drive by the filter when it keeps under a tenth of the corpus.
         let total = state.filters.len() as u64;
         let narrow = plan.narrowest().filter(|(_, count)| count * 10 < total).map(|(t, _)| t);
-        let mut hits = self.text.search(&searcher, &terms, narrow, &accept, n)?;
-        if !pending.changes().is_empty() {
-            let (base, extra) = (self.text.stats(&searcher), pending.stats());
-            let docs = base.docs + extra.docs;
-            let avg_len = ((base.tokens + extra.tokens) as f32 / docs.max(1) as f32).max(1.0);
-            let idf = |t: &str| pending::idf(docs, self.text.doc_freq(&searcher, t) + pending.doc_freq(t));
-            hits.extend(pending.search(&terms, &idf, avg_len, plan, n));
-            pending::top_n(&mut hits, n, |h| (h.bm25, h.id));
+        let search = |match_all: bool| -> Result<Vec<TextHit>> {
+            let mut hits = self.text.search(&searcher, &terms, match_all, narrow, &accept, n)?;
+            if !pending.changes().is_empty() {
+                let avg_len = ((base.tokens + extra.tokens) as f32 / docs.max(1) as f32).max(1.0);
+                let idf = |t: &str| pending::idf(docs, doc_freq(t));
+                hits.extend(pending.search(&terms, match_all, &idf, avg_len, plan, n));
+                pending::top_n(&mut hits, n, |h| (h.bm25, h.id));
+            }
+            Ok(hits)
+        };
+        let hits = search(match_all)?;
+        // Too few memories hold every common term: fall back to any of them.
+        if match_all && hits.len() < n {
+            return search(false);
         }
         Ok(hits)
     }

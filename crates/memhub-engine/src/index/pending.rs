@@ -168,16 +168,19 @@ impl PendingText {
 
     /// BM25 (k1 = 1.2, b = 0.75) over pending texts that match `plan`, best first, at
     /// most `n`. `idf` gives each term's weight over the whole corpus; `avg_len` is
-    /// the whole corpus's mean length. A hit must match a content (non-stop) term.
+    /// the whole corpus's mean length. A hit must match a content (non-stop) term,
+    /// every one with `match_all`.
     pub fn search(
         &self,
         terms: &[(String, bool)],
+        match_all: bool,
         idf: &dyn Fn(&str) -> f32,
         avg_len: f32,
         plan: &Plan<'_>,
         n: usize,
     ) -> Vec<TextHit> {
-        let mut scores: HashMap<DocId, (f32, u32, bool)> = HashMap::new();
+        // Per memory: score, terms matched, content terms matched.
+        let mut scores: HashMap<DocId, (f32, u32, usize)> = HashMap::new();
         for (term, content) in terms {
             let Some(posting) = self.postings.get(term) else { continue };
             let w = idf(term);
@@ -191,12 +194,13 @@ impl PendingText {
                 let e = scores.entry(id).or_default();
                 e.0 += s;
                 e.1 += 1;
-                e.2 |= *content;
+                e.2 += usize::from(*content);
             }
         }
+        let wanted = if match_all { terms.iter().filter(|t| t.1).count() } else { 1 };
         let mut hits: Vec<TextHit> = scores
             .into_iter()
-            .filter(|(_, (_, _, content))| *content)
+            .filter(|(_, (_, _, content))| *content >= wanted)
             .map(|(id, (bm25, matched, _))| TextHit { id, bm25, coverage: matched as f32 / terms.len() as f32 })
             .collect();
         top_n(&mut hits, n, |h| (h.bm25, h.id));
@@ -279,7 +283,7 @@ mod tests {
         let stats = p.stats();
         let avg = stats.tokens as f32 / stats.docs.max(1) as f32;
         let plan = t.plan(&tenant.into(), &MemoryFilter::default(), 0);
-        p.search(&terms, &|term| idf(stats.docs, p.doc_freq(term)), avg, &plan, 10)
+        p.search(&terms, false, &|term| idf(stats.docs, p.doc_freq(term)), avg, &plan, 10)
     }
 
     #[test]
@@ -294,6 +298,9 @@ mod tests {
         assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![3, 2, 1], "{hits:?}");
         assert_eq!(hits[1].coverage, 0.5);
         assert!(search(&p, &t, "t", "someone having a meal").is_empty(), "a stop word alone does not match");
+        let plan = t.plan(&"t".into(), &MemoryFilter::default(), 0);
+        let all = p.search(&query_terms("cat mat"), true, &|_| 1.0, 3.0, &plan, 10);
+        assert_eq!(all.iter().map(|h| h.id).collect::<Vec<_>>(), vec![1], "match_all wants every content term");
         p.set(2, None);
         p.set(1, Some(Analysed::of("now about birds")));
         assert_eq!(search(&p, &t, "t", "cat"), vec![]);

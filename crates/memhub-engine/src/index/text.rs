@@ -106,11 +106,13 @@ impl TextIndex {
     }
 
     /// BM25 top `n` over committed memories for which `accept` holds. A hit must
-    /// match a content term; stop words only add to the score.
+    /// match a content term (every one with `match_all`); other terms only add to
+    /// the score.
     pub fn search(
         &self,
         searcher: &Searcher,
         terms: &[(String, bool)],
+        match_all: bool,
         narrow: Option<&str>,
         accept: &(dyn Fn(DocId) -> bool + Sync),
         n: usize,
@@ -137,10 +139,12 @@ impl TextIndex {
                 }
             }
         };
-        let query_of = |content: bool| -> Vec<(Occur, Box<dyn Query>)> {
-            terms.iter().filter(|t| t.1 == content).map(|(t, _)| (Occur::Should, term_query(t))).collect()
+        let query_of = |content: bool, occur: Occur| -> Vec<(Occur, Box<dyn Query>)> {
+            terms.iter().filter(|t| t.1 == content).map(|(t, _)| (occur, term_query(t))).collect()
         };
-        let (content, stop) = (query_of(true), query_of(false));
+        // Only content terms, all required: tantivy's block-max intersection.
+        let content = query_of(true, if match_all { Occur::Must } else { Occur::Should });
+        let stop = query_of(false, Occur::Should);
         let query: Box<dyn Query> = if stop.is_empty() {
             Box::new(BooleanQuery::new(content))
         } else {
