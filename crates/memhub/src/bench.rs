@@ -1182,8 +1182,23 @@ fn search(
     drop(engine);
     // Resident memory of a fresh process serving this data dir, minus one serving
     // an empty one: what a server holds per memory (the bulk load's peak is gone).
+    // The probe must load the graph built here: with default HNSW settings it would
+    // find "another graph" and rebuild it (minutes at 1M, and the wrong memory).
+    let settings = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let settings_file = settings.path().join("memhub.toml");
+    let hnsw = config.engine.hnsw;
+    std::fs::write(
+        &settings_file,
+        format!(
+            "[engine]\nembedding_model = {:?}\n[engine.hnsw]\nconnectivity = {}\nexpansion_add = {}\nexpansion_search = {}\n",
+            config.engine.embedding_model, hnsw.connectivity, hnsw.expansion_add, hnsw.expansion_search
+        ),
+    )
+    .map_err(|e| e.to_string())?;
     let probe = |dir: &std::path::Path| -> Result<f64, String> {
         let out = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+            .arg("--config")
+            .arg(&settings_file)
             .args(["bench", "search-probe", "--dir"])
             .arg(dir)
             .env("MEMHUB_EMBEDDING_DIM", dim.to_string())
