@@ -1182,16 +1182,17 @@ fn search(
     drop(engine);
     // Resident memory of a fresh process serving this data dir, minus one serving
     // an empty one: what a server holds per memory (the bulk load's peak is gone).
-    // The probe must load the graph built here: with default HNSW settings it would
-    // find "another graph" and rebuild it (minutes at 1M, and the wrong memory).
+    // The probe must load the graph built here: with default HNSW settings (which
+    // have no environment variables) it would find "another graph" and rebuild it
+    // (minutes at 1M, and the wrong memory).
     let settings = tempfile::tempdir().map_err(|e| e.to_string())?;
     let settings_file = settings.path().join("memhub.toml");
     let hnsw = config.engine.hnsw;
     std::fs::write(
         &settings_file,
         format!(
-            "[engine]\nembedding_model = {:?}\n[engine.hnsw]\nconnectivity = {}\nexpansion_add = {}\nexpansion_search = {}\n",
-            config.engine.embedding_model, hnsw.connectivity, hnsw.expansion_add, hnsw.expansion_search
+            "[engine.hnsw]\nconnectivity = {}\nexpansion_add = {}\nexpansion_search = {}\n",
+            hnsw.connectivity, hnsw.expansion_add, hnsw.expansion_search
         ),
     )
     .map_err(|e| e.to_string())?;
@@ -1202,6 +1203,7 @@ fn search(
             .args(["bench", "search-probe", "--dir"])
             .arg(dir)
             .env("MEMHUB_EMBEDDING_DIM", dim.to_string())
+            .env("MEMHUB_EMBEDDING_MODEL", &config.engine.embedding_model)
             .env("MEMHUB_EMBEDDER", "none")
             .output()
             .map_err(|e| e.to_string())?;
