@@ -65,6 +65,9 @@ pub const COMMON_MIN_DOCS: u64 = 50_000;
 /// is common (and there are several): the search should then ask for memories that
 /// hold all of them, and fall back to any of them when too few do.
 pub fn mark_common_terms(terms: &mut [(String, bool)], doc_freq: &dyn Fn(&str) -> u64, docs: u64) -> bool {
+    if docs < COMMON_MIN_DOCS {
+        return false; // no term can be common: skip the term lookups
+    }
     let common: Vec<bool> = terms
         .iter()
         .map(|(t, content)| {
