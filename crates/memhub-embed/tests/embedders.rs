@@ -8,15 +8,12 @@ use std::path::PathBuf;
 use memhub_embed::{test_model_dir, Embedder, MiniLmEncoder, OpenAiEmbedder};
 use serde_json::{json, Value};
 
+/// The golden vectors, kept in the repository (`tests/data/README.md` says where
+/// they come from). Read at run time: the target dir is shared between checkouts,
+/// so a compile-time path could name a checkout that is gone.
 fn reference() -> Value {
-    let path = std::env::var("MEMHUB_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            // Read at run time: the target dir is shared between checkouts.
-            let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
-            crate_dir.unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()).join("../../../shared")
-        })
-        .join("data/minilm_reference.json");
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let path = crate_dir.unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()).join("tests/data/minilm_reference.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
