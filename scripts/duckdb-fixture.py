@@ -10,7 +10,9 @@ can check what the hub made of it:
   conversation i: id conv_%06d, content "Conversation i about deploying the ünïcode
     service 🚀 on host-(i % 7)", embedding[j] = sin(0.37 i + j) as FLOAT[384], NULL
     when i % 5 == 4, timestamp = start + i minutes, user alice/bob (even/odd),
-    session s(i % 3), metadata {"i": i, "lang": "en", "note": "ünï"}
+    session s(i % 3), metadata {"i": i, "lang": "en", "note": "ünï"}; legacy conversations
+    have metadata {"i": i, "lang": "en", "user_id": "ann", "session_id": "s(i % 2)",
+    "tags": ["legacy", "t(i % 3)"]} instead (their table has no such columns)
   reflection i: id refl_%06d, content "Reflection i: prefer small commits; 反省 i",
     tags [lesson, tag(i % 4), ünï] (NULL when i % 3 == 2), embedding NULL when
     i % 4 == 3, insight_type pattern, confidence_score 0.9
@@ -44,6 +46,9 @@ REFLECTIONS = """CREATE TABLE IF NOT EXISTS reflections (
 VECTOR = "list_transform(range(384), lambda j: sin(i * 0.37 + j))::FLOAT[]"
 CONTENT = "printf('Conversation %d about deploying the ünïcode service 🚀 on host-%d', i, i % 7)"
 METADATA = """printf('{"i": %d, "lang": "en", "note": "ünï"}', i)::JSON"""
+# Legacy tables have no user, session or tags columns: those live in the metadata.
+LEGACY_METADATA = """printf('{"i": %d, "lang": "en", "user_id": "ann", "session_id": "s%d", "tags": ["legacy", "t%d"]}',
+    i, i % 2, i % 3)::JSON"""
 REFLECTION = "printf('Reflection %d: prefer small commits; 反省 %d', i, i)"
 TAGS = "CASE WHEN i % 3 = 2 THEN NULL ELSE ['lesson', 'tag' || (i % 4), 'ünï'] END"
 
@@ -62,7 +67,7 @@ def conversations(con, legacy, first, count, start):
     if legacy:
         con.execute(CONVERSATIONS)
         con.execute(f"""INSERT INTO conversations SELECT printf('conv_%06d', i), {CONTENT}, {embedding},
-            {when}, 'memhub', {METADATA} {rows}""")
+            {when}, 'memhub', {LEGACY_METADATA} {rows}""")
     else:
         con.execute(CONVERSATIONS_V2)
         con.execute(f"""INSERT INTO conversations_v2 SELECT printf('conv_%06d', i), {CONTENT}, {embedding},

@@ -302,19 +302,29 @@ fn to_row(
     let content = text(&mut map, "content").unwrap_or_default();
     let times = [text(&mut map, "timestamp"), text(&mut map, "created_at")];
     let created_at = times.iter().flatten().find_map(|t| parse_timestamp(t));
-    let user_id = text(&mut map, "user_id");
-    let session_id = text(&mut map, "session_id");
-    let project = text(&mut map, "project");
     let mut metadata = match map.remove("metadata") {
         Some(Value::Object(m)) => m,
         Some(other) => Map::from_iter([("metadata".to_string(), other)]),
         None => Map::new(),
     };
-    metadata.insert("source_table".into(), Value::String(table.into()));
-    let tags = match map.remove("tags") {
-        Some(Value::Array(items)) => items.into_iter().filter_map(|t| t.as_str().map(String::from)).collect(),
+    // A column wins; files without one (older tables) keep these in the metadata
+    // JSON, where the push path (`store_memory`, `store_reflection`) reads them too.
+    let field = |map: &mut Map<String, Value>, k: &str| {
+        text(map, k).or_else(|| metadata.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from))
+    };
+    let user_id = field(&mut map, "user_id");
+    let agent_id = field(&mut map, "agent_id");
+    let session_id = field(&mut map, "session_id");
+    let project = field(&mut map, "project");
+    let strings = |v: &Value| match v {
+        Value::Array(items) => items.iter().filter_map(|t| t.as_str().map(String::from)).collect(),
         _ => Vec::new(),
     };
+    let tags = match map.remove("tags") {
+        Some(column) => strings(&column),
+        None => metadata.get("tags").map(strings).unwrap_or_default(),
+    };
+    metadata.insert("source_table".into(), Value::String(table.into()));
     let memory = NewMemory {
         system_id: Some(system_id.to_string()),
         memory_id: Some(row_id.clone()),
@@ -324,13 +334,14 @@ fn to_row(
         metadata: Some(metadata),
         tags,
         user_id,
+        agent_id,
         session_id,
         project,
         created_at,
         embedding: embedding.filter(|v| v.len() == dim),
         ..Default::default()
     };
-    Row { source, row_id, hash, memory }
+    Row { source, row_id, hash, memory: Ok(memory) }
 }
 
 /// A knowledge graph's entities and relations (relations name their entities,

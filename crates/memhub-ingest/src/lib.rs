@@ -49,11 +49,12 @@ impl Source {
     }
 }
 
-/// One row of an upload, mapped to a memory, with a hash of its source data.
+/// One row of an upload, mapped to a memory (or the reason it cannot be one), with
+/// a hash of its source data.
 #[derive(Debug, Clone)]
 pub struct Row {
     pub source: Source,
     pub row_id: String,
     pub hash: String,
-    pub memory: NewMemory,
+    pub memory: Result<NewMemory, memhub_types::Error>,
 }

@@ -226,9 +226,9 @@ impl PullWorker {
                 let file = tmp.path().join("memories");
                 let key = format!("{}/{}", u.dir, manifest.memories_file());
                 self.bucket.get_to_file(&key, &file).await.map_err(|e| e.to_string())?;
-                let system = u.system_id.clone();
+                let (system, engine) = (u.system_id.clone(), self.engine.clone());
                 blocking(Box::new(move || {
-                    writer.write(akosha::read(&file, &manifest, &system, dim)?)?;
+                    writer.write(akosha::read(&file, &manifest, &system, &engine)?)?;
                     Ok(writer.done)
                 }))
                 .await
@@ -320,11 +320,18 @@ impl RowWriter {
     pub fn write(&mut self, rows: Vec<Row>) -> Result<(), String> {
         self.done.rows_read += rows.len() as u64;
         for chunk in rows.chunks(self.batch) {
-            let Some(todo) = self.changed(chunk.iter().map(|r| (r.source, r.row_id.as_str(), r.hash.as_str())))? else {
+            let Some(todo_ids) = self.changed(chunk.iter().map(|r| (r.source, r.row_id.as_str(), r.hash.as_str())))?
+            else {
                 continue;
             };
-            let todo: Vec<&Row> = chunk.iter().filter(|r| todo.contains(&r.row_id)).collect();
-            let items = todo.iter().map(|r| r.memory.clone()).collect();
+            let mut todo: Vec<&Row> = Vec::new();
+            for row in chunk.iter().filter(|r| todo_ids.contains(&r.row_id)) {
+                match &row.memory {
+                    Ok(_) => todo.push(row),
+                    Err(e) => self.refused(&row.row_id, e),
+                }
+            }
+            let items = todo.iter().filter_map(|r| r.memory.clone().ok()).collect();
             let results =
                 self.engine.store_batch(&self.scope, items, IngestionMethod::CloudPull).map_err(|e| e.to_string())?;
             let mut written = Vec::new();
@@ -410,6 +417,6 @@ fn read_databases(files: &[PathBuf], mut writer: RowWriter, dim: usize) -> Resul
 fn read_databases(_: &[PathBuf], _: RowWriter, _: usize) -> Result<Ingested, String> {
     Err("this memhub was built without the `duckdb` feature, so it cannot read reflection.duckdb / \
          knowledge_graph.duckdb uploads; the upload is kept and retried, so a build with the feature \
-         (`cargo build --release --features duckdb`, see the README) will ingest it"
+         (`cargo build --release --features duckdb`, see docs/operations.md) will ingest it"
         .into())
 }

@@ -59,15 +59,18 @@ fn v2_tables_map_to_memories_with_a_vss_index_in_the_file() {
     assert_eq!(rows.len(), 32);
     assert_eq!(rows.iter().filter(|r| r.source == Source::Conversations).count(), 20);
     let conv = |i: usize| rows.iter().find(|r| r.row_id == format!("conv_{i:06}")).unwrap();
-    let c0 = &conv(0).memory;
+    let c0 = conv(0).memory.as_ref().unwrap();
     assert_eq!(c0.content, "Conversation 0 about deploying the ünïcode service 🚀 on host-0");
     assert_eq!(c0.kind.as_deref(), Some("conversation"));
     assert_eq!(c0.system_id.as_deref(), Some("mac.local"));
     assert_eq!(c0.memory_id.as_deref(), Some("conv_000000"));
     assert_eq!(c0.created_at, memhub_types::time::parse_timestamp("2026-11-01T00:00:00Z"));
-    assert_eq!(conv(3).memory.created_at, memhub_types::time::parse_timestamp("2026-11-01T00:03:00Z"));
+    assert_eq!(
+        conv(3).memory.as_ref().unwrap().created_at,
+        memhub_types::time::parse_timestamp("2026-11-01T00:03:00Z")
+    );
     assert_eq!((c0.user_id.as_deref(), c0.session_id.as_deref()), (Some("alice"), Some("s0")));
-    assert_eq!(conv(1).memory.user_id.as_deref(), Some("bob"));
+    assert_eq!(conv(1).memory.as_ref().unwrap().user_id.as_deref(), Some("bob"));
     assert_eq!(c0.project.as_deref(), Some("memhub"));
     assert_eq!(
         c0.attributes,
@@ -75,26 +78,26 @@ fn v2_tables_map_to_memories_with_a_vss_index_in_the_file() {
                     "namespace": "default", "source_type": "claude-code"}))
     );
     // A NULL column is left out, not written as null.
-    assert!(conv(1).memory.attributes.as_ref().unwrap().get("subcategory").is_none());
+    assert!(conv(1).memory.as_ref().unwrap().attributes.as_ref().unwrap().get("subcategory").is_none());
     assert_eq!(
         c0.metadata.clone().map(serde_json::Value::Object),
         Some(json!({"i": 0, "lang": "en", "note": "ünï", "source_table": "conversations_v2"}))
     );
     for i in [0, 1, 7] {
-        let got = conv(i).memory.embedding.clone().expect("a vector");
+        let got = conv(i).memory.as_ref().unwrap().embedding.clone().expect("a vector");
         assert!(got.iter().zip(vector(i)).all(|(a, b)| (a - b).abs() < 1e-6), "row {i}'s vector");
     }
-    assert_eq!(conv(4).memory.embedding, None, "NULL embedding");
+    assert_eq!(conv(4).memory.as_ref().unwrap().embedding, None, "NULL embedding");
 
     let refl = |i: usize| rows.iter().find(|r| r.row_id == format!("refl_{i:06}")).unwrap();
-    let r0 = &refl(0).memory;
+    let r0 = refl(0).memory.as_ref().unwrap();
     assert_eq!(
         (r0.kind.as_deref(), r0.content.as_str()),
         (Some("reflection"), "Reflection 0: prefer small commits; 反省 0")
     );
     assert_eq!(r0.tags, vec!["lesson", "tag0", "ünï"]);
-    assert!(refl(2).memory.tags.is_empty(), "NULL tags");
-    assert_eq!(refl(3).memory.embedding, None);
+    assert!(refl(2).memory.as_ref().unwrap().tags.is_empty(), "NULL tags");
+    assert_eq!(refl(3).memory.as_ref().unwrap().embedding, None);
     let attrs = r0.attributes.as_ref().unwrap();
     assert_eq!(attrs["related_entities"], json!(["memhub"]));
     assert_eq!((attrs["insight_type"].as_str(), attrs["confidence_score"].as_f64()), (Some("pattern"), Some(0.9)));
@@ -127,11 +130,15 @@ fn legacy_tables_are_read_when_v2_ones_are_absent() {
     let (rows, _) = read_all(&db, 100);
     assert_eq!(rows.len(), 10);
     let c1 = rows.iter().find(|r| r.row_id == "conv_000001").unwrap();
-    assert_eq!(c1.memory.kind.as_deref(), Some("conversation"));
-    assert_eq!(c1.memory.metadata.as_ref().unwrap()["source_table"], json!("conversations"));
+    assert_eq!(c1.memory.as_ref().unwrap().kind.as_deref(), Some("conversation"));
+    assert_eq!(c1.memory.as_ref().unwrap().metadata.as_ref().unwrap()["source_table"], json!("conversations"));
+    // No user, session or tags columns: the metadata's are used, as the push path does.
+    let c1 = c1.memory.as_ref().unwrap();
+    assert_eq!((c1.user_id.as_deref(), c1.session_id.as_deref()), (Some("ann"), Some("s1")));
+    assert_eq!(c1.tags, vec!["legacy", "t1"]);
     let r1 = rows.iter().find(|r| r.row_id == "refl_000001").unwrap();
-    assert_eq!(r1.memory.tags, vec!["lesson", "tag1", "ünï"]);
-    assert_eq!(r1.memory.kind.as_deref(), Some("reflection"));
+    assert_eq!(r1.memory.as_ref().unwrap().tags, vec!["lesson", "tag1", "ünï"]);
+    assert_eq!(r1.memory.as_ref().unwrap().kind.as_deref(), Some("reflection"));
 }
 
 #[test]
@@ -194,7 +201,11 @@ fn unreadable_files_get_a_clear_error() {
         Ok(())
     })
     .unwrap();
-    assert!(rows.is_empty(), "views are not read: {:?}", rows.iter().map(|r| &r.memory.content).collect::<Vec<_>>());
+    assert!(
+        rows.is_empty(),
+        "views are not read: {:?}",
+        rows.iter().map(|r| &r.memory.as_ref().unwrap().content).collect::<Vec<_>>()
+    );
 }
 
 /// DuckDB 1.5 cannot open files written by DuckDB 2.0 (a newer storage version):

@@ -7,11 +7,10 @@
 use std::sync::Arc;
 
 use memhub_engine::{Engine, Stored};
+use memhub_ingest::akosha::{self, AkoshaMemory, KindRule};
 use memhub_types::memory::IngestionMethod;
-use memhub_types::time::{format_micros, now_micros, parse_timestamp};
-use memhub_types::{
-    Error, ErrorCode, Memory, MemoryFilter, NewEntity, NewMemory, NewRelation, Scope, SearchRequest, DEFAULT_SYSTEM_ID,
-};
+use memhub_types::time::{format_micros, now_micros};
+use memhub_types::{Error, ErrorCode, Memory, MemoryFilter, NewEntity, NewMemory, NewRelation, Scope, SearchRequest};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -291,86 +290,18 @@ fn parse<T: DeserializeOwned>(args: Value) -> Result<T, Error> {
     decode_json(args)
 }
 
-fn meta_str(meta: &Map<String, Value>, key: &str) -> Option<String> {
-    meta.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
-}
-
-/// Map the Akosha `metadata.type` to a registered kind (unknown types become `note`;
-/// the original stays in metadata, which is kept whole).
-fn kind_for(engine: &Engine, ty: Option<&str>) -> String {
-    match ty {
-        Some("session_memory") | None => "note".into(),
-        Some(t) if engine.latest_schema(t).is_some() => t.into(),
-        Some(_) => "note".into(),
-    }
-}
-
-/// Build a memory from Akosha-style `(id, text, embedding, metadata)`.
+/// An Akosha-style `(id, text, embedding, metadata)` as a memory: the one mapping
+/// the pull worker's Akosha uploads use too ([`akosha::to_memory`]).
 fn akosha_memory(
     engine: &Engine,
     id: String,
     text: String,
     embedding: Option<Vec<f32>>,
     metadata: Option<Map<String, Value>>,
-    forced_kind: Option<&str>,
+    kind: KindRule<'_>,
 ) -> Result<NewMemory, Error> {
-    let metadata = metadata.unwrap_or_default();
-    let created_at = match metadata.get("created_at") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(parse_timestamp(s).ok_or_else(|| {
-            Error::field(ErrorCode::InvalidField, "metadata.created_at", format!("{s:?} is not an ISO-8601 time"))
-        })?),
-        Some(_) => {
-            return Err(Error::field(ErrorCode::InvalidField, "metadata.created_at", "must be an ISO-8601 string"))
-        }
-    };
-    let kind = forced_kind
-        .map(str::to_owned)
-        .unwrap_or_else(|| kind_for(engine, metadata.get("type").and_then(Value::as_str)));
-    // Attributes: the metadata keys the kind's schema declares.
-    let declared =
-        engine.latest_schema(&kind).and_then(|s| s.schema.get("properties").and_then(Value::as_object).cloned());
-    let attributes: Map<String, Value> = match declared {
-        Some(declared) => {
-            metadata.iter().filter(|(k, _)| declared.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect()
-        }
-        None => Map::new(),
-    };
-    // Akosha clients cannot send typed attributes: when `metadata.type` names a kind
-    // whose required fields are not in metadata, keep the write as a `note`.
-    let (kind, attributes) = match (
-        forced_kind,
-        engine.validate_attributes(&kind, None, &Value::Object(attributes.clone())),
-    ) {
-        (None, Err(e)) if kind != "note" => {
-            tracing::warn!(kind = %kind, error = %e, "metadata.type names a kind whose fields are missing; storing as note");
-            ("note".to_string(), Map::new())
-        }
-        _ => (kind, attributes),
-    };
-    let tags = match metadata.get("tags") {
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-        _ => Vec::new(),
-    };
-    Ok(NewMemory {
-        tenant: None,
-        system_id: Some(meta_str(&metadata, "source").unwrap_or_else(|| DEFAULT_SYSTEM_ID.into())),
-        memory_id: Some(id),
-        kind: Some(kind),
-        schema_version: None,
-        content: text,
-        attributes: Some(Value::Object(attributes)),
-        user_id: meta_str(&metadata, "user_id"),
-        agent_id: meta_str(&metadata, "agent_id"),
-        session_id: meta_str(&metadata, "session_id"),
-        project: meta_str(&metadata, "project"),
-        tags,
-        created_at,
-        expires_at: None,
-        embedding,
-        embedding_model: meta_str(&metadata, "embedding_model"),
-        metadata: Some(metadata),
-    })
+    let m = AkoshaMemory { id, text, embedding, timestamp: None, metadata: metadata.unwrap_or_default() };
+    akosha::to_memory(engine, m, None, kind)
 }
 
 fn stored_result(s: &Stored) -> Value {
@@ -493,7 +424,7 @@ pub async fn run_tool(ctx: &ToolContext, name: &str, args: Map<String, Value>) -
             };
             let result = blocking(move || {
                 let a: StoreArgs = parse(Value::Object(args))?;
-                let new = akosha_memory(&engine, a.memory_id, a.text, a.embedding, a.metadata, None)?;
+                let new = akosha_memory(&engine, a.memory_id, a.text, a.embedding, a.metadata, KindRule::FromMetadata)?;
                 engine.store_memory(&write, new, IngestionMethod::HttpPush)
             })
             .await;
@@ -624,8 +555,14 @@ pub async fn run_tool(ctx: &ToolContext, name: &str, args: Map<String, Value>) -
             let reflection_id = args.get("reflection_id").and_then(Value::as_str).map(str::to_owned);
             let result = blocking(move || {
                 let a: ReflectionArgs = parse(Value::Object(args))?;
-                let new =
-                    akosha_memory(&engine, a.reflection_id, a.content, a.embedding, a.metadata, Some("reflection"))?;
+                let new = akosha_memory(
+                    &engine,
+                    a.reflection_id,
+                    a.content,
+                    a.embedding,
+                    a.metadata,
+                    KindRule::Always("reflection"),
+                )?;
                 engine.store_memory(&write, new, IngestionMethod::Mcp)
             })
             .await;
@@ -709,7 +646,9 @@ async fn batch_store(engine: Arc<Engine>, scope: Scope, args: Map<String, Value>
         for (i, item) in items.into_iter().enumerate() {
             ids.push(item.get("memory_id").or(item.get("id")).and_then(Value::as_str).map(str::to_owned));
             let built = parse::<StoreArgs>(item)
-                .and_then(|a| akosha_memory(&engine, a.memory_id, a.text, a.embedding, a.metadata, None))
+                .and_then(|a| {
+                    akosha_memory(&engine, a.memory_id, a.text, a.embedding, a.metadata, KindRule::FromMetadata)
+                })
                 .map_err(|e| e.within(&format!("memories[{i}]")));
             match built {
                 Ok(n) => {

@@ -404,7 +404,13 @@ mod http {
             if todo.is_empty() {
                 continue;
             }
-            let items: Vec<Value> = todo.iter().map(|r| akosha_item(r)).collect();
+            let mut items = Vec::with_capacity(todo.len());
+            for r in &todo {
+                match &r.memory {
+                    Ok(m) => items.push(akosha_item(&r.row_id, m)),
+                    Err(e) => result.errors.push(format!("{table}: row {}: {e}", r.row_id)),
+                }
+            }
             result.bytes_transferred += items.iter().map(|i| i.to_string().len() as u64).sum::<u64>();
             match client.batch_store_memories(&items).await {
                 Ok(out) => {
@@ -444,8 +450,7 @@ mod http {
 
     /// A row as a `batch_store_memories` item: the hub maps `metadata.type` to the
     /// kind, `source` to the system, and the kind's declared keys to attributes.
-    fn akosha_item(r: &Row) -> Value {
-        let m = &r.memory;
+    fn akosha_item(row_id: &str, m: &memhub_types::NewMemory) -> Value {
         let mut metadata = m.metadata.clone().unwrap_or_default();
         if let Some(Value::Object(attrs)) = &m.attributes {
             metadata.extend(attrs.clone());
@@ -453,7 +458,13 @@ mod http {
         let text = |s: &Option<String>| s.clone().map_or(Value::Null, Value::String);
         metadata.insert("type".into(), text(&m.kind));
         metadata.insert("source".into(), text(&m.system_id));
-        for (k, v) in [("user_id", &m.user_id), ("session_id", &m.session_id), ("project", &m.project)] {
+        let fields = [
+            ("user_id", &m.user_id),
+            ("agent_id", &m.agent_id),
+            ("session_id", &m.session_id),
+            ("project", &m.project),
+        ];
+        for (k, v) in fields {
             if v.is_some() {
                 metadata.insert(k.into(), text(v));
             }
@@ -464,7 +475,7 @@ mod http {
         if !m.tags.is_empty() {
             metadata.insert("tags".into(), serde_json::json!(m.tags));
         }
-        let mut item = serde_json::json!({"memory_id": r.row_id, "text": m.content, "metadata": metadata});
+        let mut item = serde_json::json!({"memory_id": row_id, "text": m.content, "metadata": metadata});
         if let Some(e) = &m.embedding {
             item["embedding"] = serde_json::json!(e);
         }

@@ -215,3 +215,130 @@ async fn duckdb_uploads_are_read_and_reread_only_for_changed_rows() {
     let edited = memories.iter().find(|m| m["memory_id"] == "conv_000003").unwrap();
     assert_eq!((edited["content"].as_str(), edited["version"].as_u64()), (Some("rewritten by the seed"), Some(2)));
 }
+
+/// One mapping of Akosha memories serves both paths: the same memories pushed with
+/// `store_memory` to one server and pulled from an Akosha upload by another are
+/// stored field for field the same, Akosha's own types (`session_memory`) and types
+/// memhub has no kind for included, tags and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn akosha_memories_are_stored_the_same_pushed_or_pulled() {
+    let vector = |i: usize| -> Vec<f32> { (0..384).map(|j| ((i * 7 + j) as f32 * 0.01).sin()).collect() };
+    let memories: Vec<(String, String, Value)> = vec![
+        ("m0", json!({"type": "session_memory", "tags": ["akosha", "quick-test"], "user_id": "ann", "session_id": "s1"})),
+        ("m1", json!({"type": "retrospective", "tags": ["sprint-12"], "project": "falcon", "agent_id": "bot-7"})),
+        ("m2", json!({"created_at": "2026-11-20T09:00:00Z", "project": "falcon"})),
+        ("m3", json!({"type": "insight", "category": "perf", "confidence": 0.8, "recommendations": ["cache"], "extra": {"n": 1}})),
+        ("m4", json!({"type": "chat", "tags": ["x"]})),
+        ("m5", json!({"type": "reflection", "insight_type": "pattern", "confidence_score": 0.9, "tags": ["lesson"]})),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (id, mut metadata))| {
+        metadata["source"] = json!("laptop-1");
+        // An event time on each, or both servers would stamp their own "now".
+        if metadata.get("created_at").is_none() {
+            metadata["created_at"] = json!(format!("2026-11-1{i}T10:00:00Z"));
+        }
+        (id.to_string(), format!("akosha memory {i}: the osprey deploy went fine"), metadata)
+    })
+    .collect();
+
+    // Pushed, as Akosha's client does.
+    let pushed = Server::start();
+    let push = Http::new(&pushed);
+    for (i, (id, text, metadata)) in memories.iter().enumerate() {
+        let call = json!({"method": "tools/call", "params": {"name": "store_memory", "arguments": {
+            "memory_id": id, "text": text, "embedding": vector(i), "metadata": metadata}}});
+        let (status, body) = push.post("/mcp", &call).await;
+        assert_eq!((status, body["status"].as_str()), (200, Some("stored")), "{id}: {body}");
+    }
+
+    // Pulled, from Akosha's upload layout, plus one conversation whose time is not a time.
+    let dir = tempfile::tempdir().unwrap();
+    let (data, bucket) = (dir.path().join("data"), dir.path().join("bucket"));
+    std::fs::create_dir_all(&data).unwrap();
+    let config = data.join("memhub.toml");
+    std::fs::write(
+        &config,
+        format!("[ingest]\ninterval_seconds = 3600\n[ingest.bucket]\nurl = \"file://{}\"\n", bucket.display()),
+    )
+    .unwrap();
+    let mut conversations: Vec<Value> = memories
+        .iter()
+        .enumerate()
+        .map(|(i, (id, text, metadata))| json!({"id": id, "content": text, "embedding": vector(i), "metadata": metadata}))
+        .collect();
+    conversations.push(json!({"id": "bad-time", "content": "when?", "timestamp": "next tuesday-ish", "metadata": {}}));
+    akosha_upload(&bucket, "laptop-1", "up1", &conversations, Some("gzip"));
+    let pulled = Server::start_in(&data, &[("MEMHUB_CONFIG", config.to_str().unwrap())]);
+    let pull = Http::new(&pulled);
+    // The worker polls once at start; wait for that poll to take the upload.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let (_, status) = pull.get("/v1/ingest/status").await;
+        if status["uploads"][0]["state"] == "done" {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the upload was not ingested: {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let upload = &status["uploads"][0];
+    assert_eq!(upload["rows_written"], memories.len(), "{status}");
+    assert_eq!((upload["state"].as_str(), upload["rows_refused"].as_u64()), (Some("done"), Some(1)), "{status}");
+
+    let stored = |http: &Http, id: String| {
+        let http = http.clone();
+        async move {
+            let (_, list) = http.get("/v1/memories?system_id=laptop-1&limit=100").await;
+            let m = list["memories"].as_array().unwrap().iter().find(|m| m["memory_id"] == id.as_str()).cloned();
+            let m = m.unwrap_or_else(|| panic!("{id} not stored: {list}"));
+            http.get(&format!("/v1/memories/{}?include_embedding=true", m["id"].as_str().unwrap())).await.1
+        }
+    };
+    let fields = [
+        "system_id",
+        "memory_id",
+        "kind",
+        "schema_version",
+        "content",
+        "content_hash",
+        "attributes",
+        "metadata",
+        "tags",
+        "user_id",
+        "agent_id",
+        "session_id",
+        "project",
+        "created_at",
+        "expires_at",
+        "embedding",
+        "embedding_model",
+    ];
+    for (id, _, _) in &memories {
+        let (a, b) = (stored(&push, id.clone()).await, stored(&pull, id.clone()).await);
+        for f in fields {
+            assert_eq!(a[f], b[f], "{id}.{f}: pushed {} / pulled {}", a[f], b[f]);
+        }
+        assert_eq!(
+            (a["ingestion_method"].as_str(), b["ingestion_method"].as_str()),
+            (Some("http_push"), Some("cloud_pull"))
+        );
+    }
+    // And what they were stored as.
+    let m = |id: &str| stored(&pull, id.to_string());
+    let m0 = m("m0").await;
+    assert_eq!((m0["kind"].as_str(), m0["tags"].clone()), (Some("note"), json!(["akosha", "quick-test"])), "{m0}");
+    assert_eq!((m0["user_id"].as_str(), m0["session_id"].as_str()), (Some("ann"), Some("s1")));
+    let m1 = m("m1").await;
+    assert_eq!((m1["kind"].as_str(), m1["metadata"]["type"].as_str()), (Some("note"), Some("retrospective")));
+    assert_eq!((m1["project"].as_str(), m1["agent_id"].as_str()), (Some("falcon"), Some("bot-7")));
+    let m2 = m("m2").await;
+    assert_eq!(m2["kind"], "conversation", "no type: Akosha's memories are conversations");
+    assert!(m2["created_at"].as_str().unwrap().starts_with("2026-11-20T09:00:00"), "{m2}");
+    let m3 = m("m3").await;
+    assert_eq!(m3["kind"], "insight");
+    assert_eq!(m3["attributes"], json!({"category": "perf", "confidence": 0.8, "recommendations": ["cache"]}));
+    assert_eq!(m("m4").await["kind"], "note", "chat needs fields Akosha cannot send");
+    let m5 = m("m5").await;
+    assert_eq!((m5["kind"].as_str(), m5["attributes"]["insight_type"].as_str()), (Some("reflection"), Some("pattern")));
+}
