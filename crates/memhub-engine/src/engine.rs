@@ -554,17 +554,24 @@ impl Engine {
     /// older than its kind's retention at `now`.
     pub(crate) fn past_retention(&self, tenant: &str, system_id: &str, kind: &str, created_at: i64, now: i64) -> bool {
         let state = self.indexes.read();
-        state.filters.retention().iter().any(|p| p.covers(tenant, system_id, kind) && created_at < p.cutoff(now))
+        memhub_types::access::past_retention(state.filters.retention(), tenant, system_id, kind, created_at, now)
     }
 
     /// Whether `m` is past its `expires_at` or its kind's retention at `now`.
     fn expired(&self, m: &Memory, now: i64) -> bool {
-        m.expires_at.is_some_and(|t| t <= now)
-            || self.past_retention(&m.tenant, &m.system_id, &m.kind, m.created_at, now)
+        memhub_types::access::expired(m, self.indexes.read().filters.retention(), now)
     }
 
     pub(crate) fn visible(&self, scope: &Scope, m: &Memory, now: i64) -> bool {
         scope.permits(m) && !self.expired(m, now)
+    }
+
+    /// Whether a memory outside the indexes (the cold tier) is selected by `scope`,
+    /// `filter` and `now`: [`memhub_types::Selection`], the row-by-row definition
+    /// the filter table's plans agree with.
+    pub(crate) fn selects(&self, scope: &Scope, filter: &MemoryFilter, m: &Memory, now: i64) -> bool {
+        let state = self.indexes.read();
+        memhub_types::Selection { scope, filter, retention: state.filters.retention(), now }.selects(m)
     }
 
     /// A memory by server id, if visible in `scope` (expired ones are not).

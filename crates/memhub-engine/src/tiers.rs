@@ -734,7 +734,7 @@ impl Engine {
         let files = self.cold_files(Some(&scope.tenant), filter, scope.systems.as_deref())?;
         let mut ids = Vec::new();
         for (_, memories) in cold.read(&files)? {
-            ids.extend(memories.memories.iter().filter(|m| scope.permits(m) && filter.matches(m)).map(|m| m.id));
+            ids.extend(memories.memories.iter().filter(|m| self.selects(scope, filter, m, i64::MIN)).map(|m| m.id));
         }
         Ok(self.take_cold(cold, &ids, Taken::Discard)?.len())
     }
@@ -786,7 +786,7 @@ impl Engine {
             let rows: Vec<u32> = (0..file.memories.len() as u32)
                 .filter(|&i| {
                     let m = &file.memories[i as usize];
-                    filter.matches(m) && self.visible(scope, m, now)
+                    self.selects(scope, filter, m, now)
                 })
                 .collect();
             if !rows.is_empty() {

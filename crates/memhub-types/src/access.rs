@@ -2,7 +2,8 @@
 //! (one user, some source systems, some kinds). The engine takes one on every read
 //! and write, so no transport can forget a tenant or a user restriction.
 
-use crate::memory::Memory;
+use crate::memory::{Memory, MemoryFilter};
+use crate::retention::RetentionPolicy;
 
 /// A tenant and the memories within it that a caller may reach.
 ///
@@ -65,6 +66,46 @@ impl Scope {
         }
         None
     }
+}
+
+/// What a read selects: the memories within `scope` that match `filter` and are
+/// still visible at `now` (before their `expires_at` and within their kind's
+/// retention). This is the one definition of "visible and matching", row by row;
+/// the engine's filter table compiles the same question into bitmaps for the
+/// indexed tiers, and a property test holds the two to the same answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Selection<'a> {
+    pub scope: &'a Scope,
+    pub filter: &'a MemoryFilter,
+    /// The retention policies in force.
+    pub retention: &'a [RetentionPolicy],
+    /// Microseconds; `i64::MIN` selects expired memories too (erasure must reach them).
+    pub now: i64,
+}
+
+impl Selection<'_> {
+    /// Whether `m` is selected.
+    pub fn selects(&self, m: &Memory) -> bool {
+        self.scope.permits(m) && self.filter.matches(m) && !expired(m, self.retention, self.now)
+    }
+}
+
+/// Whether `m` is past its `expires_at` or its kind's retention at `now`.
+pub fn expired(m: &Memory, retention: &[RetentionPolicy], now: i64) -> bool {
+    m.expires_at.is_some_and(|t| t <= now)
+        || past_retention(retention, &m.tenant, &m.system_id, &m.kind, m.created_at, now)
+}
+
+/// Whether a memory with these fields is past the retention of a policy in `retention` at `now`.
+pub fn past_retention(
+    retention: &[RetentionPolicy],
+    tenant: &str,
+    system_id: &str,
+    kind: &str,
+    created_at: i64,
+    now: i64,
+) -> bool {
+    retention.iter().any(|p| p.covers(tenant, system_id, kind) && created_at < p.cutoff(now))
 }
 
 impl From<&str> for Scope {

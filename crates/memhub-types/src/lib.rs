@@ -12,7 +12,7 @@ pub mod retention;
 pub mod schema;
 pub mod time;
 
-pub use access::Scope;
+pub use access::{Scope, Selection};
 pub use embed::{EmbedError, Embedder};
 pub use error::{Error, ErrorCode, Result};
 pub use memory::{

@@ -668,4 +668,132 @@ mod tests {
         assert_eq!(page, vec![(50, 5), (40, 4)]);
         assert_eq!(plan.list(Some(page[1]), 10), vec![(30, 3), (20, 2), (10, 1)]);
     }
+
+    /// The filter table's compiled plans and the row-by-row definition
+    /// ([`memhub_types::Selection`], which the cold tier uses) select the same
+    /// memories for any memories, filters, scopes, retention policies and clock.
+    mod plan_agrees_with_the_row_definition {
+        use super::*;
+        use memhub_types::memory::IngestionMethod;
+        use memhub_types::{Memory, Scope, Selection};
+        use proptest::collection::vec;
+        use proptest::option;
+        use proptest::prelude::*;
+
+        // Small pools, so filters often hit and sometimes name what nothing has.
+        fn name(pool: &'static [&'static str]) -> impl Strategy<Value = String> {
+            proptest::sample::select(pool).prop_map(str::to_owned)
+        }
+        const TENANTS: &[&str] = &["t1", "t2"];
+        const SYSTEMS: &[&str] = &["slack", "github", "t1", ""];
+        const KINDS: &[&str] = &["note", "chat", "slack"];
+        const PEOPLE: &[&str] = &["ann", "bob", ""];
+        const TAGS: &[&str] = &["a", "b", "c", "ann"];
+        const TIMES: std::ops::Range<i64> = 0..40;
+
+        fn value() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                Just(json!("x")),
+                Just(json!("1")),
+                Just(json!(1)),
+                Just(json!(1.0)),
+                Just(json!(true)),
+                Just(json!({"o": 1})),
+                Just(json!(["a"])),
+            ]
+        }
+
+        fn metadata() -> impl Strategy<Value = serde_json::Map<String, Value>> {
+            proptest::collection::btree_map(name(&["k1", "k2", "a"]), value(), 0..3)
+                .prop_map(|m| m.into_iter().collect())
+        }
+
+        prop_compose! {
+            fn memory()(
+                tenant in name(TENANTS), system_id in name(SYSTEMS), kind in name(KINDS),
+                user_id in option::of(name(PEOPLE)), agent_id in option::of(name(PEOPLE)),
+                session_id in option::of(name(PEOPLE)), project in option::of(name(PEOPLE)),
+                tags in vec(name(TAGS), 0..3), created_at in TIMES, expires_at in option::of(TIMES),
+                metadata in metadata(), warm in any::<bool>(),
+            ) -> Memory {
+                Memory {
+                    id: uuid::Uuid::nil(), tenant, system_id, memory_id: "m".into(), kind, schema_version: 1,
+                    content: String::new(), attributes: json!({}), metadata, tags, user_id, agent_id, session_id,
+                    project, created_at, ingested_at: 0, updated_at: 0, expires_at, embedding: None,
+                    embedding_model: None, content_hash: "00".into(), version: 1,
+                    ingestion_method: IngestionMethod::Rest, tier: if warm { Tier::Warm } else { Tier::Hot },
+                }
+            }
+        }
+
+        prop_compose! {
+            fn filter()(
+                system_id in option::of(name(SYSTEMS)), kind in option::of(name(KINDS)),
+                user_id in option::of(name(PEOPLE)), agent_id in option::of(name(PEOPLE)),
+                session_id in option::of(name(PEOPLE)), project in option::of(name(PEOPLE)),
+                tags in vec(name(&["a", "b", "z"]), 0..3), tags_all in vec(name(&["a", "c", "z"]), 0..2),
+                since in option::of(TIMES), until in option::of(TIMES),
+                metadata in option::of(metadata()),
+            ) -> MemoryFilter {
+                MemoryFilter { system_id, kind, user_id, agent_id, session_id, project, tags, tags_all, since, until, metadata }
+            }
+        }
+
+        prop_compose! {
+            fn scope()(
+                tenant in name(TENANTS), user_id in option::of(name(PEOPLE)),
+                systems in option::of(vec(name(SYSTEMS), 0..3)), kinds in option::of(vec(name(KINDS), 0..3)),
+            ) -> Scope {
+                Scope { tenant, user_id, systems, kinds }
+            }
+        }
+
+        prop_compose! {
+            fn policy()(
+                kind in name(KINDS), ttl_seconds in 1u64..3, tenant in option::of(name(&["t1", "t3"])),
+                system_id in option::of(name(SYSTEMS)),
+            ) -> RetentionPolicy {
+                // The clock below runs in seconds' worth of microseconds.
+                RetentionPolicy { kind, ttl_seconds, tenant, system_id }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+            #[test]
+            fn for_every_input(
+                memories in vec(memory(), 0..24), filter in filter(), scope in scope(),
+                retention in vec(policy(), 0..2), now_seconds in 0i64..60, erasing in any::<bool>(),
+            ) {
+                // Times in the memories are small; scale them so TTLs of 1-2 s matter.
+                let memories: Vec<Memory> = memories.into_iter().map(|mut m| {
+                    m.created_at *= 1_000_000;
+                    m.expires_at = m.expires_at.map(|t| t * 1_000_000);
+                    m
+                }).collect();
+                let filter = MemoryFilter {
+                    since: filter.since.map(|t| t * 1_000_000),
+                    until: filter.until.map(|t| t * 1_000_000),
+                    ..filter
+                };
+                let now = if erasing { i64::MIN } else { now_seconds * 1_000_000 };
+                let mut table = FilterTable::default();
+                for (i, m) in memories.iter().enumerate() {
+                    table.upsert(i as DocId, &MetaSource::of(m, "model"));
+                }
+                table.set_retention(retention.clone());
+                let selection = Selection { scope: &scope, filter: &filter, retention: &retention, now };
+                let want: Vec<DocId> =
+                    (0..memories.len()).filter(|&i| selection.selects(&memories[i])).map(|i| i as DocId).collect();
+                let plan = table.plan(&scope, &filter, now);
+                let got: Vec<DocId> = plan.ids().collect();
+                prop_assert_eq!(&got, &want, "plan.ids()");
+                prop_assert_eq!(plan.count(), want.len(), "plan.count()");
+                for i in 0..memories.len() as DocId {
+                    prop_assert_eq!(plan.matches(i), want.contains(&i), "plan.matches({})", i);
+                }
+            }
+        }
+    }
 }
