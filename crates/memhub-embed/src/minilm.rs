@@ -47,7 +47,10 @@ impl MiniLmEncoder {
             if p.is_file() {
                 Ok(p)
             } else {
-                Err(load_err(dir, format!("{name} is missing (see README: Local encoder)")))
+                Err(load_err(
+                    dir,
+                    format!("{name} is missing (scripts/fetch-model.sh installs it; see docs/configuration.md)"),
+                ))
             }
         };
         let config_path = file("config.json")?;

@@ -94,11 +94,14 @@ fn intersect(a: Option<&[String]>, b: Option<&[String]>) -> Option<Vec<String>> 
 }
 
 impl Principal {
+    /// The id of [`Principal::open`] (keys are `key:…`, JWT subjects `jwt:…`).
+    pub const OPEN_ID: &'static str = "open";
+
     /// The caller with no credentials in `open` mode: an admin of every tenant, as
     /// memhub behaved before authentication existed.
     pub fn open() -> Self {
         Principal {
-            id: "open".into(),
+            id: Self::OPEN_ID.into(),
             role: Role::Admin,
             tenant: memhub_types::DEFAULT_TENANT.into(),
             user_id: None,

@@ -40,6 +40,20 @@ pub enum AuthMode {
     Required,
 }
 
+impl std::str::FromStr for AuthMode {
+    type Err = String;
+
+    /// The names the config file uses: `auto`, `open`, `required`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(AuthMode::Auto),
+            "open" => Ok(AuthMode::Open),
+            "required" => Ok(AuthMode::Required),
+            _ => Err(format!("{s:?}: expected auto, open or required")),
+        }
+    }
+}
+
 /// `[auth]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -247,8 +261,9 @@ impl Guard {
         Some(wait)
     }
 
-    fn rate_limited(&self, principal: &str) -> Option<Duration> {
-        let not_until = self.limiter.as_ref()?.check_key(&principal.to_string()).err()?;
+    fn rate_limited(&self, principal: &Principal, client: Option<IpAddr>) -> Option<Duration> {
+        let limiter = self.limiter.as_ref()?;
+        let not_until = limiter.check_key(&rate_bucket(principal, client)?).err()?;
         Some(not_until.wait_time_from(DefaultClock::default().now()))
     }
 
@@ -445,7 +460,7 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
         }
     };
     let caller = Caller::new(principal, tenant, &guard.manager_write_kinds, request_id.clone(), client.clone());
-    if let Some(wait) = guard.rate_limited(&caller.principal.id) {
+    if let Some(wait) = guard.rate_limited(&caller.principal, ip) {
         let action = action_for(&method, &matched).unwrap_or("rate_limited");
         guard.audit.record(caller.event(action, Vec::new(), Value::Null, 429));
         return with_id(too_many(wait, "rate limit exceeded for this key"));
@@ -463,6 +478,21 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
         guard.audit.record(caller.event(action, targets, note.filters, resp.status().as_u16()));
     }
     with_id(resp)
+}
+
+/// The rate-limit bucket a request draws from: its principal's (a key, a JWT
+/// subject, the local principal). Open mode has no principals, only addresses: a
+/// client on another host (an open server behind a proxy, with
+/// `allow_unauthenticated_public`) gets a bucket per address, and clients on this
+/// machine (loopback, where every process shares one address) are not limited.
+fn rate_bucket(principal: &Principal, client: Option<IpAddr>) -> Option<String> {
+    if principal.id != Principal::OPEN_ID {
+        return Some(principal.id.clone());
+    }
+    match client {
+        Some(ip) if !ip.is_loopback() => Some(format!("open@{ip}")),
+        _ => None,
+    }
 }
 
 fn unauthorized(e: Error) -> Response {
@@ -483,5 +513,22 @@ mod tests {
         assert_eq!(action_for(&Method::POST, "/mcp"), None, "tool calls audit themselves");
         assert_eq!(path_id("/v1/memories/abc/history", "/v1/memories/{id}/history").as_deref(), Some("abc"));
         assert_eq!(path_id("/v1/memories", "/v1/memories"), None);
+    }
+
+    #[test]
+    fn open_mode_limits_other_hosts_per_address_and_not_this_machine() {
+        let open = Principal::open();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(rate_bucket(&open, ip("127.0.0.1")), None);
+        assert_eq!(rate_bucket(&open, ip("::1")), None);
+        assert_eq!(rate_bucket(&open, ip("10.0.0.7")).as_deref(), Some("open@10.0.0.7"));
+        assert_ne!(rate_bucket(&open, ip("10.0.0.7")), rate_bucket(&open, ip("10.0.0.8")));
+        let key = Principal { id: "key:abc".into(), superadmin: false, ..Principal::open() };
+        assert_eq!(
+            rate_bucket(&key, ip("127.0.0.1")).as_deref(),
+            Some("key:abc"),
+            "a key is limited wherever it calls from"
+        );
+        assert_eq!(rate_bucket(&key, ip("10.0.0.7")), rate_bucket(&key, ip("10.0.0.8")), "one bucket per key");
     }
 }

@@ -56,6 +56,21 @@ pub enum EmbedderKind {
     None,
 }
 
+impl std::str::FromStr for EmbedderKind {
+    type Err = String;
+
+    /// The names the config file uses: `auto`, `minilm`, `openai`, `none`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(EmbedderKind::Auto),
+            "minilm" => Ok(EmbedderKind::Minilm),
+            "openai" => Ok(EmbedderKind::Openai),
+            "none" => Ok(EmbedderKind::None),
+            _ => Err(format!("{s:?}: expected auto, minilm, openai or none")),
+        }
+    }
+}
+
 /// Server-side embedding settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -166,19 +181,8 @@ impl Config {
         if let Some(v) = env_value("MEMHUB_ALLOW_UNAUTHENTICATED_PUBLIC", &get)? {
             self.allow_unauthenticated_public = v;
         }
-        if let Some(v) = get("MEMHUB_AUTH") {
-            self.auth.mode = match v.as_str() {
-                "auto" => AuthMode::Auto,
-                "open" => AuthMode::Open,
-                "required" => AuthMode::Required,
-                _ => {
-                    return Err(ConfigError::Env {
-                        name: "MEMHUB_AUTH".into(),
-                        value: v,
-                        reason: "expected auto, open or required".into(),
-                    })
-                }
-            };
+        if let Some(v) = env_value("MEMHUB_AUTH", &get)? {
+            self.auth.mode = v;
         }
         if let Some(v) = env_value("MEMHUB_RATE_PER_SECOND", &get)? {
             self.auth.rate_per_second = v;
@@ -213,20 +217,8 @@ impl Config {
         if let Some(v) = env_value("MEMHUB_MAX_BATCH", &get)? {
             self.engine.max_batch = v;
         }
-        if let Some(v) = get("MEMHUB_EMBEDDER") {
-            self.embedder.kind = match v.as_str() {
-                "auto" => EmbedderKind::Auto,
-                "minilm" => EmbedderKind::Minilm,
-                "openai" => EmbedderKind::Openai,
-                "none" => EmbedderKind::None,
-                _ => {
-                    return Err(ConfigError::Env {
-                        name: "MEMHUB_EMBEDDER".into(),
-                        value: v,
-                        reason: "expected auto, minilm, openai or none".into(),
-                    })
-                }
-            };
+        if let Some(v) = env_value("MEMHUB_EMBEDDER", &get)? {
+            self.embedder.kind = v;
         }
         if let Some(v) = get("MEMHUB_MODEL_DIR") {
             self.embedder.model_dir = Some(PathBuf::from(v));

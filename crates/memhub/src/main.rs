@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use memhub_embed::{MiniLmEncoder, OpenAiEmbedder};
 use memhub_engine::{EmbeddingWorker, Engine, OpenMode};
+use memhub_server::auth::AuthMode;
 use memhub_server::config::EmbedderKind;
 use memhub_server::{AppState, Config};
 use memhub_types::{Embedder, Memory, MemoryFilter, SearchRequest, DEFAULT_TENANT};
@@ -20,7 +21,7 @@ use memhub_types::{Embedder, Memory, MemoryFilter, SearchRequest, DEFAULT_TENANT
 #[derive(Parser)]
 #[command(name = "memhub", version, about = "A self-hosted memory hub for AI agents")]
 struct Cli {
-    /// A TOML config file (see README: Configuration).
+    /// A TOML config file (see docs/configuration.md).
     #[arg(long, global = true, env = "MEMHUB_CONFIG")]
     config: Option<PathBuf>,
     /// The data directory (default: the platform data dir; env MEMHUB_DATA_DIR).
@@ -37,12 +38,22 @@ enum Command {
         /// Listen address (default 127.0.0.1:8682; env MEMHUB_ADDR).
         #[arg(long)]
         addr: Option<std::net::SocketAddr>,
+        /// auto, open or required (default auto: open on loopback until a key exists; env MEMHUB_AUTH).
+        #[arg(long)]
+        auth: Option<AuthMode>,
+        /// Log filter, e.g. info or memhub=debug (env MEMHUB_LOG).
+        #[arg(long)]
+        log: Option<String>,
+        #[command(flatten)]
+        embedder: EmbedderFlags,
     },
     /// Serve MCP over stdin/stdout (for agents that launch memhub themselves).
     Mcp {
         /// Use stdio (the only local transport; `memhub serve` serves HTTP).
         #[arg(long, required = true)]
         stdio: bool,
+        #[command(flatten)]
+        embedder: EmbedderFlags,
     },
     /// Import memories from a JSONL file written by `memhub export`.
     Import {
@@ -100,6 +111,33 @@ enum Command {
     /// knowledge_graph.duckdb) to a hub: upload to its bucket, or push over HTTP.
     /// Prints a JSON result; exits 1 if the sync failed.
     Sync(sync::SyncArgs),
+}
+
+/// The server-side embedder, as flags (each overrides the config file and the environment).
+#[derive(clap::Args)]
+struct EmbedderFlags {
+    /// auto, minilm, openai or none (default auto: the local encoder if its files are there; env MEMHUB_EMBEDDER).
+    #[arg(long)]
+    embedder: Option<EmbedderKind>,
+    /// Where the all-MiniLM-L6-v2 files are (default <data dir>/models/all-MiniLM-L6-v2; env MEMHUB_MODEL_DIR).
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// The OpenAI-compatible service's base URL, with --embedder openai (env MEMHUB_EMBEDDER_URL).
+    #[arg(long)]
+    embedder_url: Option<String>,
+    /// The remote model's name, with --embedder openai (env MEMHUB_EMBEDDER_MODEL).
+    #[arg(long)]
+    embedder_model: Option<String>,
+}
+
+impl EmbedderFlags {
+    fn apply(self, config: &mut Config) {
+        let e = &mut config.embedder;
+        e.kind = self.embedder.unwrap_or(e.kind);
+        e.model_dir = self.model_dir.or(e.model_dir.take());
+        e.url = self.embedder_url.or(e.url.take());
+        e.model = self.embedder_model.or(e.model.take());
+    }
 }
 
 #[derive(Subcommand)]
@@ -257,11 +295,12 @@ fn progress(len: Option<u64>, what: &str) -> ProgressBar {
 fn run(cli: Cli) -> Result<(), String> {
     let config = load_config(&cli)?;
     match cli.command {
-        Command::Serve { addr } => {
+        Command::Serve { addr, auth, log, embedder } => {
             let mut config = config;
-            if let Some(a) = addr {
-                config.addr = a;
-            }
+            config.addr = addr.unwrap_or(config.addr);
+            config.auth.mode = auth.unwrap_or(config.auth.mode);
+            config.log = log.unwrap_or(config.log);
+            embedder.apply(&mut config);
             init_logging(&config.log);
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             rt.block_on(async move {
@@ -278,7 +317,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 served.map_err(|e| e.to_string())
             })
         }
-        Command::Mcp { stdio: _ } => {
+        Command::Mcp { stdio: _, embedder } => {
+            let mut config = config;
+            embedder.apply(&mut config);
             init_logging(&config.log);
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             rt.block_on(async move {

@@ -185,6 +185,31 @@ async fn floods_are_limited_per_principal() {
     assert_eq!(api.get("/v1/stats", Some(&b)).await.0, 200, "another key has its own bucket");
 }
 
+/// Open mode serves one machine: its local clients (all on 127.0.0.1) do not share
+/// one bucket, while keys on the same server keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_mode_does_not_limit_local_clients_as_one() {
+    let server = Server::start_with_env(&[("MEMHUB_RATE_PER_SECOND", "5")]);
+    let clients: Vec<_> = (0..64)
+        .map(|_| {
+            let http = common::Http::new(&server);
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..4 {
+                    statuses.push(http.get("/v1/stats").await.0);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for c in clients {
+        statuses.extend(c.await.unwrap());
+    }
+    assert_eq!(statuses.len(), 256);
+    assert!(statuses.iter().all(|s| *s == 200), "{} of 256 refused", statuses.iter().filter(|s| **s != 200).count());
+}
+
 #[tokio::test]
 async fn mcp_refuses_foreign_origins() {
     let server = Server::start();

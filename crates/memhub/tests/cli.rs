@@ -139,3 +139,48 @@ async fn a_public_address_requires_credentials_by_default() {
     assert_eq!(body["error"]["code"], "missing_credentials");
     assert_eq!(Http::new(&server).get("/health").await.0, 200, "health stays open");
 }
+
+/// `serve` takes the settings a person reaches for as flags, and a flag beats the
+/// environment: `--model-dir` and `--embedder` load the local encoder although
+/// `MEMHUB_MODEL_DIR` names an empty directory; `--auth required` closes a loopback
+/// server; a bad value is a usage error naming the choices.
+#[tokio::test]
+async fn serve_flags_set_the_encoder_and_auth_over_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::model_dir();
+    let serve = |extra: &[&str]| {
+        let mut cmd = Command::new(memhub_bin());
+        cmd.args(["serve", "--addr", "127.0.0.1:0", "--data-dir", dir.path().to_str().unwrap()])
+            .args(extra)
+            .env("MEMHUB_MODEL_DIR", dir.path().join("no-model"))
+            .env("MEMHUB_EMBEDDER", "none")
+            .env("MEMHUB_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let flags = ["--model-dir", model.to_str().unwrap(), "--embedder", "minilm", "--log", "warn,memhub=info"];
+    let mut server = Server::spawn(serve(&flags), dir.path());
+    let http = Http::new(&server);
+    let call = json!({"method": "tools/call", "params": {"name": "generate_embedding", "arguments": {"text": "A man is eating food."}}});
+    let (status, out) = http.post("/mcp", &call).await;
+    assert_eq!((status, out["mode"].as_str(), out["embedding_dim"].as_u64()), (200, Some("real"), Some(384)), "{out}");
+    assert_eq!(server.terminate(), Some(0));
+
+    // The flag names a directory without the model: the server says which and stops.
+    let missing = dir.path().join("elsewhere");
+    let out = serve(&["--model-dir", missing.to_str().unwrap(), "--embedder", "minilm"]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(missing.to_str().unwrap()), "{stderr}");
+
+    let server = Server::spawn(serve(&["--auth", "required", "--log", "warn,memhub=info"]), dir.path());
+    let (status, body) = Http::new(&server).get("/v1/stats").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("missing_credentials")), "{body}");
+    drop(server);
+
+    let out = serve(&["--embedder", "bert"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--embedder") && stderr.contains("expected auto, minilm, openai or none"), "{stderr}");
+}
