@@ -117,6 +117,13 @@ async fn not_found() -> rest::ApiError {
     rest::ApiError(Error::new(ErrorCode::NotFound, "no such route; see /openapi.json"))
 }
 
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> rest::ApiError {
+    rest::ApiError(Error::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{} does not take {method}; the Allow header lists the methods it takes", uri.path()),
+    ))
+}
+
 /// Every route memhub serves.
 pub fn router(state: AppState) -> Router {
     use rest::*;
@@ -157,6 +164,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(telemetry::metrics_endpoint))
+        // After every route: it applies to the routes added so far.
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
         .route_layer(axum::middleware::from_fn(telemetry::track))
         .fallback(not_found)

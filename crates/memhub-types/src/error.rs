@@ -40,6 +40,8 @@ pub enum ErrorCode {
     InvalidCursor,
     /// The MCP tool or route does not exist.
     NotFound,
+    /// The route exists but not with this HTTP method (the `Allow` header lists those it has).
+    MethodNotAllowed,
     /// The data directory is locked by another process.
     DataDirLocked,
     /// The store failed (disk full, I/O error, corruption).
@@ -84,6 +86,7 @@ impl ErrorCode {
             ErrorCode::BatchTooLarge => "batch_too_large",
             ErrorCode::InvalidCursor => "invalid_cursor",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::DataDirLocked => "data_dir_locked",
             ErrorCode::StorageError => "storage_error",
             ErrorCode::InternalError => "internal_error",
@@ -120,6 +123,7 @@ impl ErrorCode {
             | ErrorCode::TokenAlgorithmRejected
             | ErrorCode::TokenClaimsInvalid => 401,
             ErrorCode::Forbidden => 403,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::RateLimited => 429,
             ErrorCode::StorageError | ErrorCode::InternalError => 500,
         }
