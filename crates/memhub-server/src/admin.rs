@@ -1,6 +1,6 @@
 //! Governance routes: API keys, retention, erasure, the audit log, and export.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{AuditNote, Caller};
-use crate::rest::{time_param, ApiJson, ApiResult};
+use crate::rest::{time_param, ApiJson, ApiQuery, ApiResult};
 use std::sync::Arc;
 
 use crate::{blocking, AppState};
@@ -239,6 +239,7 @@ pub struct AuditParams {
     pub until: Option<String>,
     pub actor: Option<String>,
     pub action: Option<String>,
+    #[serde(default, deserialize_with = "memhub_types::memory::whole::option")]
     pub limit: Option<usize>,
 }
 
@@ -246,7 +247,7 @@ pub struct AuditParams {
 pub async fn query_audit(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Query(p): Query<AuditParams>,
+    ApiQuery(p): ApiQuery<AuditParams>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Permission::Administer)?;
     if p.limit.is_some_and(|l| l == 0 || l > 10_000) {

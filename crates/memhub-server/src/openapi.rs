@@ -1,6 +1,9 @@
 //! The OpenAPI 3.1 document served at `/openapi.json`.
 
 use axum::Json;
+use memhub_engine::EngineConfig;
+use memhub_types::KindSchema;
+use serde_json::{json, Value};
 use utoipa::OpenApi;
 
 use crate::rest;
@@ -43,7 +46,239 @@ use crate::rest;
 )]
 pub struct ApiDoc;
 
-/// `GET /openapi.json`.
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// `GET /openapi.json`: the derived document with the constraints the API really
+/// enforces written in (see [`document`]).
+pub async fn openapi_json(axum::extract::State(state): axum::extract::State<crate::AppState>) -> Json<Value> {
+    Json(document(state.engine.config(), &state.engine.schemas()))
+}
+
+/// A memory's server id.
+const UUID: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+
+/// An RFC 3339 time, as `parse_timestamp` reads it.
+const DATE_TIME: &str = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
+
+/// Characters memhub refuses in ids and names (`char::is_control`).
+const NO_CONTROL: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
+
+/// The OpenAPI document: utoipa's, derived from the types and handlers, plus what
+/// depends on this server (the embedding dimension, the size limits, the kinds
+/// registered now and their attribute schemas) and the limits `prepare.rs` and the
+/// handlers enforce, so a client generated from it, or a fuzzer, sends what the
+/// server accepts. Every operation lists the catalogue's errors it can answer with.
+pub fn document(config: &EngineConfig, kinds: &[KindSchema]) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["Error"] = json!({
+        "type": "object", "required": ["error"],
+        "description": "Every error: a stable code, its type, a message and the field it names.",
+        "properties": {"error": {"type": "object", "required": ["code", "type", "message"], "properties": {
+            "code": {"type": "string"}, "type": {"type": "string"}, "message": {"type": "string"},
+            "field": {"type": "string"}}}}
+    });
+    for name in ["SearchHit", "SearchRequest", "RetrieveRequest"] {
+        flatten(schemas, name);
+    }
+    let text = |max: usize| json!({"minLength": 1, "maxLength": max, "pattern": NO_CONTROL});
+    let dim = config.embedding_dim;
+    // Vectors are f32: a JSON number beyond f32's range is refused.
+    let float = json!({"type": "number", "minimum": -f32::MAX, "maximum": f32::MAX});
+    let vector = json!({"minItems": dim, "maxItems": dim, "items": float});
+    // `format` alone is an annotation in JSON Schema 2020-12: the pattern makes it binding.
+    let time = json!({"format": "date-time", "pattern": DATE_TIME});
+    let tags =
+        json!({"maxItems": 64, "items": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NO_CONTROL}});
+    // Content: not blank, at most `max_content_bytes` bytes (4 per character at worst).
+    let content = json!({"minLength": 1, "maxLength": config.max_content_bytes / 4, "pattern": "\\S"});
+    let mut latest: Vec<&KindSchema> = Vec::new();
+    for k in kinds {
+        match latest.iter_mut().find(|l| l.kind == k.kind) {
+            Some(l) if l.version < k.version => *l = k,
+            Some(_) => {}
+            None => latest.push(k),
+        }
+    }
+    let versions = |kind: &str| -> Vec<u32> { kinds.iter().filter(|k| k.kind == kind).map(|k| k.version).collect() };
+
+    // A new memory: one variant per kind, whose attributes satisfy that kind's schema.
+    let new_memory = &mut schemas["NewMemory"]["properties"];
+    for (field, max) in [
+        ("tenant", 128),
+        ("system_id", 256),
+        ("memory_id", 512),
+        ("user_id", 256),
+        ("agent_id", 256),
+        ("session_id", 256),
+        ("project", 256),
+        ("embedding_model", 128),
+    ] {
+        merge(new_memory, field, &text(max));
+    }
+    merge(new_memory, "content", &content);
+    merge(new_memory, "embedding", &vector);
+    merge(new_memory, "tags", &tags);
+    merge(new_memory, "created_at", &time);
+    merge(new_memory, "expires_at", &time);
+    let base = schemas["NewMemory"].clone();
+    let variants: Vec<Value> = latest
+        .iter()
+        .map(|k| {
+            let mut v = base.clone();
+            v.as_object_mut().map(|o| o.remove("description"));
+            let mut attributes = k.schema.clone();
+            attributes.as_object_mut().map(|o| o.remove("$schema"));
+            let needs_attributes = attributes.get("required").and_then(Value::as_array).is_some_and(|r| !r.is_empty());
+            let mut required = vec![json!("content")];
+            // No kind means `note`.
+            if k.kind == "note" {
+                v["properties"]["kind"] = json!({"enum": ["note", null]});
+            } else {
+                v["properties"]["kind"] = json!({"const": k.kind});
+                required.push(json!("kind"));
+            }
+            if needs_attributes {
+                required.push(json!("attributes"));
+                v["properties"]["attributes"] = attributes;
+            } else {
+                v["properties"]["attributes"] = json!({"anyOf": [{"type": "null"}, attributes]});
+            }
+            v["properties"]["schema_version"] = json!({"enum": with_null_u32(&versions(&k.kind))});
+            v["required"] = Value::Array(required);
+            v
+        })
+        .collect();
+    schemas["NewMemory"] = json!({"description": base["description"], "anyOf": variants});
+
+    let patch = &mut schemas["MemoryPatch"]["properties"];
+    merge(patch, "content", &content);
+    merge(patch, "embedding", &vector);
+    merge(patch, "embedding_model", &text(128));
+    merge(patch, "tags", &tags);
+    merge(patch, "expires_at", &time);
+
+    // Searches: a query text or a (non-zero) query vector, within bounds.
+    let search = &mut schemas["SearchRequest"];
+    let props = &mut search["properties"];
+    merge(
+        props,
+        "query_embedding",
+        &json!({"minItems": dim, "maxItems": dim, "items": float,
+                                            // Not the zero vector once read as f32.
+                                            "contains": {"anyOf": [{"minimum": f32::MIN_POSITIVE}, {"maximum": -f32::MIN_POSITIVE}]}}),
+    );
+    merge(props, "limit", &json!({"minimum": 1, "maximum": 1000}));
+    merge(props, "semantic_ratio", &json!({"minimum": 0, "maximum": 1}));
+    merge(props, "min_score", &json!({"minimum": 0, "maximum": 1}));
+    props["recency_half_life"] = json!({"description": props["recency_half_life"]["description"],
+        "anyOf": [{"type": "null"}, {"type": "number", "exclusiveMinimum": 0},
+                  {"type": "string", "pattern": "^([0-9]*[1-9][0-9]*(\\.[0-9]+)?|[0-9]+\\.[0-9]*[1-9][0-9]*)(s|m|h|d|w)$"}]});
+    search["anyOf"] = json!([
+        {"properties": {"query": {"type": "string", "pattern": "\\S"}}, "required": ["query"]},
+        {"properties": {"query_embedding": {"type": "array"}}, "required": ["query_embedding"]},
+    ]);
+    for name in ["SearchRequest", "RetrieveRequest", "MemoryFilter"] {
+        merge(&mut schemas[name]["properties"], "since", &time);
+        merge(&mut schemas[name]["properties"], "until", &time);
+    }
+    let retrieve = &mut schemas["RetrieveRequest"]["properties"];
+    merge(retrieve, "id", &json!({"format": "uuid", "pattern": UUID}));
+    merge(retrieve, "limit", &json!({"minimum": 1, "maximum": 1000}));
+    merge(retrieve, "cursor", &json!({"pattern": "^-?[0-9]+_-?[0-9]+$"}));
+    // A batch's items are validated one by one and refused items reported in
+    // `errors[]`, so the request itself takes any objects.
+    schemas["BatchRequest"]["properties"]["memories"] = json!({"type": "array", "maxItems": config.max_batch,
+        "items": {"type": "object", "description": "A NewMemory (see that schema); an invalid one is reported in errors[]."},
+        "description": "Up to max_batch memories; each is validated on its own."});
+    let register = &mut schemas["RegisterSchema"]["properties"];
+    merge(register, "kind", &json!({"pattern": "^[a-z][a-z0-9_]{0,63}$"}));
+    merge(register, "version", &json!({"minimum": 1, "maximum": memhub_types::schema::MAX_VERSION}));
+
+    let Some(paths) = doc["paths"].as_object_mut() else { return doc };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else { continue };
+        for (method, op) in item.iter_mut() {
+            for p in op.get_mut("parameters").and_then(Value::as_array_mut).into_iter().flatten() {
+                let extra = match p["name"].as_str() {
+                    Some("id") if p["in"] == "path" => json!({"format": "uuid", "pattern": UUID}),
+                    Some("limit") => json!({"minimum": 1, "maximum": 1000}),
+                    Some("since" | "until") => time.clone(),
+                    // Cursors are opaque, but only this server's shape decodes.
+                    Some("cursor") => json!({"pattern": "^-?[0-9]+_-?[0-9]+$"}),
+                    _ => continue,
+                };
+                merge(p, "schema", &extra);
+            }
+            let errors = errors_of(path, method, op.get("requestBody").is_some());
+            let responses = &mut op["responses"];
+            for (status, description) in errors {
+                let entry = &mut responses[status.to_string()];
+                if entry.is_null() {
+                    *entry = json!({"description": description});
+                }
+                entry["content"] = json!({"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}});
+            }
+        }
+    }
+    doc
+}
+
+/// The catalogue's errors an operation can answer with, besides those it documents.
+fn errors_of(path: &str, method: &str, has_body: bool) -> Vec<(u16, &'static str)> {
+    if path == "/health" {
+        return Vec::new();
+    }
+    let mut out = vec![
+        (400, "invalid request: the error names the field"),
+        (401, "missing or invalid credentials"),
+        (403, "the role or scope does not allow this"),
+        (429, "rate limited; see Retry-After"),
+        (500, "storage or internal error"),
+    ];
+    if has_body {
+        out.push((413, "body, content or batch over a configured limit"));
+    }
+    if path.contains("{id}") || path.ends_with("retrieve") {
+        out.push((404, "no such memory in your tenant"));
+    }
+    if method == "post" && (path.ends_with("/memories") || path.ends_with("/store") || path.ends_with("/batch")) {
+        out.push((422, "attributes do not satisfy the kind's schema"));
+        out.push((409, "memory_id is in several systems; name the system_id"));
+    }
+    if method == "post" || method == "patch" {
+        out.push((503, "the cold tier's object storage cannot be reached"));
+    }
+    out
+}
+
+/// Add `extra`'s keys to the schema at `parent[key]`, if there is one.
+fn merge(parent: &mut Value, key: &str, extra: &Value) {
+    if let (Some(t), Some(e)) = (parent.get_mut(key).and_then(Value::as_object_mut), extra.as_object()) {
+        for (k, v) in e {
+            t.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+/// Replace an `allOf` of object schemas (utoipa's form of `#[serde(flatten)]`) by
+/// one object schema, so its properties can be constrained and so that a
+/// flattened type with `additionalProperties: false` does not refuse its siblings.
+fn flatten(schemas: &mut Value, name: &str) {
+    let Some(parts) = schemas[name].get("allOf").and_then(Value::as_array).cloned() else { return };
+    let mut properties = serde_json::Map::new();
+    let mut required = Vec::new();
+    for part in parts {
+        let part = match part.get("$ref").and_then(Value::as_str) {
+            Some(r) => schemas[r.trim_start_matches("#/components/schemas/")].clone(),
+            None => part,
+        };
+        properties.extend(part["properties"].as_object().cloned().unwrap_or_default());
+        required.extend(part["required"].as_array().cloned().unwrap_or_default());
+    }
+    let description = schemas[name]["description"].clone();
+    schemas[name] =
+        json!({"type": "object", "description": description, "properties": properties, "required": required});
+}
+
+fn with_null_u32(versions: &[u32]) -> Value {
+    versions.iter().map(|v| json!(v)).chain([Value::Null]).collect()
 }

@@ -2,7 +2,8 @@
 //! call the engine on a blocking thread, shape the answer. Errors map once, in
 //! [`ApiError`].
 
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -57,6 +58,28 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
         let (parts, body) = req.into_parts();
         let bytes = read_body(&parts.headers, body, state.config.max_body_bytes).await?;
         Ok(ApiJson(decode_slice(&bytes)?))
+    }
+}
+
+/// A query string whose errors go through the catalogue and name the parameter
+/// (`invalid_field` on `limit`), unlike axum's plain-text `Query` rejection.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            ApiError(if path == "." {
+                Error::new(ErrorCode::InvalidField, format!("invalid query string: {inner}"))
+            } else {
+                Error::field(ErrorCode::InvalidField, path, inner.to_string())
+            })
+        })
     }
 }
 
@@ -241,6 +264,7 @@ pub async fn create_batch(
 
 /// Options for reading a memory.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct GetQuery {
     /// Include the embedding vector.
     #[serde(default)]
@@ -254,7 +278,7 @@ pub async fn get_memory(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    Query(q): Query<GetQuery>,
+    ApiQuery(q): ApiQuery<GetQuery>,
 ) -> ApiResult<Json<Memory>> {
     caller.require(Permission::Read)?;
     let id = parse_id(&id)?;
@@ -312,6 +336,7 @@ pub async fn memory_history(
 
 /// Filters for `GET /v1/memories` (tags comma-separated).
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     pub system_id: Option<String>,
     pub kind: Option<String>,
@@ -327,6 +352,7 @@ pub struct ListQuery {
     pub since: Option<String>,
     /// ISO-8601.
     pub until: Option<String>,
+    #[serde(default, deserialize_with = "memhub_types::memory::whole::option")]
     pub limit: Option<usize>,
     pub cursor: Option<String>,
 }
@@ -356,7 +382,7 @@ pub struct ListResponse {
 pub async fn list_memories(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<impl IntoResponse> {
     caller.require(Permission::Read)?;
     let filter = MemoryFilter {
@@ -397,7 +423,7 @@ pub async fn search(
 pub struct RegisterSchema {
     pub kind: String,
     /// Defaults to the next version of the kind.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "memhub_types::memory::whole::option")]
     pub version: Option<u32>,
     #[serde(default)]
     pub description: String,
@@ -444,7 +470,7 @@ pub struct RetrieveRequest {
     pub id: Option<String>,
     #[serde(default)]
     pub memory_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "memhub_types::memory::whole::option")]
     pub limit: Option<usize>,
     #[serde(default)]
     pub cursor: Option<String>,

@@ -154,7 +154,7 @@ pub struct NewMemory {
     #[serde(default)]
     pub kind: Option<String>,
     /// Defaults to the kind's latest version.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::option")]
     pub schema_version: Option<u32>,
     pub content: String,
     #[serde(default)]
@@ -298,7 +298,7 @@ pub struct SearchRequest {
     #[serde(default, alias = "vector")]
     pub query_embedding: Option<Vec<f32>>,
     /// Defaults to 10; at most 1000.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole::option")]
     pub limit: Option<usize>,
     /// 0 = keyword only, 1 = vector only; default 0.3 (the keyword retriever weighs more).
     #[serde(default)]
@@ -453,4 +453,65 @@ pub struct Relation {
     #[serde(with = "serde_micros")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Micros,
+}
+
+/// Serde adapter for whole-number fields: `3` and `3.0` are the same number in JSON
+/// (and in JSON Schema), and a query string writes it as text. Anything else, a
+/// negative number or a fraction, is refused with a message naming what is wanted.
+pub mod whole {
+    use serde::de::{Deserializer, Error, Visitor};
+
+    /// `Option<T>` from a whole number `>= 0` (or `null` / absent).
+    pub fn option<'de, D: Deserializer<'de>, T: TryFrom<u64>>(d: D) -> Result<Option<T>, D::Error> {
+        let n = d.deserialize_option(Whole)?;
+        n.map(|n| T::try_from(n).map_err(|_| D::Error::custom(format!("{n} is too large")))).transpose()
+    }
+
+    struct Whole;
+
+    impl<'de> Visitor<'de> for Whole {
+        type Value = Option<u64>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a whole number, 0 or more")
+        }
+
+        fn visit_none<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Self::Value, E> {
+            u64::try_from(v).map(Some).map_err(|_| E::custom(format!("{v} is negative; expected 0 or more")))
+        }
+
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Self::Value, E> {
+            if v.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&v) {
+                Ok(Some(v as u64))
+            } else {
+                Err(E::custom(format!("{v} is not a whole number, 0 or more")))
+            }
+        }
+
+        fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+            match v.parse::<u64>() {
+                Ok(n) => Ok(Some(n)),
+                Err(_) => match v.parse::<f64>() {
+                    Ok(f) => self.visit_f64(f),
+                    Err(_) => Err(E::custom(format!("{v:?} is not a whole number"))),
+                },
+            }
+        }
+    }
 }

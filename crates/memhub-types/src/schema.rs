@@ -122,6 +122,9 @@ pub fn builtin_kinds() -> Vec<KindSchema> {
     ]
 }
 
+/// The highest schema version a kind may have.
+pub const MAX_VERSION: u32 = 1_000_000;
+
 fn valid_kind_name(kind: &str) -> bool {
     let mut chars = kind.chars();
     matches!(chars.next(), Some('a'..='z'))
@@ -189,8 +192,25 @@ impl SchemaRegistry {
                 return Ok((latest.schema.clone(), false));
             }
         }
-        let next = versions.and_then(|v| v.keys().next_back()).map_or(1, |v| v + 1);
-        let version = version.unwrap_or(next);
+        // Without a version, the one after the latest (saturating: a version past the
+        // last allowed one is refused below, never an overflow).
+        let version = match version {
+            Some(v) if v > MAX_VERSION => {
+                return Err(Error::field(ErrorCode::InvalidField, "version", format!("must be at most {MAX_VERSION}")))
+            }
+            Some(v) => v,
+            None => match versions.and_then(|v| v.keys().next_back()).map_or(1, |v| v.saturating_add(1)) {
+                // The kind's versions are used up: a conflict with its state, like a taken version.
+                next if next > MAX_VERSION => {
+                    return Err(Error::field(
+                        ErrorCode::SchemaVersionExists,
+                        "version",
+                        format!("kind {kind:?} has reached version {MAX_VERSION}; give a free version"),
+                    ))
+                }
+                next => next,
+            },
+        };
         if version == 0 {
             return Err(Error::field(ErrorCode::InvalidField, "version", "must be 1 or more"));
         }
@@ -323,5 +343,18 @@ mod tests {
         assert_eq!(e.code, ErrorCode::InvalidSchema);
         let e = r.prepare("Bad Kind", None, String::new(), json!({})).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("kind"));
+    }
+
+    #[test]
+    fn the_last_version_does_not_overflow() {
+        let mut r = SchemaRegistry::with_builtins();
+        let e = r.prepare("ticket", Some(u32::MAX), String::new(), json!({"type": "object"})).unwrap_err();
+        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::InvalidField, Some("version")));
+        let (last, _) = r.prepare("ticket", Some(MAX_VERSION), String::new(), json!({"type": "object"})).unwrap();
+        r.add(last).unwrap();
+        // An explicit free version still registers; the one after the last is a clear error, not a panic.
+        assert!(r.prepare("ticket", Some(2), String::new(), json!({"type": "object", "title": "t"})).unwrap().1);
+        let e = r.prepare("ticket", None, String::new(), json!({"type": "object", "title": "u"})).unwrap_err();
+        assert_eq!((e.code, e.field.as_deref()), (ErrorCode::SchemaVersionExists, Some("version")));
     }
 }

@@ -92,12 +92,29 @@ pub fn mark_common_terms(terms: &mut [(String, bool)], doc_freq: &dyn Fn(&str) -
 /// L2-normalise; `None` for a zero or non-finite vector.
 pub fn normalized(v: &[f32]) -> Option<Box<[f32]>> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    (norm.is_finite() && norm > 0.0).then(|| v.iter().map(|x| x / norm).collect())
+    if norm.is_finite() && norm > 0.0 {
+        return Some(v.iter().map(|x| x / norm).collect());
+    }
+    // The squares overflowed (components near f32::MAX) or underflowed (tiny ones):
+    // the norm in f64 still tells a real direction from the zero vector.
+    let norm = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    (norm.is_finite() && norm > 0.0).then(|| v.iter().map(|&x| (f64::from(x) / norm) as f32).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vectors_at_the_ends_of_f32_normalise() {
+        let mut big = vec![0.0f32; 4];
+        big[0] = -f32::MAX;
+        assert_eq!(normalized(&big).as_deref(), Some(&[-1.0, 0.0, 0.0, 0.0][..]));
+        let tiny = [1e-30f32, 0.0, 1e-30, 0.0];
+        let n = normalized(&tiny).unwrap();
+        assert!((n[0] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6, "{n:?}");
+        assert_eq!(normalized(&[0.0; 4]), None);
+    }
 
     #[test]
     fn tokenizer_keeps_identifiers_lowercases_and_stems() {
