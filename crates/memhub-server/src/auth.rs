@@ -43,14 +43,10 @@ pub enum AuthMode {
 impl std::str::FromStr for AuthMode {
     type Err = String;
 
-    /// The names the config file uses: `auto`, `open`, `required`.
+    /// The names the config file uses (serde's), so flags, environment and file agree.
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(AuthMode::Auto),
-            "open" => Ok(AuthMode::Open),
-            "required" => Ok(AuthMode::Required),
-            _ => Err(format!("{s:?}: expected auto, open or required")),
-        }
+        use serde::de::value::{Error, StrDeserializer};
+        Self::deserialize(StrDeserializer::<Error>::new(s)).map_err(|e| e.to_string())
     }
 }
 

@@ -59,15 +59,10 @@ pub enum EmbedderKind {
 impl std::str::FromStr for EmbedderKind {
     type Err = String;
 
-    /// The names the config file uses: `auto`, `minilm`, `openai`, `none`.
+    /// The names the config file uses (serde's), so flags, environment and file agree.
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(EmbedderKind::Auto),
-            "minilm" => Ok(EmbedderKind::Minilm),
-            "openai" => Ok(EmbedderKind::Openai),
-            "none" => Ok(EmbedderKind::None),
-            _ => Err(format!("{s:?}: expected auto, minilm, openai or none")),
-        }
+        use serde::de::value::{Error, StrDeserializer};
+        Self::deserialize(StrDeserializer::<Error>::new(s)).map_err(|e| e.to_string())
     }
 }
 

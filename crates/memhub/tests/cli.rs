@@ -182,5 +182,8 @@ async fn serve_flags_set_the_encoder_and_auth_over_the_environment() {
     let out = serve(&["--embedder", "bert"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "a usage error");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--embedder") && stderr.contains("expected auto, minilm, openai or none"), "{stderr}");
+    assert!(
+        stderr.contains("--embedder") && stderr.contains("expected one of `auto`, `minilm`, `openai`, `none`"),
+        "{stderr}"
+    );
 }
