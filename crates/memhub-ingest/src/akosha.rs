@@ -104,9 +104,10 @@ pub enum KindRule<'a> {
     Always(&'a str),
 }
 
-/// The kind of an Akosha memory whose `metadata.type` is absent: Akosha keeps every
-/// memory in its conversation store (its upload file calls them `conversations`).
-pub const DEFAULT_KIND: &str = "conversation";
+/// The kind of an Akosha memory whose `metadata.type` is absent: `note`, what
+/// `store_memory` has always stored such a memory as (retention policies, filters and
+/// key scopes on `note` keep covering those pushes).
+pub const DEFAULT_KIND: &str = "note";
 
 /// The one mapping of an Akosha memory to a memhub memory, used by the push tools
 /// (`store_memory`, `batch_store_memories`, `store_reflection`) and by the pull
@@ -219,7 +220,7 @@ pub fn read(path: &Path, manifest: &Manifest, system_id: &str, engine: &Engine) 
             .map_err(|e| format!("memories file: {e}"))?;
     let mut rows = Vec::with_capacity(parsed.conversations.len());
     for (i, raw) in parsed.conversations.into_iter().enumerate() {
-        let hash = hex::encode(Sha256::digest(raw.to_string().as_bytes()));
+        let hash = row_hash(&raw);
         let c: Conversation =
             serde_json::from_value(raw).map_err(|e| format!("memories file: conversations[{i}]: {e}"))?;
         let id = match c.id {
@@ -241,4 +242,12 @@ pub fn read(path: &Path, manifest: &Manifest, system_id: &str, engine: &Engine) 
         rows.push(Row { source: Source::Akosha, row_id: id, hash, memory });
     }
     Ok(rows)
+}
+
+/// A conversation's hash for the ledger: its JSON and the mapping version.
+fn row_hash(raw: &Value) -> String {
+    let mut h = Sha256::new();
+    h.update(raw.to_string().as_bytes());
+    h.update(crate::MAPPING_VERSION.to_le_bytes());
+    hex::encode(h.finalize())
 }

@@ -292,6 +292,7 @@ fn to_row(
     for x in embedding.iter().flatten() {
         h.update(x.to_le_bytes());
     }
+    h.update(crate::MAPPING_VERSION.to_le_bytes());
     let hash = hex::encode(h.finalize());
     let text = |map: &mut Map<String, Value>, k: &str| match map.remove(k) {
         Some(Value::String(s)) => Some(s),

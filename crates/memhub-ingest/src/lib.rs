@@ -22,6 +22,13 @@ pub mod worker;
 
 pub use worker::{IngestConfig, IngestStatus, PollReport, PullWorker};
 
+/// The version of the mapping from upload rows to memories ([`akosha::to_memory`],
+/// the DuckDB reader). It is part of every row hash and upload version in the
+/// ledger: bump it when a row would map to another memory, and every upload and row
+/// is read and written once more (an unchanged memory is a no-op), so memories
+/// stored by an older mapping, or rows it refused, are put right.
+pub const MAPPING_VERSION: u32 = 2;
+
 /// Whether this build reads DuckDB files (the `duckdb` cargo feature).
 pub const READS_DUCKDB: bool = cfg!(feature = "duckdb");
 

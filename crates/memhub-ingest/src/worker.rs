@@ -154,7 +154,7 @@ impl PullWorker {
                 report.uploads_seen = uploads.len();
                 let mut todo = Vec::new();
                 for u in uploads {
-                    match self.ledger.needs_work(&u.key, u.etag.as_deref(), u.size, now) {
+                    match self.ledger.needs_work(&u.key, Some(&ledger_etag(&u)), u.size, now) {
                         Ok(true) => todo.push(u),
                         Ok(false) => {}
                         Err(e) => tracing::error!(key = u.key, error = %e, "ledger read failed"),
@@ -170,11 +170,12 @@ impl PullWorker {
                     .collect()
                     .await;
                 for (u, result) in results {
+                    let etag = ledger_etag(&u);
                     let outcome = Outcome {
                         key: &u.key,
                         system_id: &u.system_id,
                         layout: u.layout.as_str(),
-                        etag: u.etag.as_deref(),
+                        etag: Some(&etag),
                         size: u.size,
                     };
                     telemetry::upload(u.layout.as_str(), result.as_ref().map_err(|_| ()));
@@ -419,4 +420,10 @@ fn read_databases(_: &[PathBuf], _: RowWriter, _: usize) -> Result<Ingested, Str
          knowledge_graph.duckdb uploads; the upload is kept and retried, so a build with the feature \
          (`cargo build --release --features duckdb`, see docs/operations.md) will ingest it"
         .into())
+}
+
+/// What the ledger remembers an upload's version by: its ETag and the mapping
+/// version, so a release that maps rows differently reads every upload once more.
+fn ledger_etag(u: &Upload) -> String {
+    format!("{}#mapping{}", u.etag.as_deref().unwrap_or(""), crate::MAPPING_VERSION)
 }

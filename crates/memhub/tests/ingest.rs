@@ -93,7 +93,7 @@ async fn uploads_are_ingested_once_and_only_changed_rows_are_rewritten() {
         http.post("/v1/search", &json!({"query": "osprey deploy note 1", "limit": 1, "system_id": "mac.local"})).await;
     let hit = &found["results"][0];
     assert_eq!(hit["memory_id"], "a1", "{found}");
-    assert_eq!((hit["kind"].as_str(), hit["ingestion_method"].as_str()), (Some("conversation"), Some("cloud_pull")));
+    assert_eq!((hit["kind"].as_str(), hit["ingestion_method"].as_str()), (Some("note"), Some("cloud_pull")));
     assert_eq!((hit["user_id"].as_str(), hit["project"].as_str()), (Some("ann"), Some("falcon")));
     assert_eq!(hit["metadata"]["source"], "claude-code");
     assert_eq!(hit["content"], "osprey deploy note 1 ünïcode");
@@ -333,7 +333,7 @@ async fn akosha_memories_are_stored_the_same_pushed_or_pulled() {
     assert_eq!((m1["kind"].as_str(), m1["metadata"]["type"].as_str()), (Some("note"), Some("retrospective")));
     assert_eq!((m1["project"].as_str(), m1["agent_id"].as_str()), (Some("falcon"), Some("bot-7")));
     let m2 = m("m2").await;
-    assert_eq!(m2["kind"], "conversation", "no type: Akosha's memories are conversations");
+    assert_eq!(m2["kind"], "note", "no type: a note, as store_memory has always stored it");
     assert!(m2["created_at"].as_str().unwrap().starts_with("2026-11-20T09:00:00"), "{m2}");
     let m3 = m("m3").await;
     assert_eq!(m3["kind"], "insight");
