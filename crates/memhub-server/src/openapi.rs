@@ -47,16 +47,22 @@ use crate::rest;
 pub struct ApiDoc;
 
 /// `GET /openapi.json`: the derived document with the constraints the API really
-/// enforces written in (see [`document`]).
+/// enforces written in (see [`document`]). The route needs no credentials, so when
+/// auth is required it describes only the built-in kinds: registered ones (an
+/// admin's schemas) are for `GET /v1/schemas`, behind a key.
 pub async fn openapi_json(axum::extract::State(state): axum::extract::State<crate::AppState>) -> Json<Value> {
-    Json(document(state.engine.config(), &state.engine.schemas()))
+    let mut kinds = state.engine.schemas();
+    if state.guard.required {
+        kinds.retain(|k| k.builtin);
+    }
+    Json(document(state.engine.config(), &kinds))
 }
 
 /// A memory's server id.
 const UUID: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
 
 /// An RFC 3339 time, as `parse_timestamp` reads it.
-const DATE_TIME: &str = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
+const DATE_TIME: &str = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
 
 /// Characters memhub refuses in ids and names (`char::is_control`).
 const NO_CONTROL: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
@@ -88,18 +94,11 @@ pub fn document(config: &EngineConfig, kinds: &[KindSchema]) -> Value {
     let time = json!({"format": "date-time", "pattern": DATE_TIME});
     let tags =
         json!({"maxItems": 64, "items": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NO_CONTROL}});
-    // Content: not blank, at most `max_content_bytes` bytes (4 per character at worst).
-    let content = json!({"minLength": 1, "maxLength": config.max_content_bytes / 4, "pattern": "\\S"});
-    let mut latest: Vec<&KindSchema> = Vec::new();
-    for k in kinds {
-        match latest.iter_mut().find(|l| l.kind == k.kind) {
-            Some(l) if l.version < k.version => *l = k,
-            Some(_) => {}
-            None => latest.push(k),
-        }
-    }
-    let versions = |kind: &str| -> Vec<u32> { kinds.iter().filter(|k| k.kind == kind).map(|k| k.version).collect() };
-
+    // Content: not blank, at most `max_content_bytes` bytes of UTF-8; maxLength counts
+    // characters, so it assumes the worst, 4 bytes each.
+    let content = json!({"minLength": 1, "maxLength": config.max_content_bytes / 4, "pattern": "\\S",
+        "description": format!("Not blank; at most {} bytes of UTF-8 (maxLength assumes 4 bytes a character).", config.max_content_bytes)});
+    let latest = |kind: &str| kinds.iter().filter(|k| k.kind == kind).map(|k| k.version).max();
     // A new memory: one variant per kind, whose attributes satisfy that kind's schema.
     let new_memory = &mut schemas["NewMemory"]["properties"];
     for (field, max) in [
@@ -120,17 +119,24 @@ pub fn document(config: &EngineConfig, kinds: &[KindSchema]) -> Value {
     merge(new_memory, "created_at", &time);
     merge(new_memory, "expires_at", &time);
     let base = schemas["NewMemory"].clone();
-    let variants: Vec<Value> = latest
+    // One variant per kind and version: its attributes satisfy that version's schema.
+    // Without `schema_version` a write takes the kind's latest; without `kind`, `note`.
+    let variants: Vec<Value> = kinds
         .iter()
         .map(|k| {
             let mut v = base.clone();
             v.as_object_mut().map(|o| o.remove("description"));
+            let is_latest = latest(&k.kind) == Some(k.version);
             let mut attributes = k.schema.clone();
             attributes.as_object_mut().map(|o| o.remove("$schema"));
+            // A `$ref` inside a registered schema would resolve against this document.
+            if mentions_ref(&attributes) {
+                attributes =
+                    json!({"type": "object", "description": "validated against the kind's schema (GET /v1/schemas)"});
+            }
             let needs_attributes = attributes.get("required").and_then(Value::as_array).is_some_and(|r| !r.is_empty());
             let mut required = vec![json!("content")];
-            // No kind means `note`.
-            if k.kind == "note" {
+            if k.kind == "note" && is_latest {
                 v["properties"]["kind"] = json!({"enum": ["note", null]});
             } else {
                 v["properties"]["kind"] = json!({"const": k.kind});
@@ -142,7 +148,12 @@ pub fn document(config: &EngineConfig, kinds: &[KindSchema]) -> Value {
             } else {
                 v["properties"]["attributes"] = json!({"anyOf": [{"type": "null"}, attributes]});
             }
-            v["properties"]["schema_version"] = json!({"enum": with_null_u32(&versions(&k.kind))});
+            if is_latest {
+                v["properties"]["schema_version"] = json!({"enum": [k.version, null]});
+            } else {
+                v["properties"]["schema_version"] = json!({"const": k.version});
+                required.push(json!("schema_version"));
+            }
             v["required"] = Value::Array(required);
             v
         })
@@ -183,7 +194,7 @@ pub fn document(config: &EngineConfig, kinds: &[KindSchema]) -> Value {
     let retrieve = &mut schemas["RetrieveRequest"]["properties"];
     merge(retrieve, "id", &json!({"format": "uuid", "pattern": UUID}));
     merge(retrieve, "limit", &json!({"minimum": 1, "maximum": 1000}));
-    merge(retrieve, "cursor", &json!({"pattern": "^-?[0-9]+_-?[0-9]+$"}));
+    merge(retrieve, "cursor", &json!({"pattern": "^-?[0-9]{1,18}_-?[0-9]{1,18}$"}));
     // A batch's items are validated one by one and refused items reported in
     // `errors[]`, so the request itself takes any objects.
     schemas["BatchRequest"]["properties"]["memories"] = json!({"type": "array", "maxItems": config.max_batch,
@@ -203,7 +214,7 @@ pub fn document(config: &EngineConfig, kinds: &[KindSchema]) -> Value {
                     Some("limit") => json!({"minimum": 1, "maximum": 1000}),
                     Some("since" | "until") => time.clone(),
                     // Cursors are opaque, but only this server's shape decodes.
-                    Some("cursor") => json!({"pattern": "^-?[0-9]+_-?[0-9]+$"}),
+                    Some("cursor") => json!({"pattern": "^-?[0-9]{1,18}_-?[0-9]{1,18}$"}),
                     _ => continue,
                 };
                 merge(p, "schema", &extra);
@@ -279,6 +290,72 @@ fn flatten(schemas: &mut Value, name: &str) {
         json!({"type": "object", "description": description, "properties": properties, "required": required});
 }
 
-fn with_null_u32(versions: &[u32]) -> Value {
-    versions.iter().map(|v| json!(v)).chain([Value::Null]).collect()
+/// Whether a JSON Schema holds a `$ref` anywhere.
+fn mentions_ref(schema: &Value) -> bool {
+    match schema {
+        Value::Object(o) => o.contains_key("$ref") || o.values().any(mentions_ref),
+        Value::Array(a) => a.iter().any(mentions_ref),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `merge` skips a key it does not find, so a renamed field would silently lose
+    /// its constraint: check that the constraints land where clients read them.
+    #[test]
+    fn the_constraints_land_in_the_document() {
+        let config = EngineConfig { embedding_dim: 8, ..EngineConfig::default() };
+        let mut kinds = memhub_types::schema::builtin_kinds();
+        let with_ref =
+            json!({"type": "object", "$defs": {"x": {"type": "string"}}, "properties": {"a": {"$ref": "#/$defs/x"}}});
+        kinds.push(KindSchema {
+            kind: "ticket".into(),
+            version: 2,
+            description: String::new(),
+            schema: with_ref,
+            builtin: false,
+        });
+        kinds.push(KindSchema {
+            kind: "ticket".into(),
+            version: 1,
+            description: String::new(),
+            schema: json!({}),
+            builtin: false,
+        });
+        let doc = document(&config, &kinds);
+        let s = &doc["components"]["schemas"];
+        let variants = s["NewMemory"]["anyOf"].as_array().unwrap();
+        assert_eq!(variants.len(), kinds.len(), "one variant per kind and version");
+        let first = &variants[0]["properties"];
+        assert_eq!(first["embedding"]["minItems"], 8);
+        assert_eq!(first["content"]["maxLength"], config.max_content_bytes / 4);
+        assert_eq!(first["system_id"]["maxLength"], 256);
+        assert_eq!(first["tags"]["maxItems"], 64);
+        assert!(first["created_at"]["pattern"].is_string());
+        let ticket = |v: u32| {
+            variants
+                .iter()
+                .find(|x| {
+                    x["properties"]["kind"]["const"] == "ticket"
+                        && (x["properties"]["schema_version"]["const"] == v
+                            || x["properties"]["schema_version"]["enum"][0] == v)
+                })
+                .unwrap()
+        };
+        assert!(!ticket(2).to_string().contains("#/$defs"), "a registered $ref never dangles in the document");
+        assert_eq!(ticket(1)["required"], json!(["content", "kind", "schema_version"]), "an old version is named");
+        assert_eq!(s["SearchRequest"]["properties"]["limit"]["maximum"], 1000);
+        assert_eq!(s["SearchRequest"]["properties"]["query_embedding"]["maxItems"], 8);
+        assert!(s["SearchRequest"]["properties"]["since"]["pattern"].is_string());
+        assert_eq!(s["RetrieveRequest"]["properties"]["id"]["format"], "uuid");
+        assert_eq!(s["BatchRequest"]["properties"]["memories"]["maxItems"], config.max_batch);
+        assert_eq!(s["RegisterSchema"]["properties"]["version"]["maximum"], memhub_types::schema::MAX_VERSION);
+        let list = &doc["paths"]["/v1/memories"]["get"];
+        let limit = list["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "limit").unwrap();
+        assert_eq!((limit["in"].as_str(), limit["schema"]["minimum"].as_u64()), (Some("query"), Some(1)));
+        assert!(list["responses"]["400"]["content"]["application/json"].is_object(), "errors are documented");
+    }
 }
