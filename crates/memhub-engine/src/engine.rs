@@ -566,12 +566,11 @@ impl Engine {
         scope.permits(m) && !self.expired(m, now)
     }
 
-    /// Whether a memory outside the indexes (the cold tier) is selected by `scope`,
-    /// `filter` and `now`: [`memhub_types::Selection`], the row-by-row definition
-    /// the filter table's plans agree with.
-    pub(crate) fn selects(&self, scope: &Scope, filter: &MemoryFilter, m: &Memory, now: i64) -> bool {
-        let state = self.indexes.read();
-        memhub_types::Selection { scope, filter, retention: state.filters.retention(), now }.selects(m)
+    /// The retention policies in force, copied: rows outside the indexes (the cold
+    /// tier) are checked against them through [`memhub_types::Selection`] without
+    /// holding the index lock row by row.
+    pub(crate) fn retention_policies(&self) -> Vec<memhub_types::RetentionPolicy> {
+        self.indexes.read().filters.retention().to_vec()
     }
 
     /// A memory by server id, if visible in `scope` (expired ones are not).

@@ -733,8 +733,11 @@ impl Engine {
         let _moving = cold.guard();
         let files = self.cold_files(Some(&scope.tenant), filter, scope.systems.as_deref())?;
         let mut ids = Vec::new();
+        let retention = self.retention_policies();
+        // Erasure reaches expired memories too.
+        let selection = memhub_types::Selection { scope, filter, retention: &retention, now: i64::MIN };
         for (_, memories) in cold.read(&files)? {
-            ids.extend(memories.memories.iter().filter(|m| self.selects(scope, filter, m, i64::MIN)).map(|m| m.id));
+            ids.extend(memories.memories.iter().filter(|m| selection.selects(m)).map(|m| m.id));
         }
         Ok(self.take_cold(cold, &ids, Taken::Discard)?.len())
     }
@@ -782,13 +785,11 @@ impl Engine {
         let Some(cold) = self.cold() else { return Ok(Vec::new()) };
         let files = self.cold_files(Some(&scope.tenant), filter, scope.systems.as_deref())?;
         let mut out = Vec::new();
+        let retention = self.retention_policies();
+        let selection = memhub_types::Selection { scope, filter, retention: &retention, now };
         for (_, file) in cold.read(&files)? {
-            let rows: Vec<u32> = (0..file.memories.len() as u32)
-                .filter(|&i| {
-                    let m = &file.memories[i as usize];
-                    self.selects(scope, filter, m, now)
-                })
-                .collect();
+            let rows: Vec<u32> =
+                (0..file.memories.len() as u32).filter(|&i| selection.selects(&file.memories[i as usize])).collect();
             if !rows.is_empty() {
                 out.push((file, rows));
             }

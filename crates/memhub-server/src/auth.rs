@@ -259,6 +259,10 @@ impl Guard {
 
     fn rate_limited(&self, principal: &Principal, client: Option<IpAddr>) -> Option<Duration> {
         let limiter = self.limiter.as_ref()?;
+        // Per-address buckets come and go: forget the full ones now and then.
+        if limiter.len() > 100_000 {
+            limiter.retain_recent();
+        }
         let not_until = limiter.check_key(&rate_bucket(principal, client)?).err()?;
         Some(not_until.wait_time_from(DefaultClock::default().now()))
     }
@@ -479,15 +483,22 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
 /// The rate-limit bucket a request draws from: its principal's (a key, a JWT
 /// subject, the local principal). Open mode has no principals, only addresses: a
 /// client on another host (an open server behind a proxy, with
-/// `allow_unauthenticated_public`) gets a bucket per address, and clients on this
-/// machine (loopback, where every process shares one address) are not limited.
+/// `allow_unauthenticated_public`) gets a bucket per address (per /64 for IPv6, where
+/// one host holds many), and clients on this machine (loopback, where every process
+/// shares one address) are not limited. A request whose address is unknown shares
+/// one bucket with the others like it.
 fn rate_bucket(principal: &Principal, client: Option<IpAddr>) -> Option<String> {
     if principal.id != Principal::OPEN_ID {
         return Some(principal.id.clone());
     }
-    match client {
-        Some(ip) if !ip.is_loopback() => Some(format!("open@{ip}")),
-        _ => None,
+    match client.map(|ip| ip.to_canonical()) {
+        Some(ip) if ip.is_loopback() => None,
+        Some(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            Some(format!("open@{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]))
+        }
+        Some(ip) => Some(format!("open@{ip}")),
+        None => Some(Principal::OPEN_ID.to_string()),
     }
 }
 
@@ -517,6 +528,14 @@ mod tests {
         let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         assert_eq!(rate_bucket(&open, ip("127.0.0.1")), None);
         assert_eq!(rate_bucket(&open, ip("::1")), None);
+        assert_eq!(rate_bucket(&open, ip("::ffff:127.0.0.1")), None, "IPv4-mapped loopback");
+        assert_eq!(rate_bucket(&open, None).as_deref(), Some("open"), "an unknown address is limited, shared");
+        assert_eq!(
+            rate_bucket(&open, ip("2001:db8:1:2::5")),
+            rate_bucket(&open, ip("2001:db8:1:2:ffff::9")),
+            "one IPv6 /64, one bucket"
+        );
+        assert_ne!(rate_bucket(&open, ip("2001:db8:1:2::5")), rate_bucket(&open, ip("2001:db8:1:3::5")));
         assert_eq!(rate_bucket(&open, ip("10.0.0.7")).as_deref(), Some("open@10.0.0.7"));
         assert_ne!(rate_bucket(&open, ip("10.0.0.7")), rate_bucket(&open, ip("10.0.0.8")));
         let key = Principal { id: "key:abc".into(), superadmin: false, ..Principal::open() };

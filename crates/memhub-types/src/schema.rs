@@ -192,25 +192,10 @@ impl SchemaRegistry {
                 return Ok((latest.schema.clone(), false));
             }
         }
-        // Without a version, the one after the latest (saturating: a version past the
-        // last allowed one is refused below, never an overflow).
-        let version = match version {
-            Some(v) if v > MAX_VERSION => {
-                return Err(Error::field(ErrorCode::InvalidField, "version", format!("must be at most {MAX_VERSION}")))
-            }
-            Some(v) => v,
-            None => match versions.and_then(|v| v.keys().next_back()).map_or(1, |v| v.saturating_add(1)) {
-                // The kind's versions are used up: a conflict with its state, like a taken version.
-                next if next > MAX_VERSION => {
-                    return Err(Error::field(
-                        ErrorCode::SchemaVersionExists,
-                        "version",
-                        format!("kind {kind:?} has reached version {MAX_VERSION}; give a free version"),
-                    ))
-                }
-                next => next,
-            },
-        };
+        // Without a version, the one after the latest (saturating: never an overflow).
+        let given = version.is_some();
+        let version =
+            version.unwrap_or_else(|| versions.and_then(|v| v.keys().next_back()).map_or(1, |v| v.saturating_add(1)));
         if version == 0 {
             return Err(Error::field(ErrorCode::InvalidField, "version", "must be 1 or more"));
         }
@@ -225,6 +210,19 @@ impl SchemaRegistry {
                     format!("kind {kind:?} version {version} exists with a different schema; register a new version"),
                 ))
             };
+        }
+        // Only new versions are capped: one stored before the cap still re-registers.
+        if version > MAX_VERSION {
+            return Err(if given {
+                Error::field(ErrorCode::InvalidField, "version", format!("must be at most {MAX_VERSION}"))
+            } else {
+                // The kind's versions are used up: a conflict with its state, like a taken version.
+                Error::field(
+                    ErrorCode::SchemaVersionExists,
+                    "version",
+                    format!("kind {kind:?} has reached version {MAX_VERSION}; give a free version"),
+                )
+            });
         }
         jsonschema::validator_for(&candidate.schema)
             .map_err(|e| Error::field(ErrorCode::InvalidSchema, "schema", format!("not a valid JSON Schema: {e}")))?;
@@ -354,6 +352,19 @@ mod tests {
         r.add(last).unwrap();
         // An explicit free version still registers; the one after the last is a clear error, not a panic.
         assert!(r.prepare("ticket", Some(2), String::new(), json!({"type": "object", "title": "t"})).unwrap().1);
+        // A version stored above the cap (registered before there was one) still re-registers as itself.
+        let old = KindSchema {
+            kind: "legacy".into(),
+            version: 20_260_101,
+            description: String::new(),
+            schema: json!({"type": "object"}),
+            builtin: false,
+        };
+        r.add(old.clone()).unwrap();
+        assert_eq!(
+            r.prepare("legacy", Some(20_260_101), String::new(), json!({"type": "object"})).unwrap(),
+            (old, false)
+        );
         let e = r.prepare("ticket", None, String::new(), json!({"type": "object", "title": "u"})).unwrap_err();
         assert_eq!((e.code, e.field.as_deref()), (ErrorCode::SchemaVersionExists, Some("version")));
     }
