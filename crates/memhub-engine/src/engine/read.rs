@@ -1,0 +1,152 @@
+//! Reads by id and key, history, listing, export and counts.
+
+use super::*;
+
+impl Engine {
+    /// A memory by server id, if visible in `scope` (expired ones are not).
+    pub fn get(&self, scope: &Scope, id: &Uuid) -> Result<Memory> {
+        let now = now_micros();
+        let found = match self.store.read(|c| store::find_by_id(c, &scope.tenant, id))? {
+            Some((_, m)) => Some(m),
+            None => self.get_cold(&scope.tenant, id)?,
+        };
+        found.filter(|m| self.visible(scope, m, now)).ok_or_else(|| Error::not_found(format!("no memory with id {id}")))
+    }
+
+    /// A memory by the client's `memory_id`. Without `system_id`, the id must be
+    /// unique in the tenant.
+    pub fn get_by_memory_id(&self, scope: &Scope, system_id: Option<&str>, memory_id: &str) -> Result<Memory> {
+        let tenant = scope.tenant.as_str();
+        let now = now_micros();
+        let found: Vec<Memory> = self.store.read(|c| {
+            let sql = format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant = ?1 AND memory_id = ?2 AND (?3 IS NULL OR system_id = ?3) LIMIT 2");
+            let mut st = c.prepare_cached(&sql).map_err(storage)?;
+            let rows = st.query_map(params![tenant, memory_id, system_id], |r| store::memory_from_row(r, 0)).map_err(storage)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
+        })?;
+        let cold = self.cold_by_memory_id(tenant, system_id, memory_id)?;
+        let mut found: Vec<Memory> = found.into_iter().chain(cold).filter(|m| self.visible(scope, m, now)).collect();
+        match found.len() {
+            0 => Err(Error::not_found(format!("no memory with memory_id {memory_id:?}"))),
+            1 => Ok(found.pop().expect("one")),
+            _ => Err(Error::field(
+                ErrorCode::AmbiguousMemoryId,
+                "memory_id",
+                format!("{memory_id:?} exists in several systems; pass system_id"),
+            )),
+        }
+    }
+
+    /// Every version of a memory, newest first (the current one included).
+    pub fn history(&self, scope: &Scope, id: &Uuid) -> Result<Vec<Memory>> {
+        let current = self.get(scope, id)?;
+        let tenant = scope.tenant.as_str();
+        let mut versions = vec![current];
+        let old: Vec<Memory> = self.store.read(|c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {MEMORY_COLUMNS} FROM memory_history WHERE id = ?1 AND tenant = ?2 ORDER BY version DESC"
+                ))
+                .map_err(storage)?;
+            let rows =
+                st.query_map(params![id.to_string(), tenant], |r| store::memory_from_row(r, 0)).map_err(storage)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
+        })?;
+        versions.extend(old);
+        Ok(versions)
+    }
+
+    /// A page of memories matching `filter`, newest first.
+    pub fn list(
+        &self,
+        scope: &Scope,
+        filter: &MemoryFilter,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> Result<Page> {
+        let limit = check_limit(limit, 50, 1000)?;
+        let after = cursor.map(decode_cursor).transpose()?;
+        let keys = {
+            let state = self.indexes.read();
+            state.filters.plan(scope, filter, now_micros()).list(after, limit + 1)
+        };
+        let more = keys.len() > limit;
+        let keys = &keys[..keys.len().min(limit)];
+        let seqs: Vec<i64> = keys.iter().map(|k| k.1).collect();
+        let memories: Vec<Memory> =
+            self.store.read(|c| store::load_by_seq(c, &seqs))?.into_iter().map(|(_, m)| m).collect();
+        let next_cursor = if more { keys.last().map(|k| encode_cursor(k.0, k.1)) } else { None };
+        Ok(Page { memories, next_cursor })
+    }
+
+    /// Call `f` for every visible memory of `scope`, oldest write first.
+    pub fn export_scope(&self, scope: &Scope, mut f: impl FnMut(Memory) -> Result<()>) -> Result<usize> {
+        let now = now_micros();
+        let mut n = 0;
+        self.export(Some(&scope.tenant), |m| {
+            if self.visible(scope, &m, now) {
+                n += 1;
+                f(m)?;
+            }
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
+    /// Call `f` for every stored memory (of `tenant`, or all), oldest write first.
+    /// Cold memories follow the store's.
+    pub fn export(&self, tenant: Option<&str>, mut f: impl FnMut(Memory) -> Result<()>) -> Result<usize> {
+        let stored = self.store.read(|c| {
+            let mut st = c
+                .prepare(&format!(
+                    "SELECT {MEMORY_COLUMNS} FROM memories WHERE (?1 IS NULL OR tenant = ?1) ORDER BY seq"
+                ))
+                .map_err(storage)?;
+            let mut rows = st.query(params![tenant]).map_err(storage)?;
+            let mut n = 0;
+            while let Some(row) = rows.next().map_err(storage)? {
+                f(store::memory_from_row(row, 0).map_err(storage)?)?;
+                n += 1;
+            }
+            Ok(n)
+        })?;
+        Ok(stored + self.each_cold(tenant, f)?)
+    }
+
+    /// Counts of what `scope` sees.
+    pub fn stats(&self, scope: &Scope) -> Result<Stats> {
+        let tenant = scope.tenant.as_str();
+        let sizes = self.indexes.sizes();
+        let (memories, with_embedding, by_kind, by_system) = {
+            let state = self.indexes.read();
+            state.filters.plan(scope, &MemoryFilter::default(), now_micros()).counts()
+        };
+        let mut stats = Stats {
+            memories,
+            with_embedding,
+            by_kind,
+            by_system,
+            history_versions: None,
+            embedding_backlog: self.embed_queue.len(),
+            entities: None,
+            relations: None,
+            store_bytes: 0,
+            tiers: self.tier_stats(scope, &sizes)?,
+            index: sizes,
+        };
+        let count =
+            |sql: &str| self.store.read(|c| c.query_row(sql, params![tenant], |r| r.get::<_, i64>(0)).map_err(storage));
+        if scope.is_whole_tenant() {
+            stats.history_versions = Some(count("SELECT COUNT(*) FROM memory_history WHERE tenant = ?1")?);
+            stats.entities = Some(count("SELECT COUNT(*) FROM kg_entities WHERE tenant = ?1")?);
+            stats.relations = Some(count("SELECT COUNT(*) FROM kg_relations WHERE tenant = ?1")?);
+        }
+        let path = self.store.path();
+        stats.store_bytes = [path.to_path_buf(), path.with_extension("db-wal")]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        Ok(stats)
+    }
+}

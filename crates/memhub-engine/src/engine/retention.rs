@@ -1,0 +1,158 @@
+//! Visibility over time (expiry, retention policies) and removal: the purge job and erasure.
+
+use super::*;
+
+impl Engine {
+    /// Whether a memory of this tenant, system and kind created at `created_at` is
+    /// older than its kind's retention at `now`.
+    pub(crate) fn past_retention(&self, tenant: &str, system_id: &str, kind: &str, created_at: i64, now: i64) -> bool {
+        let state = self.indexes.read();
+        memhub_types::access::past_retention(state.filters.retention(), tenant, system_id, kind, created_at, now)
+    }
+
+    /// Whether `m` is past its `expires_at` or its kind's retention at `now`.
+    pub(super) fn expired(&self, m: &Memory, now: i64) -> bool {
+        memhub_types::access::expired(m, self.indexes.read().filters.retention(), now)
+    }
+
+    pub(crate) fn visible(&self, scope: &Scope, m: &Memory, now: i64) -> bool {
+        scope.permits(m) && !self.expired(m, now)
+    }
+
+    /// The retention policies in force, copied: rows outside the indexes (the cold
+    /// tier) are checked against them through [`memhub_types::Selection`] without
+    /// holding the index lock row by row.
+    pub(crate) fn retention_policies(&self) -> Vec<memhub_types::RetentionPolicy> {
+        self.indexes.read().filters.retention().to_vec()
+    }
+
+    /// Load the stored retention policies after the configured ones.
+    pub(super) fn load_retention(&self) -> Result<()> {
+        let stored: Vec<RetentionPolicy> = self.store.read(|c| {
+            let mut st = c
+                .prepare("SELECT tenant, kind, system_id, ttl_seconds FROM retention_policies ORDER BY tenant, kind, system_id")
+                .map_err(storage)?;
+            let rows = st
+                .query_map([], |r| {
+                    let system: String = r.get(2)?;
+                    Ok(RetentionPolicy {
+                        tenant: Some(r.get(0)?),
+                        kind: r.get(1)?,
+                        system_id: (!system.is_empty()).then_some(system),
+                        ttl_seconds: r.get::<_, i64>(3)?.max(1) as u64,
+                    })
+                })
+                .map_err(storage)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
+        })?;
+        self.indexes.set_retention(self.config.retention.iter().cloned().chain(stored).collect());
+        Ok(())
+    }
+
+    /// The retention policies that apply in `tenant`: the configured ones, then the
+    /// tenant's own.
+    pub fn retention(&self, tenant: &str) -> Vec<RetentionPolicy> {
+        let state = self.indexes.read();
+        state.filters.retention().iter().filter(|p| p.tenant.as_deref().is_none_or(|t| t == tenant)).cloned().collect()
+    }
+
+    /// Replace `tenant`'s own retention policies (the configured ones stay). Memories
+    /// past a new TTL are invisible at once and purged by [`purge_expired`](Self::purge_expired).
+    pub fn set_retention(&self, tenant: &str, policies: Vec<RetentionPolicy>) -> Result<Vec<RetentionPolicy>> {
+        for (i, p) in policies.iter().enumerate() {
+            if p.kind.trim().is_empty() {
+                return Err(Error::field(ErrorCode::InvalidField, format!("policies[{i}].kind"), "must not be empty"));
+            }
+            if p.tenant.as_deref().is_some_and(|t| t != tenant) {
+                return Err(Error::field(
+                    ErrorCode::InvalidField,
+                    format!("policies[{i}].tenant"),
+                    "must be your tenant",
+                ));
+            }
+        }
+        self.store.write(|tx| {
+            tx.execute("DELETE FROM retention_policies WHERE tenant = ?1", params![tenant]).map_err(storage)?;
+            for p in &policies {
+                tx.execute(
+                    "INSERT OR REPLACE INTO retention_policies (tenant, kind, system_id, ttl_seconds) VALUES (?1, ?2, ?3, ?4)",
+                    params![tenant, p.kind, p.system_id.as_deref().unwrap_or(""), i64::try_from(p.ttl_seconds).unwrap_or(i64::MAX)],
+                )
+                .map_err(storage)?;
+            }
+            Ok(())
+        })?;
+        self.load_retention()?;
+        Ok(self.retention(tenant))
+    }
+
+    /// Delete the memories at `seqs` (and their history) for which `still` holds when
+    /// the deleting transaction looks at them. The one removal path for purge and
+    /// erasure: a tier that keeps copies (cold storage) must delete there too.
+    pub(super) fn remove_where(&self, seqs: &[i64], still: impl Fn(&Memory) -> bool) -> Result<Removed> {
+        let mut removed = Removed::default();
+        for chunk in seqs.chunks(1000) {
+            let (done, history) = self.store.write_then(
+                |tx| {
+                    let mut done = Vec::new();
+                    let mut history = 0;
+                    for &seq in chunk {
+                        if let Some(h) = store::delete_if(tx, seq, &still)? {
+                            done.push(seq);
+                            history += h;
+                        }
+                    }
+                    Ok((done, history))
+                },
+                |(done, _), change| self.apply(&done.iter().map(|s| (*s, None)).collect::<Vec<_>>(), change),
+            )?;
+            removed.memories += done.len();
+            removed.history_versions += history;
+        }
+        Ok(removed)
+    }
+
+    /// Remove every memory past its `expires_at` or its kind's retention, with its
+    /// history, from the store and the indexes. The background purge job calls this.
+    pub fn purge_expired(&self) -> Result<Removed> {
+        let now = now_micros();
+        // Memories past their expires_at wait out the soft-delete grace period (0 when off).
+        let grace = i64::try_from(self.config.soft_delete_seconds).unwrap_or(i64::MAX).saturating_mul(1_000_000);
+        let expired_before = now.saturating_sub(grace);
+        let seqs: Vec<i64> =
+            self.indexes.read().filters.expired(now, expired_before).into_iter().map(i64::from).collect();
+        // The same rule as `FilterTable::expired`, checked again in the deleting transaction.
+        let mut removed = self.remove_where(&seqs, |m| {
+            m.expires_at.is_some_and(|t| t <= expired_before)
+                || self.past_retention(&m.tenant, &m.system_id, &m.kind, m.created_at, now)
+        })?;
+        removed.memories += self.purge_cold(now, expired_before)?;
+        if removed == Removed::default() {
+            return Ok(removed);
+        }
+        tracing::info!(
+            memories = removed.memories,
+            history_versions = removed.history_versions,
+            "purged expired memories"
+        );
+        telemetry::removed("retention", removed.memories);
+        Ok(removed)
+    }
+
+    /// Erase every memory of `scope` matching `filter` (expired ones included) with
+    /// its history, then compact the store and the text index so the erased text is
+    /// gone from disk.
+    pub fn erase(&self, scope: &Scope, filter: &MemoryFilter) -> Result<Removed> {
+        let seqs: Vec<i64> = {
+            let state = self.indexes.read();
+            let plan = state.filters.plan(scope, filter, i64::MIN);
+            plan.ids().map(i64::from).collect()
+        };
+        let mut removed = self.remove_where(&seqs, |m| scope.permits(m))?;
+        // Cold files holding matches are rewritten without them (and the old objects deleted).
+        removed.memories += self.erase_cold(scope, filter)?;
+        telemetry::removed("erasure", removed.memories);
+        self.compact()?;
+        Ok(removed)
+    }
+}

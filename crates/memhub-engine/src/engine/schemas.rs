@@ -1,0 +1,44 @@
+//! The registry of memory kinds: listing, validation and registration of schemas.
+
+use super::*;
+
+impl Engine {
+    /// Every registered schema version.
+    pub fn schemas(&self) -> Vec<KindSchema> {
+        self.registry().list()
+    }
+
+    /// Validate attributes against a kind (at `version`, else its latest); returns the version used.
+    pub fn validate_attributes(&self, kind: &str, version: Option<u32>, attributes: &Value) -> Result<u32> {
+        self.registry().validate(kind, version, attributes)
+    }
+
+    /// The latest version of a kind, if the kind is registered.
+    pub fn latest_schema(&self, kind: &str) -> Option<KindSchema> {
+        self.registry().latest(kind).cloned()
+    }
+
+    /// Register a new kind or a new version of one. Returns it and whether it is new.
+    pub fn register_schema(
+        &self,
+        kind: &str,
+        version: Option<u32>,
+        description: String,
+        schema: Value,
+    ) -> Result<(KindSchema, bool)> {
+        let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
+        let (schema, is_new) = registry.prepare(kind, version, description, schema)?;
+        if is_new {
+            self.store.write(|tx| {
+                tx.execute(
+                    "INSERT INTO kind_schemas (kind, version, description, schema, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![schema.kind, schema.version, schema.description, schema.schema.to_string(), now_micros()],
+                )
+                .map_err(storage)?;
+                Ok(())
+            })?;
+            registry.add(schema.clone())?;
+        }
+        Ok((schema, is_new))
+    }
+}

@@ -1,0 +1,294 @@
+//! Writes: validate, authorise and store memories (one, a batch, a patch, an import), and deletes.
+
+use super::*;
+
+impl Engine {
+    /// Validate `new` and check it against the write scope: the scope's tenant and
+    /// user fill in what the client left out; anything outside the scope is refused.
+    pub(super) fn prepare_in(
+        &self,
+        scope: &Scope,
+        mut new: NewMemory,
+        method: IngestionMethod,
+        registry: &SchemaRegistry,
+        now: i64,
+    ) -> Result<Prepared> {
+        new.tenant.get_or_insert_with(|| scope.tenant.clone());
+        let mut prepared = prepare::prepare(new, method, &self.config, registry, now)?;
+        if prepared.memory.user_id.is_none() {
+            prepared.memory.user_id.clone_from(&scope.user_id);
+        }
+        match scope.refusal(&prepared.memory) {
+            Some(why) => Err(Error::forbidden(why)),
+            None => Ok(prepared),
+        }
+    }
+
+    /// Write one prepared memory inside `tx`: insert, replace (new version) or no-op.
+    /// The inner error refuses this item only (it would replace a memory outside `scope`).
+    /// With `cold`, a key that is in the cold tier fails the whole transaction with
+    /// [`COLD_KEY_MOVED`] (the caller thaws it and retries).
+    pub(super) fn write_prepared(
+        tx: &Transaction<'_>,
+        scope: &Scope,
+        prepared: Prepared,
+        cold: bool,
+    ) -> Result<Result<(i64, Stored)>> {
+        let Prepared { mut memory, created_at_given } = prepared;
+        let existing = store::find_by_key(tx, &memory.tenant, &memory.system_id, &memory.memory_id)?;
+        let Some((seq, old)) = existing else {
+            if cold && store::cold_has_key(tx, &memory.tenant, &memory.system_id, &memory.memory_id)? {
+                return Err(Error::new(ErrorCode::StorageError, COLD_KEY_MOVED));
+            }
+            let seq = store::insert_memory(tx, &memory)?;
+            return Ok(Ok((seq, Stored { outcome: StoreOutcome::Created, memory })));
+        };
+        if !scope.permits(&old) {
+            return Ok(Err(Error::forbidden("this memory_id belongs to a memory you may not change")));
+        }
+        if !created_at_given {
+            memory.created_at = old.created_at;
+        }
+        // A re-push without a vector keeps the stored one while the content is the same
+        // (it may have been made by the server's encoder).
+        if memory.embedding.is_none() && memory.content == old.content {
+            memory.embedding.clone_from(&old.embedding);
+            memory.embedding_model.clone_from(&old.embedding_model);
+        }
+        if same_revision(&memory, &old) {
+            return Ok(Ok((seq, Stored { outcome: StoreOutcome::Unchanged, memory: old })));
+        }
+        memory.id = old.id;
+        memory.ingested_at = old.ingested_at;
+        memory.version = old.version + 1;
+        store::replace_memory(tx, seq, &memory, memory.updated_at)?;
+        Ok(Ok((seq, Stored { outcome: StoreOutcome::Updated, memory })))
+    }
+
+    pub(super) fn changed<'a>(written: impl IntoIterator<Item = &'a (i64, Stored)>) -> Vec<(i64, Option<&'a Memory>)> {
+        written
+            .into_iter()
+            .filter(|(_, s)| s.outcome != StoreOutcome::Unchanged)
+            .map(|(seq, s)| (*seq, Some(&s.memory)))
+            .collect()
+    }
+
+    /// Run a write that may meet cold keys: thaw those first, and again if an aging
+    /// run froze one between the thaw and the write's transaction.
+    pub(super) fn write_thawing<T>(&self, prepared: &[&Prepared], write: impl Fn() -> Result<T>) -> Result<T> {
+        if self.cold.is_none() {
+            return write();
+        }
+        let keys: Vec<(&str, &str, &str)> = prepared
+            .iter()
+            .map(|p| (p.memory.tenant.as_str(), p.memory.system_id.as_str(), p.memory.memory_id.as_str()))
+            .collect();
+        for _ in 0..3 {
+            self.thaw_keys(&keys)?;
+            match write() {
+                Err(e) if e.detail == COLD_KEY_MOVED => continue,
+                other => return other,
+            }
+        }
+        Err(Error::new(ErrorCode::StorageError, COLD_KEY_MOVED))
+    }
+
+    /// Store one memory within the write scope `scope`. Durable when this returns `Ok`.
+    pub fn store_memory(&self, scope: &Scope, new: NewMemory, method: IngestionMethod) -> Result<Stored> {
+        let stored = self.store_one(scope, new, method);
+        telemetry::writes(method, [&stored]);
+        stored
+    }
+
+    pub(super) fn store_one(&self, scope: &Scope, new: NewMemory, method: IngestionMethod) -> Result<Stored> {
+        let prepared = self.prepare_in(scope, new, method, &self.registry(), now_micros())?;
+        let cold = self.cold.is_some();
+        let (_, stored) = self
+            .write_thawing(&[&prepared], || {
+                self.store.write_then(
+                    |tx| Self::write_prepared(tx, scope, prepared.clone(), cold).map(|w| w.map(|w| vec![w])),
+                    |written, change| {
+                        if let Ok(written) = written {
+                            self.apply(&Self::changed(written), change)
+                        }
+                    },
+                )
+            })??
+            .pop()
+            .expect("one write");
+        Ok(stored)
+    }
+
+    /// Store many memories in one durable transaction. An item that fails validation
+    /// gets its error at its position in the result and is skipped; the others are all
+    /// written or, if the store fails, none is.
+    pub fn store_batch(
+        &self,
+        scope: &Scope,
+        items: Vec<NewMemory>,
+        method: IngestionMethod,
+    ) -> Result<Vec<Result<Stored>>> {
+        if items.len() > self.config.max_batch {
+            return Err(Error::field(
+                ErrorCode::BatchTooLarge,
+                "memories",
+                format!("Batch size exceeds maximum of {} memories", self.config.max_batch),
+            ));
+        }
+        let now = now_micros();
+        let registry = self.registry();
+        // Item errors name fields within the item; the caller knows each item's position
+        // in its own request and prefixes it.
+        let prepared: Vec<Result<Prepared>> =
+            items.into_iter().map(|new| self.prepare_in(scope, new, method, &registry, now)).collect();
+        drop(registry);
+        let mut results: Vec<Option<Result<Stored>>> = Vec::with_capacity(prepared.len());
+        let mut valid = Vec::new();
+        for (i, p) in prepared.into_iter().enumerate() {
+            match p {
+                Ok(p) => {
+                    valid.push((i, p));
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        if !valid.is_empty() {
+            let cold = self.cold.is_some();
+            let all: Vec<&Prepared> = valid.iter().map(|(_, p)| p).collect();
+            let written = self.write_thawing(&all, || {
+                self.store.write_then(
+                    |tx| {
+                        valid
+                            .iter()
+                            .map(|(i, p)| Self::write_prepared(tx, scope, p.clone(), cold).map(|w| (*i, w)))
+                            .collect::<Result<Vec<_>>>()
+                    },
+                    |written, change| {
+                        self.apply(&Self::changed(written.iter().filter_map(|(_, w)| w.as_ref().ok())), change)
+                    },
+                )
+            })?;
+            for (i, w) in written {
+                results[i] = Some(w.map(|(_, stored)| stored));
+            }
+        }
+        let results: Vec<Result<Stored>> = results.into_iter().map(|r| r.expect("every item has a result")).collect();
+        telemetry::writes(method, &results);
+        Ok(results)
+    }
+
+    /// The memory `id` for a change by `access`: 404 if it may not read it, 403 if it
+    /// may read but not change it.
+    pub(super) fn get_for_change(&self, access: &Access, id: &Uuid) -> Result<Memory> {
+        let current = self.get(&access.read, id)?;
+        match access.write.refusal(&current) {
+            Some(why) => Err(Error::forbidden(why)),
+            None => Ok(current),
+        }
+    }
+
+    /// Apply a patch: a new version, the old one kept in history.
+    pub fn update(&self, access: &Access, id: &Uuid, patch: MemoryPatch) -> Result<Stored> {
+        let current = self.get_for_change(access, id)?;
+        let mut new = NewMemory {
+            tenant: Some(current.tenant.clone()),
+            system_id: Some(current.system_id.clone()),
+            memory_id: Some(current.memory_id.clone()),
+            kind: Some(current.kind.clone()),
+            schema_version: Some(current.schema_version),
+            content: patch.content.unwrap_or(current.content),
+            attributes: Some(patch.attributes.unwrap_or(current.attributes)),
+            metadata: Some(patch.metadata.unwrap_or(current.metadata)),
+            tags: patch.tags.unwrap_or(current.tags),
+            user_id: current.user_id,
+            agent_id: current.agent_id,
+            session_id: current.session_id,
+            project: current.project,
+            created_at: Some(current.created_at),
+            expires_at: patch.expires_at.or(current.expires_at),
+            embedding: current.embedding,
+            embedding_model: current.embedding_model,
+        };
+        if let Some(e) = patch.embedding {
+            new.embedding = Some(e);
+            new.embedding_model = patch.embedding_model;
+        }
+        self.store_memory(&access.write, new, current.ingestion_method)
+    }
+
+    /// Delete a memory and its history for real.
+    /// With `soft_delete_seconds` set, the memory only expires now (a new version,
+    /// history kept): invisible at once, purged after that grace period.
+    pub fn delete(&self, access: &Access, id: &Uuid) -> Result<Memory> {
+        if self.config.soft_delete_seconds > 0 {
+            let patch = MemoryPatch { expires_at: Some(now_micros()), ..Default::default() };
+            return self.update(access, id, patch).map(|s| s.memory);
+        }
+        if self.get_for_change(access, id)?.tier == Tier::Cold {
+            self.thaw_id(id)?;
+        }
+        self.store
+            .write_then(
+                |tx| {
+                    let (seq, m) = store::find_by_id(tx, &access.write.tenant, id)?
+                        .filter(|(_, m)| access.write.permits(m))
+                        .ok_or_else(|| Error::not_found(format!("no memory with id {id}")))?;
+                    store::delete_memory(tx, seq, id)?;
+                    Ok((seq, m))
+                },
+                |(seq, _), change| self.apply(&[(*seq, None)], change),
+            )
+            .map(|(_, m)| {
+                telemetry::removed("delete", 1);
+                m
+            })
+    }
+
+    /// Import exported records as they are (ids, versions and timestamps kept), in
+    /// one transaction. A record whose key exists is replaced unless identical.
+    pub fn import(&self, memories: Vec<Memory>) -> Result<ImportReport> {
+        let registry = self.registry();
+        for (i, m) in memories.iter().enumerate() {
+            let at = |e: Error| e.within(&format!("records[{i}]"));
+            check_content(&m.content, self.config.max_content_bytes).map_err(at)?;
+            check_tags(m.tags.clone()).map_err(at)?;
+            check_attributes(Some(m.attributes.clone())).map_err(at)?;
+            registry.validate(&m.kind, Some(m.schema_version), &m.attributes).map_err(at)?;
+            if let Some(v) = &m.embedding {
+                check_embedding("embedding", v, self.config.embedding_dim).map_err(at)?;
+            }
+            if m.content_hash != prepare::content_hash(&m.content) {
+                return Err(at(Error::field(ErrorCode::InvalidField, "content_hash", "does not match content")));
+            }
+        }
+        drop(registry);
+        self.store
+            .write_then(
+                |tx| {
+                    let mut report = ImportReport::default();
+                    let mut applied = Vec::new();
+                    for m in memories {
+                        match store::find_by_key(tx, &m.tenant, &m.system_id, &m.memory_id)? {
+                            None => {
+                                let seq = store::insert_memory(tx, &m)?;
+                                report.created += 1;
+                                applied.push((seq, m));
+                            }
+                            Some((_, old)) if old == m => report.unchanged += 1,
+                            Some((seq, _)) => {
+                                store::replace_memory(tx, seq, &m, now_micros())?;
+                                report.updated += 1;
+                                applied.push((seq, m));
+                            }
+                        }
+                    }
+                    Ok((report, applied))
+                },
+                |(_, applied), change| {
+                    self.apply(&applied.iter().map(|(s, m)| (*s, Some(m))).collect::<Vec<_>>(), change)
+                },
+            )
+            .map(|(report, _)| report)
+    }
+}
