@@ -34,13 +34,8 @@ mod search;
 mod write;
 
 pub use search::DEFAULT_SEMANTIC_RATIO;
-
-/// The result of a store: what happened and the memory as it now is.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Stored {
-    pub outcome: StoreOutcome,
-    pub memory: Memory,
-}
+// Defined with the data model, so the crates that decide access need no engine.
+pub use memhub_types::{Access, Stored};
 
 /// One page of a listing.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -84,21 +79,6 @@ pub struct ImportReport {
 pub struct Removed {
     pub memories: usize,
     pub history_versions: usize,
-}
-
-/// The scopes a caller reads and writes in: they differ for a manager, who reads the
-/// whole tenant but writes only some kinds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Access {
-    pub read: Scope,
-    pub write: Scope,
-}
-
-impl Access {
-    /// Read and write everything in `tenant`.
-    pub fn tenant(tenant: &str) -> Self {
-        Access { read: Scope::tenant(tenant), write: Scope::tenant(tenant) }
-    }
 }
 
 /// The memhub engine. Thread-safe; share it behind an `Arc`.

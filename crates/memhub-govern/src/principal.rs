@@ -1,7 +1,7 @@
 //! Who is calling and what their role lets them do. The role table lives here and
 //! nowhere else; the engine enforces the resulting [`Access`] on every read and write.
 
-use memhub_engine::Access;
+use memhub_types::Access;
 use memhub_types::{Error, Result, Scope};
 use serde::{Deserialize, Serialize};
 

@@ -68,6 +68,21 @@ impl Scope {
     }
 }
 
+/// The scopes a caller reads and writes in: they differ for a manager, who reads the
+/// whole tenant but writes only some kinds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub read: Scope,
+    pub write: Scope,
+}
+
+impl Access {
+    /// Read and write everything in `tenant`.
+    pub fn tenant(tenant: &str) -> Self {
+        Access { read: Scope::tenant(tenant), write: Scope::tenant(tenant) }
+    }
+}
+
 /// What a read selects: the memories within `scope` that match `filter` and are
 /// still visible at `now` (before their `expires_at` and within their kind's
 /// retention). This is the one definition of "visible and matching", row by row;

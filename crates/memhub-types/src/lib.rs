@@ -12,12 +12,12 @@ pub mod retention;
 pub mod schema;
 pub mod time;
 
-pub use access::{Scope, Selection};
+pub use access::{Access, Scope, Selection};
 pub use embed::{EmbedError, Embedder};
 pub use error::{Error, ErrorCode, Result};
 pub use memory::{
     BatchItemError, Entity, IngestionMethod, Memory, MemoryFilter, MemoryPatch, NewEntity, NewMemory, NewRelation,
-    Relation, SearchHit, SearchRequest, SearchResponse, StoreOutcome, Tier, DEFAULT_SYSTEM_ID, DEFAULT_TENANT,
+    Relation, SearchHit, SearchRequest, SearchResponse, StoreOutcome, Stored, Tier, DEFAULT_SYSTEM_ID, DEFAULT_TENANT,
 };
 pub use retention::RetentionPolicy;
 pub use schema::{KindSchema, SchemaRegistry};

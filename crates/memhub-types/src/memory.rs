@@ -224,6 +224,13 @@ pub enum StoreOutcome {
     Unchanged,
 }
 
+/// The result of a store: what happened and the memory as it now is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub outcome: StoreOutcome,
+    pub memory: Memory,
+}
+
 /// One failed item of a batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct BatchItemError {
