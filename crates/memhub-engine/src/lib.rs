@@ -21,7 +21,7 @@ mod tiers;
 
 pub use embedding::EmbeddingWorker;
 pub use engine::{Access, Engine, ImportReport, Page, Removed, Stats, Stored, DEFAULT_SEMANTIC_RATIO};
-pub use prepare::content_hash;
+pub use prepare::{content_hash, limits};
 pub use store::OpenMode;
 pub use tiers::{TierAges, TierConfig, TierReport, TierStats};
 

@@ -42,6 +42,27 @@ pub(crate) fn same_revision(a: &Memory, b: &Memory) -> bool {
         && a.embedding_model == b.embedding_model
 }
 
+/// The limits a write is checked against, in characters unless said otherwise; the
+/// OpenAPI document states the same numbers.
+pub mod limits {
+    /// `tenant`.
+    pub const TENANT_CHARS: usize = 128;
+    /// `system_id`.
+    pub const SYSTEM_ID_CHARS: usize = 256;
+    /// `memory_id`.
+    pub const MEMORY_ID_CHARS: usize = 512;
+    /// `user_id`, `agent_id`, `session_id`, `project`.
+    pub const NAME_CHARS: usize = 256;
+    /// `embedding_model`.
+    pub const MODEL_CHARS: usize = 128;
+    /// Tags on one memory.
+    pub const TAGS: usize = 64;
+    /// One tag.
+    pub const TAG_CHARS: usize = 128;
+    /// The most memories one list page or search returns.
+    pub const PAGE: usize = 1000;
+}
+
 fn check_text(field: &str, value: &str, max_chars: usize) -> Result<()> {
     if value.is_empty() {
         return Err(Error::field(ErrorCode::InvalidField, field, "must not be empty"));
@@ -57,7 +78,7 @@ fn check_text(field: &str, value: &str, max_chars: usize) -> Result<()> {
 
 fn opt_text(field: &str, value: Option<String>) -> Result<Option<String>> {
     match value {
-        Some(v) => check_text(field, &v, 256).map(|_| Some(v)),
+        Some(v) => check_text(field, &v, limits::NAME_CHARS).map(|_| Some(v)),
         None => Ok(None),
     }
 }
@@ -92,16 +113,16 @@ pub(crate) fn check_content(content: &str, max_bytes: usize) -> Result<()> {
 }
 
 pub(crate) fn check_tags(tags: Vec<String>) -> Result<Vec<String>> {
-    if tags.len() > 64 {
+    if tags.len() > limits::TAGS {
         return Err(Error::field(
             ErrorCode::InvalidField,
             "tags",
-            format!("{} tags; at most 64 are allowed", tags.len()),
+            format!("{} tags; at most {} are allowed", tags.len(), limits::TAGS),
         ));
     }
     let mut out: Vec<String> = Vec::with_capacity(tags.len());
     for (i, tag) in tags.into_iter().enumerate() {
-        check_text(&format!("tags[{i}]"), &tag, 128)?;
+        check_text(&format!("tags[{i}]"), &tag, limits::TAG_CHARS)?;
         if !out.contains(&tag) {
             out.push(tag);
         }
@@ -178,11 +199,11 @@ pub(crate) fn prepare(
 ) -> Result<Prepared> {
     let id = Uuid::now_v7();
     let tenant = new.tenant.unwrap_or_else(|| DEFAULT_TENANT.to_string());
-    check_text("tenant", &tenant, 128)?;
+    check_text("tenant", &tenant, limits::TENANT_CHARS)?;
     let system_id = new.system_id.unwrap_or_else(|| DEFAULT_SYSTEM_ID.to_string());
-    check_text("system_id", &system_id, 256)?;
+    check_text("system_id", &system_id, limits::SYSTEM_ID_CHARS)?;
     let memory_id = new.memory_id.unwrap_or_else(|| id.to_string());
-    check_text("memory_id", &memory_id, 512)?;
+    check_text("memory_id", &memory_id, limits::MEMORY_ID_CHARS)?;
     check_content(&new.content, config.max_content_bytes)?;
     let kind = new.kind.unwrap_or_else(|| "note".to_string());
     let attributes = check_attributes(new.attributes)?;
@@ -199,7 +220,7 @@ pub(crate) fn prepare(
     let embedding_model = match (&new.embedding, new.embedding_model) {
         (None, _) => None,
         (Some(_), Some(m)) => {
-            check_text("embedding_model", &m, 128)?;
+            check_text("embedding_model", &m, limits::MODEL_CHARS)?;
             Some(m)
         }
         (Some(_), None) => Some(config.embedding_model.clone()),

@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document served at `/openapi.json`.
 
 use axum::Json;
-use memhub_engine::EngineConfig;
+use memhub_engine::{limits, EngineConfig};
 use memhub_types::KindSchema;
 use serde_json::{json, Value};
 use utoipa::OpenApi;
@@ -58,6 +58,9 @@ pub async fn openapi_json(axum::extract::State(state): axum::extract::State<crat
     Json(document(state.engine.config(), &kinds))
 }
 
+/// A list cursor as this server writes it (`created_at_seq`, each within i64).
+const CURSOR: &str = "^-?[0-9]{1,18}_-?[0-9]{1,18}$";
+
 /// A memory's server id.
 const UUID: &str = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
 
@@ -92,8 +95,9 @@ pub fn document(config: &EngineConfig, kinds: &[KindSchema]) -> Value {
     let vector = json!({"minItems": dim, "maxItems": dim, "items": float});
     // `format` alone is an annotation in JSON Schema 2020-12: the pattern makes it binding.
     let time = json!({"format": "date-time", "pattern": DATE_TIME});
-    let tags =
-        json!({"maxItems": 64, "items": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NO_CONTROL}});
+    let tags = json!({"maxItems": limits::TAGS,
+        "items": {"type": "string", "minLength": 1, "maxLength": limits::TAG_CHARS, "pattern": NO_CONTROL}});
+    let limit = json!({"minimum": 1, "maximum": limits::PAGE});
     // Content: not blank, at most `max_content_bytes` bytes of UTF-8; maxLength counts
     // characters, so it assumes the worst, 4 bytes each.
     let content = json!({"minLength": 1, "maxLength": config.max_content_bytes / 4, "pattern": "\\S",
@@ -102,14 +106,14 @@ pub fn document(config: &EngineConfig, kinds: &[KindSchema]) -> Value {
     // A new memory: one variant per kind, whose attributes satisfy that kind's schema.
     let new_memory = &mut schemas["NewMemory"]["properties"];
     for (field, max) in [
-        ("tenant", 128),
-        ("system_id", 256),
-        ("memory_id", 512),
-        ("user_id", 256),
-        ("agent_id", 256),
-        ("session_id", 256),
-        ("project", 256),
-        ("embedding_model", 128),
+        ("tenant", limits::TENANT_CHARS),
+        ("system_id", limits::SYSTEM_ID_CHARS),
+        ("memory_id", limits::MEMORY_ID_CHARS),
+        ("user_id", limits::NAME_CHARS),
+        ("agent_id", limits::NAME_CHARS),
+        ("session_id", limits::NAME_CHARS),
+        ("project", limits::NAME_CHARS),
+        ("embedding_model", limits::MODEL_CHARS),
     ] {
         merge(new_memory, field, &text(max));
     }
@@ -163,7 +167,7 @@ pub fn document(config: &EngineConfig, kinds: &[KindSchema]) -> Value {
     let patch = &mut schemas["MemoryPatch"]["properties"];
     merge(patch, "content", &content);
     merge(patch, "embedding", &vector);
-    merge(patch, "embedding_model", &text(128));
+    merge(patch, "embedding_model", &text(limits::MODEL_CHARS));
     merge(patch, "tags", &tags);
     merge(patch, "expires_at", &time);
 
@@ -177,7 +181,7 @@ pub fn document(config: &EngineConfig, kinds: &[KindSchema]) -> Value {
                                             // Not the zero vector once read as f32.
                                             "contains": {"anyOf": [{"minimum": f32::MIN_POSITIVE}, {"maximum": -f32::MIN_POSITIVE}]}}),
     );
-    merge(props, "limit", &json!({"minimum": 1, "maximum": 1000}));
+    merge(props, "limit", &limit);
     merge(props, "semantic_ratio", &json!({"minimum": 0, "maximum": 1}));
     merge(props, "min_score", &json!({"minimum": 0, "maximum": 1}));
     props["recency_half_life"] = json!({"description": props["recency_half_life"]["description"],
@@ -193,8 +197,8 @@ pub fn document(config: &EngineConfig, kinds: &[KindSchema]) -> Value {
     }
     let retrieve = &mut schemas["RetrieveRequest"]["properties"];
     merge(retrieve, "id", &json!({"format": "uuid", "pattern": UUID}));
-    merge(retrieve, "limit", &json!({"minimum": 1, "maximum": 1000}));
-    merge(retrieve, "cursor", &json!({"pattern": "^-?[0-9]{1,18}_-?[0-9]{1,18}$"}));
+    merge(retrieve, "limit", &limit);
+    merge(retrieve, "cursor", &json!({"pattern": CURSOR}));
     // A batch's items are validated one by one and refused items reported in
     // `errors[]`, so the request itself takes any objects.
     schemas["BatchRequest"]["properties"]["memories"] = json!({"type": "array", "maxItems": config.max_batch,
@@ -211,10 +215,10 @@ pub fn document(config: &EngineConfig, kinds: &[KindSchema]) -> Value {
             for p in op.get_mut("parameters").and_then(Value::as_array_mut).into_iter().flatten() {
                 let extra = match p["name"].as_str() {
                     Some("id") if p["in"] == "path" => json!({"format": "uuid", "pattern": UUID}),
-                    Some("limit") => json!({"minimum": 1, "maximum": 1000}),
+                    Some("limit") => limit.clone(),
                     Some("since" | "until") => time.clone(),
                     // Cursors are opaque, but only this server's shape decodes.
-                    Some("cursor") => json!({"pattern": "^-?[0-9]{1,18}_-?[0-9]{1,18}$"}),
+                    Some("cursor") => json!({"pattern": CURSOR}),
                     _ => continue,
                 };
                 merge(p, "schema", &extra);

@@ -64,7 +64,7 @@ impl Engine {
         limit: Option<usize>,
         cursor: Option<&str>,
     ) -> Result<Page> {
-        let limit = check_limit(limit, 50, 1000)?;
+        let limit = check_limit(limit, 50, crate::limits::PAGE)?;
         let after = cursor.map(decode_cursor).transpose()?;
         let keys = {
             let state = self.indexes.read();

@@ -60,7 +60,7 @@ impl Engine {
     /// Hybrid search: BM25 and exact vector scan, fused by reciprocal rank.
     pub fn search(&self, scope: &Scope, req: &SearchRequest) -> Result<SearchResponse> {
         let started = std::time::Instant::now();
-        let limit = check_limit(req.limit, 10, 1000)?;
+        let limit = check_limit(req.limit, 10, crate::limits::PAGE)?;
         let ratio = req.semantic_ratio.unwrap_or(DEFAULT_SEMANTIC_RATIO);
         if !(0.0..=1.0).contains(&ratio) {
             return Err(Error::field(ErrorCode::InvalidField, "semantic_ratio", "must be between 0 and 1"));
