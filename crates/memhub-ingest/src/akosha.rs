@@ -7,7 +7,7 @@ use std::path::Path;
 
 use memhub_engine::Engine;
 use memhub_types::time::parse_timestamp;
-use memhub_types::{Error, ErrorCode, NewMemory, DEFAULT_SYSTEM_ID};
+use memhub_types::{Error, ErrorCode, KindSchema, NewMemory, DEFAULT_SYSTEM_ID};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -147,14 +147,14 @@ pub fn to_memory(
         None => time("metadata.created_at", metadata.get("created_at"))?,
     };
     let (kind, attributes) = match rule {
-        KindRule::Always(kind) => (kind.to_string(), declared_attributes(engine, kind, &metadata)),
+        KindRule::Always(kind) => {
+            let schema = engine.latest_schema(kind);
+            (kind.to_string(), schema.map(|s| declared_attributes(&s, &metadata)).unwrap_or_default())
+        }
         KindRule::FromMetadata => kind_from_type(engine, &metadata),
     };
-    let text = |key: &str| metadata.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
-    let tags = match metadata.get("tags") {
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-        _ => Vec::new(),
-    };
+    let text = |key: &str| crate::meta_text(&metadata, key);
+    let tags = metadata.get("tags").map(crate::strings).unwrap_or_default();
     Ok(NewMemory {
         tenant: None,
         system_id: Some(
@@ -178,9 +178,8 @@ pub fn to_memory(
     })
 }
 
-/// The metadata keys `kind`'s latest schema declares: its typed attributes.
-fn declared_attributes(engine: &Engine, kind: &str, metadata: &Map<String, Value>) -> Map<String, Value> {
-    let Some(schema) = engine.latest_schema(kind) else { return Map::new() };
+/// The metadata keys a kind's schema declares: its typed attributes.
+fn declared_attributes(schema: &KindSchema, metadata: &Map<String, Value>) -> Map<String, Value> {
     let Some(declared) = schema.schema.get("properties").and_then(Value::as_object) else { return Map::new() };
     metadata.iter().filter(|(k, _)| declared.contains_key(*k)).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
@@ -190,10 +189,11 @@ fn kind_from_type(engine: &Engine, metadata: &Map<String, Value>) -> (String, Ma
     let kind = match metadata.get("type").and_then(Value::as_str) {
         None => DEFAULT_KIND,
         Some("session_memory") => return ("note".into(), Map::new()),
-        Some(t) if engine.latest_schema(t).is_some() => t,
-        Some(_) => return ("note".into(), Map::new()),
+        Some(t) => t,
     };
-    let attributes = declared_attributes(engine, kind, metadata);
+    // One lookup serves both questions: is the kind registered, and what does it declare.
+    let Some(schema) = engine.latest_schema(kind) else { return ("note".into(), Map::new()) };
+    let attributes = declared_attributes(&schema, metadata);
     // Akosha clients cannot send typed attributes: a kind whose required fields are
     // not in the metadata is kept as a note rather than refused.
     match engine.validate_attributes(kind, None, &Value::Object(attributes.clone())) {

@@ -310,20 +310,14 @@ fn to_row(
     };
     // A column wins; files without one (older tables) keep these in the metadata
     // JSON, where the push path (`store_memory`, `store_reflection`) reads them too.
-    let field = |map: &mut Map<String, Value>, k: &str| {
-        text(map, k).or_else(|| metadata.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from))
-    };
+    let field = |map: &mut Map<String, Value>, k: &str| text(map, k).or_else(|| crate::meta_text(&metadata, k));
     let user_id = field(&mut map, "user_id");
     let agent_id = field(&mut map, "agent_id");
     let session_id = field(&mut map, "session_id");
     let project = field(&mut map, "project");
-    let strings = |v: &Value| match v {
-        Value::Array(items) => items.iter().filter_map(|t| t.as_str().map(String::from)).collect(),
-        _ => Vec::new(),
-    };
     let tags = match map.remove("tags") {
-        Some(column) => strings(&column),
-        None => metadata.get("tags").map(strings).unwrap_or_default(),
+        Some(column) => crate::strings(&column),
+        None => metadata.get("tags").map(crate::strings).unwrap_or_default(),
     };
     metadata.insert("source_table".into(), Value::String(table.into()));
     let memory = NewMemory {

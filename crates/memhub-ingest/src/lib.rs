@@ -29,6 +29,22 @@ pub use worker::{IngestConfig, IngestStatus, PollReport, PullWorker};
 /// stored by an older mapping, or rows it refused, are put right.
 pub const MAPPING_VERSION: u32 = 2;
 
+/// A non-empty string field of an upload's metadata (`user_id`, `source`, ...): how
+/// both the Akosha mapping and the DuckDB reader read one.
+pub(crate) fn meta_text(metadata: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option<String> {
+    metadata.get(key).and_then(serde_json::Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+/// The strings of a JSON array (tags); anything else has none.
+pub(crate) fn strings(v: &serde_json::Value) -> Vec<String> {
+    match v {
+        serde_json::Value::Array(items) => {
+            items.iter().filter_map(serde_json::Value::as_str).map(str::to_owned).collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// Whether this build reads DuckDB files (the `duckdb` cargo feature).
 pub const READS_DUCKDB: bool = cfg!(feature = "duckdb");
 

@@ -325,14 +325,16 @@ impl RowWriter {
             else {
                 continue;
             };
-            let mut todo: Vec<&Row> = Vec::new();
+            let (mut todo, mut items): (Vec<&Row>, Vec<_>) = (Vec::new(), Vec::new());
             for row in chunk.iter().filter(|r| todo_ids.contains(&r.row_id)) {
                 match &row.memory {
-                    Ok(_) => todo.push(row),
+                    Ok(m) => {
+                        todo.push(row);
+                        items.push(m.clone());
+                    }
                     Err(e) => self.refused(&row.row_id, e),
                 }
             }
-            let items = todo.iter().filter_map(|r| r.memory.clone().ok()).collect();
             let results =
                 self.engine.store_batch(&self.scope, items, IngestionMethod::CloudPull).map_err(|e| e.to_string())?;
             let mut written = Vec::new();
