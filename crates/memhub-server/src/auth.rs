@@ -259,11 +259,13 @@ impl Guard {
 
     fn rate_limited(&self, principal: &Principal, client: Option<IpAddr>) -> Option<Duration> {
         let limiter = self.limiter.as_ref()?;
-        // Per-address buckets come and go: forget the full ones now and then.
-        if limiter.len() > 100_000 {
+        let bucket = rate_bucket(principal, client)?;
+        // Per-address buckets are unbounded in number: forget the full ones now and
+        // then. Only those requests pay for counting the buckets.
+        if bucket.starts_with(OPEN_ADDRESS) && limiter.len() > 100_000 {
             limiter.retain_recent();
         }
-        let not_until = limiter.check_key(&rate_bucket(principal, client)?).err()?;
+        let not_until = limiter.check_key(&bucket).err()?;
         Some(not_until.wait_time_from(DefaultClock::default().now()))
     }
 
@@ -480,6 +482,9 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
     with_id(resp)
 }
 
+/// The prefix of open mode's per-address rate-limit buckets.
+const OPEN_ADDRESS: &str = "open@";
+
 /// The rate-limit bucket a request draws from: its principal's (a key, a JWT
 /// subject, the local principal). Open mode has no principals, only addresses: a
 /// client on another host (an open server behind a proxy, with
@@ -495,9 +500,9 @@ fn rate_bucket(principal: &Principal, client: Option<IpAddr>) -> Option<String> 
         Some(ip) if ip.is_loopback() => None,
         Some(IpAddr::V6(v6)) => {
             let s = v6.segments();
-            Some(format!("open@{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]))
+            Some(format!("{OPEN_ADDRESS}{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3]))
         }
-        Some(ip) => Some(format!("open@{ip}")),
+        Some(ip) => Some(format!("{OPEN_ADDRESS}{ip}")),
         None => Some(Principal::OPEN_ID.to_string()),
     }
 }
