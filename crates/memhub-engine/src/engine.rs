@@ -9,10 +9,10 @@ use memhub_types::memory::IngestionMethod;
 use memhub_types::schema::KindSchema;
 use memhub_types::time::now_micros;
 use memhub_types::{
-    Embedder, Entity, Error, ErrorCode, Memory, MemoryFilter, MemoryPatch, NewEntity, NewMemory, NewRelation, Relation,
-    Result, RetentionPolicy, SchemaRegistry, Scope, SearchHit, SearchRequest, SearchResponse, StoreOutcome, Tier,
+    Change, ChangeFilter, ChangeOp, ChangePage, Embedder, Entity, Error, ErrorCode, Memory, MemoryFilter, MemoryPatch,
+    NewEntity, NewMemory, NewRelation, Relation, Result, RetentionPolicy, SchemaRegistry, Scope, SearchHit,
+    SearchRequest, SearchResponse, StoreOutcome, Tier,
 };
-use rusqlite::{params, OptionalExtension, Transaction};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -21,7 +21,7 @@ use crate::embedding::EmbeddingQueue;
 use crate::index::filters::content_key;
 use crate::index::{normalized, query_terms, DocId, IndexSizes, Indexes};
 use crate::prepare::{self, check_attributes, check_content, check_embedding, check_tags, same_revision, Prepared};
-use crate::store::{self, storage, OpenMode, Store, MEMORY_COLUMNS};
+use crate::store::{MemoryStore, OpenMode, SqliteStore, StoreTx};
 use crate::telemetry;
 use crate::tiers::{score_cold, ColdTier, TierStats};
 use crate::EngineConfig;
@@ -83,7 +83,12 @@ pub struct Removed {
 
 /// The memhub engine. Thread-safe; share it behind an `Arc`.
 pub struct Engine {
-    store: Store,
+    store: Box<dyn MemoryStore>,
+    /// Held from a write's transaction until its changes are published, so every
+    /// consumer sees changes in commit order.
+    commit_order: std::sync::Mutex<()>,
+    /// The last change published (the change feed waits on it).
+    published: tokio::sync::watch::Sender<i64>,
     indexes: Arc<Indexes>,
     maintainer: Option<std::thread::JoinHandle<()>>,
     registry: RwLock<SchemaRegistry>,
@@ -131,8 +136,21 @@ impl Engine {
     /// (run an [`EmbeddingWorker`](crate::EmbeddingWorker) to drain the queue).
     pub fn open_with(
         data_dir: &Path,
-        mut config: EngineConfig,
+        config: EngineConfig,
         mode: OpenMode,
+        embedder: Option<Arc<dyn Embedder>>,
+    ) -> Result<Engine> {
+        // Checked before the store is opened (and its data dir made).
+        config.tiers.validate()?;
+        let store = SqliteStore::open(data_dir, mode)?;
+        Self::open_on(Box::new(store), &data_dir.join("index"), config, embedder)
+    }
+
+    /// Open an engine over any [`MemoryStore`], its derived indexes in `index_dir`.
+    pub fn open_on(
+        store: Box<dyn MemoryStore>,
+        index_dir: &Path,
+        mut config: EngineConfig,
         embedder: Option<Arc<dyn Embedder>>,
     ) -> Result<Engine> {
         if let Some(e) = &embedder {
@@ -152,36 +170,20 @@ impl Engine {
         }
         config.tiers.validate()?;
         let cold = config.tiers.cold.as_ref().map(ColdTier::open).transpose()?;
-        let store = Store::open(data_dir, mode)?;
         let mut registry = SchemaRegistry::with_builtins();
-        store.read(|conn| {
-            let mut st = conn
-                .prepare("SELECT kind, version, description, schema FROM kind_schemas ORDER BY kind, version")
-                .map_err(storage)?;
-            let rows = st
-                .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
-                })
-                .map_err(storage)?;
-            for row in rows {
-                let (kind, version, description, schema) = row.map_err(storage)?;
-                let schema: Value = serde_json::from_str(&schema).map_err(Error::internal)?;
-                registry.add(KindSchema { kind, version, description, schema, builtin: false })?;
-            }
-            Ok(())
-        })?;
-        let writable = mode == OpenMode::ReadWrite;
-        let indexes = Arc::new(store.read(|conn| {
-            Indexes::open(
-                &data_dir.join("index"),
-                writable,
-                conn,
-                config.embedding_dim,
-                &config.embedding_model,
-                config.hnsw,
-            )
-        })?);
-        tracing::info!(memories = indexes.read().filters.len(), path = %store.path().display(), "store opened");
+        for schema in store.schemas()? {
+            registry.add(schema)?;
+        }
+        let writable = !store.read_only();
+        let indexes = Arc::new(Indexes::open(
+            index_dir,
+            writable,
+            store.as_ref(),
+            config.embedding_dim,
+            &config.embedding_model,
+            config.hnsw,
+        )?);
+        tracing::info!(memories = indexes.read().filters.len(), store = %store.describe(), "store opened");
         let maintainer = writable
             .then(|| {
                 let indexes = indexes.clone();
@@ -194,8 +196,11 @@ impl Engine {
             .thread_name(|i| format!("memhub-search-{i}"))
             .build()
             .map_err(Error::internal)?;
+        let (published, _) = tokio::sync::watch::channel(indexes.read().applied_change);
         let engine = Engine {
             store,
+            commit_order: std::sync::Mutex::new(()),
+            published,
             indexes,
             maintainer,
             registry: RwLock::new(registry),
@@ -224,24 +229,101 @@ impl Engine {
         self.registry.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Apply committed changes (made up to store change `change`) to the indexes:
-    /// `Some` upserts, `None` removes. The store has them already, so a failure here
-    /// is logged, not returned: a restart catches the indexes up.
-    pub(crate) fn apply(&self, changes: &[(i64, Option<&Memory>)], change: i64) {
-        if let Err(e) = self.indexes.apply(changes, change) {
+    /// Run `work` in one store transaction, then hand the changes it made to every
+    /// consumer (the indexes, the embedding queue, the metrics, the change feed)
+    /// before returning: a search right after an acknowledged write finds it. The
+    /// commit-order lock is held across both, so consumers see changes in commit
+    /// order. No write reaches an index any other way.
+    pub(crate) fn commit<T>(&self, mut work: impl FnMut(&mut dyn StoreTx) -> Result<T>) -> Result<T> {
+        let _in_order = self.commit_order.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = None;
+        let changes = self.store.write(&mut |tx| {
+            out = Some(work(tx)?);
+            Ok(())
+        })?;
+        self.publish(&changes);
+        out.ok_or_else(|| Error::internal("the store committed without running the write"))
+    }
+
+    /// The consumers of the change stream. The store has the changes already, so a
+    /// failure here is logged, not returned: a restart catches the indexes up.
+    fn publish(&self, changes: &[Change]) {
+        let Some(last) = changes.last() else { return };
+        if let Err(e) = self.indexes.apply(changes) {
             tracing::error!(error = %e, "index update failed; restart to catch up");
         }
         if self.embedder.is_some() {
-            for (seq, m) in changes {
-                if m.is_some_and(|m| m.embedding_model.as_deref() != Some(self.config.embedding_model.as_str())) {
-                    self.embed_queue.push(*seq);
+            let model = Some(self.config.embedding_model.as_str());
+            for c in changes {
+                let needs_vector = matches!(c.op, ChangeOp::Created | ChangeOp::Updated | ChangeOp::Thawed)
+                    && c.memory.as_ref().is_some_and(|m| m.embedding_model.as_deref() != model);
+                if let (true, Some(row)) = (needs_vector, c.row) {
+                    self.embed_queue.push(row);
                 }
             }
         }
+        telemetry::changes(changes);
+        self.published.send_replace(last.seq);
     }
 
-    pub(crate) fn store(&self) -> &Store {
-        &self.store
+    /// Wakes when changes are published; holds the last one's sequence number.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.published.subscribe()
+    }
+
+    /// Changes after `after` that `scope` may read and `filter` admits, oldest first,
+    /// at most `limit`. A reader whose `after` is older than the retained log gets
+    /// `reset` (it missed changes and must list again) and the page from the oldest
+    /// retained change on.
+    pub fn changes(
+        &self,
+        scope: &Scope,
+        after: i64,
+        filter: &ChangeFilter,
+        limit: Option<usize>,
+    ) -> Result<ChangePage> {
+        let limit = check_limit(limit, 100, crate::limits::PAGE)?;
+        if after < 0 {
+            return Err(Error::field(ErrorCode::InvalidField, "after", "must be a sequence number ≥ 0"));
+        }
+        let pruned = self.store.pruned_through()?;
+        let reset = after < pruned;
+        let mut cursor = after.max(pruned);
+        let mut changes = Vec::new();
+        // Changes the reader may not see are skipped; a bounded scan per call keeps a
+        // narrow reader of a busy log from reading all of it at once.
+        let mut scanned = 0;
+        while changes.len() < limit && scanned < 10_000 {
+            let batch = self.store.changes_after(cursor, 1_000)?;
+            let Some(last) = batch.last() else { break };
+            let (last_seq, full) = (last.seq, batch.len() == 1_000);
+            for c in batch {
+                if changes.len() == limit {
+                    break;
+                }
+                cursor = c.seq;
+                scanned += 1;
+                if c.visible_to(scope) && filter.matches(&c) {
+                    changes.push(c);
+                }
+            }
+            if changes.len() < limit {
+                cursor = cursor.max(last_seq);
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(ChangePage { changes, next_after: cursor, reset })
+    }
+
+    /// The last committed change's sequence number.
+    pub fn last_change(&self) -> Result<i64> {
+        self.store.last_change()
+    }
+
+    pub(crate) fn store(&self) -> &dyn MemoryStore {
+        self.store.as_ref()
     }
 
     /// The derived indexes (for benchmarks and diagnostics).
@@ -271,7 +353,7 @@ impl Engine {
         let model = self.config.embedding_model.as_str();
         let todo: Vec<(i64, Memory)> = self
             .store
-            .read(|c| store::load_by_seq(c, seqs))?
+            .memories_by_row(seqs)?
             .into_iter()
             .filter(|(_, m)| m.embedding_model.as_deref() != Some(model))
             .collect();
@@ -289,32 +371,19 @@ impl Engine {
                 (seq, m)
             })
             .collect();
-        self.store.write_then(
-            |tx| {
-                let mut written = Vec::new();
-                for (seq, m) in &updated {
-                    if store::set_embedding(tx, *seq, m)? {
-                        written.push(*seq);
-                    }
-                }
-                Ok(written)
-            },
-            |written, change| {
-                for (seq, m) in updated.iter().filter(|(s, _)| written.contains(s)) {
-                    if let Err(e) = self.indexes.apply_vector(*seq, m, change) {
-                        tracing::error!(error = %e, "index update failed; restart to catch up");
-                    }
-                }
-            },
-        )?;
-        Ok(())
+        self.commit(|tx| {
+            for (row, m) in &updated {
+                tx.set_embedding(*row, m)?;
+            }
+            Ok(())
+        })
     }
 
     /// Rewrite the store and the text index without deleted data (`VACUUM`, segment
     /// merge). Slow on a large store; erasure runs it.
     pub fn compact(&self) -> Result<()> {
         self.indexes.compact()?;
-        self.store.vacuum()
+        self.store.compact()
     }
 
     /// Bring the persisted indexes up to date and flush the write-ahead log into the

@@ -22,7 +22,7 @@ mod tiers;
 pub use embedding::EmbeddingWorker;
 pub use engine::{Access, Engine, ImportReport, Page, Removed, Stats, Stored, DEFAULT_SEMANTIC_RATIO};
 pub use prepare::{content_hash, limits};
-pub use store::OpenMode;
+pub use store::{MemoryStore, OpenMode, SqliteStore, StoreTx};
 pub use tiers::{TierAges, TierConfig, TierReport, TierStats};
 
 /// Engine settings.
@@ -50,6 +50,23 @@ pub struct EngineConfig {
     pub retention: Vec<memhub_types::RetentionPolicy>,
     /// Tier boundaries and the cold tier's bucket (`[engine.tiers]`).
     pub tiers: TierConfig,
+    /// The change log behind the change feed (`[engine.events]`).
+    pub events: EventsConfig,
+}
+
+/// How long the change log keeps what it tells (`[engine.events]`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Changes older than this are pruned by the purge job (default 7 days); a
+    /// feed reader asking for an older one is told to list again (`reset`).
+    pub retention_seconds: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { retention_seconds: 7 * 86_400 }
+    }
 }
 
 impl Default for EngineConfig {
@@ -64,6 +81,7 @@ impl Default for EngineConfig {
             soft_delete_seconds: 0,
             retention: Vec::new(),
             tiers: TierConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! or ids, so a scrape stays small however many tenants a hub serves.
 
 use memhub_types::memory::IngestionMethod;
-use memhub_types::{Result, StoreOutcome};
+use memhub_types::{Change, ChangeOp, Result, StoreOutcome, Tier};
 
 use crate::engine::Stored;
 
@@ -15,6 +15,7 @@ pub const SEARCHES: &str = "memhub_searches_total";
 pub const SEARCH_SECONDS: &str = "memhub_search_duration_seconds";
 pub const TIER_MOVES: &str = "memhub_tier_moves_total";
 pub const MEMORIES_REMOVED: &str = "memhub_memories_removed_total";
+pub const CHANGES: &str = "memhub_changes_total";
 
 /// Register the engine's metric descriptions with the installed recorder.
 pub fn describe() {
@@ -29,6 +30,7 @@ pub fn describe() {
     metrics::describe_histogram!(SEARCH_SECONDS, metrics::Unit::Seconds, "Engine time of a search, by mode");
     metrics::describe_counter!(TIER_MOVES, "Memories moved by the aging job, by destination tier");
     metrics::describe_counter!(MEMORIES_REMOVED, "Memories removed for good, by reason (retention, erasure, delete)");
+    metrics::describe_counter!(CHANGES, "Changes committed to the store, by operation (the change stream)");
 }
 
 /// Count the outcomes of a write of `results` made by `method`.
@@ -56,15 +58,40 @@ pub(crate) fn search(mode: &'static str, cold: bool, seconds: f64) {
     metrics::histogram!(SEARCH_SECONDS, "mode" => mode, "cold" => cold).record(seconds);
 }
 
+/// Count committed changes: by operation, and as removals and tier moves.
+pub(crate) fn changes(changes: &[Change]) {
+    let mut by_op = [0u64; ChangeOp::ALL.len()];
+    let mut to_warm = 0;
+    for c in changes {
+        by_op[ChangeOp::ALL.iter().position(|op| *op == c.op).unwrap_or(0)] += 1;
+        to_warm += usize::from(c.op == ChangeOp::Moved && c.memory.as_ref().is_some_and(|m| m.tier == Tier::Warm));
+    }
+    for (op, n) in ChangeOp::ALL.into_iter().zip(by_op) {
+        if n == 0 {
+            continue;
+        }
+        metrics::counter!(CHANGES, "op" => op.as_str()).increment(n);
+        let n = n as usize;
+        match op {
+            ChangeOp::Deleted => removed("delete", n),
+            ChangeOp::Purged => removed("retention", n),
+            ChangeOp::Erased => removed("erasure", n),
+            ChangeOp::Frozen => moved(Tier::Cold, n),
+            _ => {}
+        }
+    }
+    moved(Tier::Warm, to_warm);
+}
+
 /// Count memories removed for `reason`.
-pub(crate) fn removed(reason: &'static str, n: usize) {
+fn removed(reason: &'static str, n: usize) {
     if n > 0 {
         metrics::counter!(MEMORIES_REMOVED, "reason" => reason).increment(n as u64);
     }
 }
 
 /// Count memories the aging job moved to `tier`.
-pub(crate) fn moved(tier: memhub_types::Tier, n: usize) {
+fn moved(tier: Tier, n: usize) {
     if n > 0 {
         metrics::counter!(TIER_MOVES, "to" => tier.as_str()).increment(n as u64);
     }

@@ -16,20 +16,19 @@
 //! deletes replaced objects: at every moment a reader sees each memory in exactly
 //! one tier, and a crash at any point neither loses nor duplicates one.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use memhub_objects::{BlockingBucket, BucketConfig, ObjectError};
 use memhub_types::time::now_micros;
 use memhub_types::{Error, ErrorCode, Memory, MemoryFilter, Result, Scope, Tier};
-use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::engine::Engine;
 use crate::index::IndexSizes;
-use crate::store::{self, storage};
+use memhub_types::ChangeOp;
 
 const DAY_MICROS: f64 = 86_400.0 * 1e6;
 
@@ -305,53 +304,13 @@ fn decode_parallel(files: Vec<Bytes>) -> Result<Vec<ColdFile>> {
     Ok(out.into_iter().map(|(_, f)| f).collect())
 }
 
-/// Record a new cold file and its memories in the catalog.
-fn catalog_file(tx: &Transaction<'_>, key: &str, memories: &[Memory], bytes: u64) -> Result<()> {
-    let first = &memories[0];
-    let min = memories.iter().map(|m| m.created_at).min().unwrap_or(0);
-    let max = memories.iter().map(|m| m.created_at).max().unwrap_or(0);
-    tx.execute(
-        "INSERT INTO cold_files (path, tenant, system_id, min_created, max_created, rows, bytes, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![key, first.tenant, first.system_id, min, max, memories.len() as i64, bytes as i64, now_micros()],
-    )
-    .map_err(storage)?;
-    let mut st = tx
-        .prepare_cached(
-            "INSERT OR REPLACE INTO cold_memories (id, tenant, system_id, memory_id, kind, user_id, created_at, \
-             expires_at, file) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
-        .map_err(storage)?;
-    for m in memories {
-        st.execute(params![
-            m.id.to_string(),
-            m.tenant,
-            m.system_id,
-            m.memory_id,
-            m.kind,
-            m.user_id,
-            m.created_at,
-            m.expires_at,
-            key
-        ])
-        .map_err(storage)?;
-    }
-    Ok(())
-}
-
-/// Remove a file and its memories from the catalog; whether it was cataloged.
-fn uncatalog_file(tx: &Transaction<'_>, path: &str) -> Result<bool> {
-    tx.execute("DELETE FROM cold_memories WHERE file = ?1", params![path]).map_err(storage)?;
-    Ok(tx.execute("DELETE FROM cold_files WHERE path = ?1", params![path]).map_err(storage)? == 1)
-}
-
 /// What a cold removal does with the memories it takes out of their files.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Taken {
     /// Back into the store as warm memories (a write needs them there).
     Restore,
-    /// Gone, with their history (purge, erasure, delete).
-    Discard,
+    /// Gone, with their history, for the reason the change says (purge, erasure).
+    Discard(ChangeOp),
 }
 
 impl Engine {
@@ -423,8 +382,6 @@ impl Engine {
                 0
             });
         }
-        crate::telemetry::moved(Tier::Warm, report.to_warm);
-        crate::telemetry::moved(Tier::Cold, report.to_cold);
         if report != TierReport::default() {
             tracing::info!(?report, "tiers aged");
         }
@@ -432,39 +389,22 @@ impl Engine {
     }
 
     /// Move memories between hot and warm (same store, other vector graph).
-    fn move_between(&self, seqs: &[i64], from: Tier, to: Tier) -> Result<usize> {
-        let (moved, _) = self.store().write_then(
-            |tx| {
-                let mut moved = Vec::new();
-                for &seq in seqs {
-                    if store::set_tier(tx, seq, from, to)? {
-                        moved.push(seq);
-                    }
-                }
-                let loaded = store::load_by_seq(tx, &moved)?;
-                Ok((moved.len(), loaded))
-            },
-            |(_, loaded), change| {
-                for (seq, m) in loaded {
-                    if let Err(e) = self.indexes().apply_moved(*seq, m, change) {
-                        tracing::error!(error = %e, "index update failed; restart to catch up");
-                    }
-                }
-            },
-        )?;
-        Ok(moved)
+    fn move_between(&self, rows: &[i64], from: Tier, to: Tier) -> Result<usize> {
+        self.commit(|tx| {
+            let mut moved = 0;
+            for &row in rows {
+                moved += usize::from(tx.set_tier(row, from, to)?.is_some());
+            }
+            Ok(moved)
+        })
     }
 
     /// Write warm memories `seqs` (one tenant and system) to cold files by month,
     /// then, in one transaction, catalog them and remove them from the store, if
     /// none changed meanwhile. Returns `(memories moved, files written)`.
     fn freeze(&self, cold: &ColdTier, seqs: &[i64]) -> Result<(usize, usize)> {
-        let loaded: Vec<(i64, Memory)> = self
-            .store()
-            .read(|c| store::load_by_seq(c, seqs))?
-            .into_iter()
-            .filter(|(_, m)| m.tier == Tier::Warm)
-            .collect();
+        let loaded: Vec<(i64, Memory)> =
+            self.store().memories_by_row(seqs)?.into_iter().filter(|(_, m)| m.tier == Tier::Warm).collect();
         let mut months: BTreeMap<String, Vec<(i64, Memory)>> = BTreeMap::new();
         for (seq, mut m) in loaded {
             m.tier = Tier::Cold;
@@ -476,31 +416,20 @@ impl Engine {
             let memories: Vec<Memory> = group.iter().map(|(_, m)| m.clone()).collect();
             let key = cold_key(&memories[0]);
             let bytes = cold.write(&key, &memories)?;
-            let committed = self.store().write_then(
-                |tx| {
-                    // Every memory must still be the version that was written out.
-                    for (seq, m) in &group {
-                        let now: Option<(u32, String)> = tx
-                            .prepare_cached("SELECT version, tier FROM memories WHERE seq = ?1")
-                            .and_then(|mut st| st.query_row(params![seq], |r| Ok((r.get(0)?, r.get(1)?))).optional())
-                            .map_err(storage)?;
-                        if now != Some((m.version, Tier::Warm.as_str().to_string())) {
-                            return Ok(false);
-                        }
+            let committed = self.commit(|tx| {
+                // Every memory must still be the version that was written out.
+                for (row, m) in &group {
+                    let now = tx.find_by_row(*row)?;
+                    if now.is_none_or(|now| now.version != m.version || now.tier != Tier::Warm) {
+                        return Ok(false);
                     }
-                    catalog_file(tx, &key, &memories, bytes)?;
-                    for (seq, _) in &group {
-                        store::archive_memory(tx, *seq)?;
-                    }
-                    Ok(true)
-                },
-                |committed, change| {
-                    if *committed {
-                        let gone: Vec<(i64, Option<&Memory>)> = group.iter().map(|(s, _)| (*s, None)).collect();
-                        self.apply(&gone, change);
-                    }
-                },
-            )?;
+                }
+                tx.catalog_file(&key, &memories, bytes)?;
+                for (row, m) in &group {
+                    tx.archive(*row, m)?;
+                }
+                Ok(true)
+            })?;
             if committed {
                 moved += group.len();
                 files += 1;
@@ -522,16 +451,7 @@ impl Engine {
     /// Returns how many files were merged away.
     fn merge_small_files(&self, cold: &ColdTier) -> Result<usize> {
         let file_rows = self.tiers().file_rows;
-        let small: Vec<(String, usize)> = self.store().read(|c| {
-            let mut st =
-                c.prepare("SELECT path, rows FROM cold_files WHERE rows < ?1 ORDER BY path").map_err(storage)?;
-            let rows = st
-                .query_map(params![(file_rows / 2) as i64], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize))
-                })
-                .map_err(storage)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
-        })?;
+        let small = self.store().cold_small_files(file_rows / 2)?;
         let mut partitions: BTreeMap<&str, Vec<(&String, usize)>> = BTreeMap::new();
         for (path, rows) in &small {
             let partition = path.rsplit_once('/').map_or("", |(p, _)| p);
@@ -557,13 +477,13 @@ impl Engine {
                 memories.sort_by_key(|m| m.created_at);
                 let key = cold_key(&memories[0]);
                 let bytes = cold.write(&key, &memories)?;
-                let swapped = self.store().write(|tx| {
+                let swapped = self.commit(|tx| {
                     for old in &paths {
-                        if !uncatalog_file(tx, old)? {
+                        if !tx.uncatalog_file(old)? {
                             return Err(Error::internal(format!("{old} left the catalog during a merge")));
                         }
                     }
-                    catalog_file(tx, &key, &memories, bytes)
+                    tx.catalog_file(&key, &memories, bytes)
                 });
                 match swapped {
                     Ok(()) => merged_away += paths.len() - 1,
@@ -582,11 +502,7 @@ impl Engine {
     /// `ColdTier::lock`, so no move is between writing an object and cataloging it).
     fn sweep_orphans(&self, cold: &ColdTier) -> Result<usize> {
         let listed = cold.bucket.list("").map_err(object_error)?;
-        let known: HashSet<String> = self.store().read(|c| {
-            let mut st = c.prepare("SELECT path FROM cold_files").map_err(storage)?;
-            let rows = st.query_map([], |r| r.get::<_, String>(0)).map_err(storage)?;
-            rows.collect::<rusqlite::Result<HashSet<_>>>().map_err(storage)
-        })?;
+        let known = self.store().cold_paths()?;
         let mut removed = 0;
         for o in listed.into_iter().filter(|o| o.key.ends_with(".parquet") && !known.contains(&o.key)) {
             cold.delete(&o.key);
@@ -599,18 +515,7 @@ impl Engine {
     /// by one without them (or dropped when nothing is left), and the memories are
     /// restored into the store as warm or discarded with their history.
     fn take_cold(&self, cold: &ColdTier, ids: &[Uuid], taken: Taken) -> Result<Vec<Memory>> {
-        let by_file: BTreeMap<String, HashSet<Uuid>> = self.store().read(|c| {
-            let mut st = c.prepare_cached("SELECT file FROM cold_memories WHERE id = ?1").map_err(storage)?;
-            let mut out: BTreeMap<String, HashSet<Uuid>> = BTreeMap::new();
-            for id in ids {
-                if let Some(file) =
-                    st.query_row(params![id.to_string()], |r| r.get::<_, String>(0)).optional().map_err(storage)?
-                {
-                    out.entry(file).or_default().insert(*id);
-                }
-            }
-            Ok(out)
-        })?;
+        let by_file = self.store().cold_files_of(ids)?;
         let mut all_taken = Vec::new();
         for (file, ids) in by_file {
             let [(_, memories)]: [(String, ColdFile); 1] =
@@ -625,39 +530,33 @@ impl Engine {
                 }
                 None => None,
             };
-            let restored = self.store().write_then(
-                |tx| {
-                    uncatalog_file(tx, &file)?;
-                    if let Some((key, bytes)) = &replacement {
-                        catalog_file(tx, key, &kept, *bytes)?;
-                    }
-                    let mut restored = Vec::new();
-                    for m in &out {
-                        match taken {
-                            Taken::Restore => {
-                                let m = Memory { tier: Tier::Warm, ..m.clone() };
-                                restored.push((store::insert_memory(tx, &m)?, m));
-                            }
-                            Taken::Discard => {
-                                tx.execute("DELETE FROM memory_history WHERE id = ?1", params![m.id.to_string()])
-                                    .map_err(storage)?;
-                            }
+            let restored = self.commit(|tx| {
+                tx.uncatalog_file(&file)?;
+                if let Some((key, bytes)) = &replacement {
+                    tx.catalog_file(key, &kept, *bytes)?;
+                }
+                let mut restored = Vec::new();
+                for m in &out {
+                    match taken {
+                        Taken::Restore => {
+                            let m = Memory { tier: Tier::Warm, ..m.clone() };
+                            tx.insert(&m, ChangeOp::Thawed)?;
+                            restored.push(m);
+                        }
+                        Taken::Discard(op) => {
+                            tx.discard_cold(m, op)?;
                         }
                     }
-                    Ok(restored)
-                },
-                |restored, change| {
-                    let changes: Vec<(i64, Option<&Memory>)> = restored.iter().map(|(s, m)| (*s, Some(m))).collect();
-                    self.apply(&changes, change);
-                },
-            )?;
+                }
+                Ok(restored)
+            })?;
             cold.delete(&file);
             all_taken.extend(match taken {
-                Taken::Restore => restored.into_iter().map(|(_, m)| m).collect(),
-                Taken::Discard => out,
+                Taken::Restore => restored,
+                Taken::Discard(_) => out,
             });
         }
-        if taken == Taken::Discard {
+        if matches!(taken, Taken::Discard(_)) {
             // Files a merge replaced may still hold copies of what was just removed.
             self.sweep_orphans(cold)?;
         }
@@ -669,20 +568,7 @@ impl Engine {
     pub(crate) fn thaw_keys(&self, keys: &[(&str, &str, &str)]) -> Result<usize> {
         let Some(cold) = self.cold() else { return Ok(0) };
         let _moving = cold.guard();
-        let ids: Vec<Uuid> = self.store().read(|c| {
-            let mut st = c
-                .prepare_cached("SELECT id FROM cold_memories WHERE tenant = ?1 AND system_id = ?2 AND memory_id = ?3")
-                .map_err(storage)?;
-            let mut ids = Vec::new();
-            for (t, s, m) in keys {
-                if let Some(id) =
-                    st.query_row(params![t, s, m], |r| r.get::<_, String>(0)).optional().map_err(storage)?
-                {
-                    ids.extend(Uuid::parse_str(&id).ok());
-                }
-            }
-            Ok(ids)
-        })?;
+        let ids = self.store().cold_ids_by_key(keys)?;
         if ids.is_empty() {
             return Ok(0);
         }
@@ -702,28 +588,20 @@ impl Engine {
     pub(crate) fn purge_cold(&self, now: i64, expired_before: i64) -> Result<usize> {
         let Some(cold) = self.cold() else { return Ok(0) };
         let _moving = cold.guard();
-        let ids: Vec<Uuid> = self.store().read(|c| {
-            let mut st = c
-                .prepare("SELECT id, tenant, system_id, kind, created_at, expires_at FROM cold_memories")
-                .map_err(storage)?;
-            let mut rows = st.query([]).map_err(storage)?;
-            let mut ids = Vec::new();
-            while let Some(r) = rows.next().map_err(storage)? {
-                let get = |i: usize| r.get::<_, String>(i).map_err(storage);
-                let (created_at, expires_at): (i64, Option<i64>) =
-                    (r.get(4).map_err(storage)?, r.get(5).map_err(storage)?);
-                if expires_at.is_some_and(|t| t <= expired_before)
-                    || self.past_retention(&get(1)?, &get(2)?, &get(3)?, created_at, now)
-                {
-                    ids.extend(Uuid::parse_str(&get(0)?).ok());
-                }
-            }
-            Ok(ids)
-        })?;
+        let ids: Vec<Uuid> = self
+            .store()
+            .cold_entries()?
+            .into_iter()
+            .filter(|e| {
+                e.expires_at.is_some_and(|t| t <= expired_before)
+                    || self.past_retention(&e.tenant, &e.system_id, &e.kind, e.created_at, now)
+            })
+            .map(|e| e.id)
+            .collect();
         if ids.is_empty() {
             return Ok(0);
         }
-        Ok(self.take_cold(cold, &ids, Taken::Discard)?.len())
+        Ok(self.take_cold(cold, &ids, Taken::Discard(ChangeOp::Purged))?.len())
     }
 
     /// Remove cold memories of `scope` matching `filter` (expired ones included), with
@@ -739,7 +617,7 @@ impl Engine {
         for (_, memories) in cold.read(&files)? {
             ids.extend(memories.memories.iter().filter(|m| selection.selects(m)).map(|m| m.id));
         }
-        Ok(self.take_cold(cold, &ids, Taken::Discard)?.len())
+        Ok(self.take_cold(cold, &ids, Taken::Discard(ChangeOp::Erased))?.len())
     }
 
     /// Cold files of `tenant` (all tenants: `None`) that may hold memories matching
@@ -750,28 +628,8 @@ impl Engine {
         filter: &MemoryFilter,
         systems: Option<&[String]>,
     ) -> Result<Vec<String>> {
-        self.store().read(|c| {
-            let mut st = c
-                .prepare_cached(
-                    "SELECT path, system_id FROM cold_files WHERE (?1 IS NULL OR tenant = ?1) \
-                     AND (?2 IS NULL OR system_id = ?2) AND (?3 IS NULL OR max_created >= ?3) \
-                     AND (?4 IS NULL OR min_created < ?4) ORDER BY min_created",
-                )
-                .map_err(storage)?;
-            let rows = st
-                .query_map(params![tenant, filter.system_id, filter.since, filter.until], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })
-                .map_err(storage)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (path, system) = row.map_err(storage)?;
-                if systems.is_none_or(|s| s.contains(&system)) {
-                    out.push(path);
-                }
-            }
-            Ok(out)
-        })
+        let files = self.store().cold_files(tenant, filter.system_id.as_deref(), filter.since, filter.until)?;
+        Ok(files.into_iter().filter(|(_, system)| systems.is_none_or(|s| s.contains(system))).map(|(p, _)| p).collect())
     }
 
     /// Cold memories of `scope` matching `filter`, visible at `now`: each file with
@@ -817,11 +675,7 @@ impl Engine {
     /// A cold memory by server id, if the catalog has it in `tenant`.
     pub(crate) fn get_cold(&self, tenant: &str, id: &Uuid) -> Result<Option<Memory>> {
         let Some(cold) = self.cold() else { return Ok(None) };
-        let file: Option<String> = self.store().read(|c| {
-            c.prepare_cached("SELECT file FROM cold_memories WHERE id = ?1 AND tenant = ?2")
-                .and_then(|mut st| st.query_row(params![id.to_string(), tenant], |r| r.get(0)).optional())
-                .map_err(storage)
-        })?;
+        let file = self.store().cold_file_of(tenant, id)?;
         let Some(file) = file else { return Ok(None) };
         Ok(cold.read(&[file])?.into_iter().flat_map(|(_, f)| f.memories.iter().find(|m| m.id == *id).cloned()).next())
     }
@@ -836,18 +690,10 @@ impl Engine {
         if self.cold().is_none() {
             return Ok(Vec::new());
         }
-        let ids: Vec<String> = self.store().read(|c| {
-            let mut st = c
-                .prepare_cached(
-                    "SELECT id FROM cold_memories WHERE tenant = ?1 AND memory_id = ?2 AND (?3 IS NULL OR system_id = ?3) LIMIT 2",
-                )
-                .map_err(storage)?;
-            let rows = st.query_map(params![tenant, memory_id, system_id], |r| r.get(0)).map_err(storage)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
-        })?;
+        let ids = self.store().cold_ids_by_memory_id(tenant, system_id, memory_id, 2)?;
         let mut out = Vec::new();
-        for id in ids.iter().filter_map(|i| Uuid::parse_str(i).ok()) {
-            out.extend(self.get_cold(tenant, &id)?);
+        for id in &ids {
+            out.extend(self.get_cold(tenant, id)?);
         }
         Ok(out)
     }
@@ -855,12 +701,7 @@ impl Engine {
     /// Memories and bytes in the cold tier, every tenant (from the catalog's file
     /// records: no row is counted one by one).
     pub fn cold_totals(&self) -> Result<(u64, u64)> {
-        self.store().read(|c| {
-            c.query_row("SELECT COALESCE(SUM(rows), 0), COALESCE(SUM(bytes), 0) FROM cold_files", [], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })
-            .map_err(storage)
-        })
+        self.store().cold_totals()
     }
 
     /// Counts and bytes per tier for `scope`.
@@ -875,38 +716,12 @@ impl Engine {
                 out.insert(tier, TierStats { memories: plan.count(), bytes: bytes as u64 });
             }
         }
-        let (memories, bytes) = self.store().read(|c| {
-            let mut st = c
-                .prepare_cached(
-                    "SELECT system_id, kind, user_id, COUNT(*) FROM cold_memories WHERE tenant = ?1 GROUP BY 1, 2, 3",
-                )
-                .map_err(storage)?;
-            let rows = st
-                .query_map(params![scope.tenant], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                })
-                .map_err(storage)?;
-            let mut n = 0;
-            for row in rows {
-                let (system, kind, user, count) = row.map_err(storage)?;
-                if scope.admits(&scope.tenant, user.as_deref(), &system, &kind) {
-                    n += count as usize;
-                }
-            }
-            let bytes: i64 = c
-                .query_row(
-                    "SELECT COALESCE(SUM(bytes), 0) FROM cold_files WHERE tenant = ?1",
-                    params![scope.tenant],
-                    |r| r.get(0),
-                )
-                .map_err(storage)?;
-            Ok((n, bytes as u64))
-        })?;
+        let (groups, bytes) = self.store().cold_groups(&scope.tenant)?;
+        let memories = groups
+            .iter()
+            .filter(|g| scope.admits(&scope.tenant, g.user_id.as_deref(), &g.system_id, &g.kind))
+            .map(|g| g.memories)
+            .sum();
         out.insert(Tier::Cold, TierStats { memories, bytes: if scope.is_whole_tenant() { bytes } else { 0 } });
         Ok(out)
     }

@@ -5,6 +5,7 @@
 //! MCP or storage; the transports map [`Error`] to their wire formats once.
 
 pub mod access;
+pub mod change;
 pub mod embed;
 pub mod error;
 pub mod memory;
@@ -13,6 +14,7 @@ pub mod schema;
 pub mod time;
 
 pub use access::{Access, Scope, Selection};
+pub use change::{Change, ChangeFilter, ChangeOp, ChangePage};
 pub use embed::{EmbedError, Embedder};
 pub use error::{Error, ErrorCode, Result};
 pub use memory::{

@@ -6,7 +6,7 @@ impl Engine {
     /// A memory by server id, if visible in `scope` (expired ones are not).
     pub fn get(&self, scope: &Scope, id: &Uuid) -> Result<Memory> {
         let now = now_micros();
-        let found = match self.store.read(|c| store::find_by_id(c, &scope.tenant, id))? {
+        let found = match self.store.memory_by_id(&scope.tenant, id)? {
             Some((_, m)) => Some(m),
             None => self.get_cold(&scope.tenant, id)?,
         };
@@ -18,12 +18,7 @@ impl Engine {
     pub fn get_by_memory_id(&self, scope: &Scope, system_id: Option<&str>, memory_id: &str) -> Result<Memory> {
         let tenant = scope.tenant.as_str();
         let now = now_micros();
-        let found: Vec<Memory> = self.store.read(|c| {
-            let sql = format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant = ?1 AND memory_id = ?2 AND (?3 IS NULL OR system_id = ?3) LIMIT 2");
-            let mut st = c.prepare_cached(&sql).map_err(storage)?;
-            let rows = st.query_map(params![tenant, memory_id, system_id], |r| store::memory_from_row(r, 0)).map_err(storage)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
-        })?;
+        let found = self.store.memories_by_memory_id(tenant, system_id, memory_id, 2)?;
         let cold = self.cold_by_memory_id(tenant, system_id, memory_id)?;
         let mut found: Vec<Memory> = found.into_iter().chain(cold).filter(|m| self.visible(scope, m, now)).collect();
         match found.len() {
@@ -40,19 +35,8 @@ impl Engine {
     /// Every version of a memory, newest first (the current one included).
     pub fn history(&self, scope: &Scope, id: &Uuid) -> Result<Vec<Memory>> {
         let current = self.get(scope, id)?;
-        let tenant = scope.tenant.as_str();
         let mut versions = vec![current];
-        let old: Vec<Memory> = self.store.read(|c| {
-            let mut st = c
-                .prepare_cached(&format!(
-                    "SELECT {MEMORY_COLUMNS} FROM memory_history WHERE id = ?1 AND tenant = ?2 ORDER BY version DESC"
-                ))
-                .map_err(storage)?;
-            let rows =
-                st.query_map(params![id.to_string(), tenant], |r| store::memory_from_row(r, 0)).map_err(storage)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
-        })?;
-        versions.extend(old);
+        versions.extend(self.store.history(&scope.tenant, id)?);
         Ok(versions)
     }
 
@@ -73,8 +57,7 @@ impl Engine {
         let more = keys.len() > limit;
         let keys = &keys[..keys.len().min(limit)];
         let seqs: Vec<i64> = keys.iter().map(|k| k.1).collect();
-        let memories: Vec<Memory> =
-            self.store.read(|c| store::load_by_seq(c, &seqs))?.into_iter().map(|(_, m)| m).collect();
+        let memories: Vec<Memory> = self.store.memories_by_row(&seqs)?.into_iter().map(|(_, m)| m).collect();
         let next_cursor = if more { keys.last().map(|k| encode_cursor(k.0, k.1)) } else { None };
         Ok(Page { memories, next_cursor })
     }
@@ -96,20 +79,7 @@ impl Engine {
     /// Call `f` for every stored memory (of `tenant`, or all), oldest write first.
     /// Cold memories follow the store's.
     pub fn export(&self, tenant: Option<&str>, mut f: impl FnMut(Memory) -> Result<()>) -> Result<usize> {
-        let stored = self.store.read(|c| {
-            let mut st = c
-                .prepare(&format!(
-                    "SELECT {MEMORY_COLUMNS} FROM memories WHERE (?1 IS NULL OR tenant = ?1) ORDER BY seq"
-                ))
-                .map_err(storage)?;
-            let mut rows = st.query(params![tenant]).map_err(storage)?;
-            let mut n = 0;
-            while let Some(row) = rows.next().map_err(storage)? {
-                f(store::memory_from_row(row, 0).map_err(storage)?)?;
-                n += 1;
-            }
-            Ok(n)
-        })?;
+        let stored = self.store.each_memory(tenant, &mut f)?;
         Ok(stored + self.each_cold(tenant, f)?)
     }
 
@@ -134,19 +104,13 @@ impl Engine {
             tiers: self.tier_stats(scope, &sizes)?,
             index: sizes,
         };
-        let count =
-            |sql: &str| self.store.read(|c| c.query_row(sql, params![tenant], |r| r.get::<_, i64>(0)).map_err(storage));
         if scope.is_whole_tenant() {
-            stats.history_versions = Some(count("SELECT COUNT(*) FROM memory_history WHERE tenant = ?1")?);
-            stats.entities = Some(count("SELECT COUNT(*) FROM kg_entities WHERE tenant = ?1")?);
-            stats.relations = Some(count("SELECT COUNT(*) FROM kg_relations WHERE tenant = ?1")?);
+            let totals = self.store.tenant_totals(tenant)?;
+            stats.history_versions = Some(totals.history_versions);
+            stats.entities = Some(totals.entities);
+            stats.relations = Some(totals.relations);
         }
-        let path = self.store.path();
-        stats.store_bytes = [path.to_path_buf(), path.with_extension("db-wal")]
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
+        stats.store_bytes = self.store.disk_bytes();
         Ok(stats)
     }
 }

@@ -28,23 +28,7 @@ impl Engine {
 
     /// Load the stored retention policies after the configured ones.
     pub(super) fn load_retention(&self) -> Result<()> {
-        let stored: Vec<RetentionPolicy> = self.store.read(|c| {
-            let mut st = c
-                .prepare("SELECT tenant, kind, system_id, ttl_seconds FROM retention_policies ORDER BY tenant, kind, system_id")
-                .map_err(storage)?;
-            let rows = st
-                .query_map([], |r| {
-                    let system: String = r.get(2)?;
-                    Ok(RetentionPolicy {
-                        tenant: Some(r.get(0)?),
-                        kind: r.get(1)?,
-                        system_id: (!system.is_empty()).then_some(system),
-                        ttl_seconds: r.get::<_, i64>(3)?.max(1) as u64,
-                    })
-                })
-                .map_err(storage)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
-        })?;
+        let stored = self.store.retention_policies()?;
         self.indexes.set_retention(self.config.retention.iter().cloned().chain(stored).collect());
         Ok(())
     }
@@ -71,17 +55,7 @@ impl Engine {
                 ));
             }
         }
-        self.store.write(|tx| {
-            tx.execute("DELETE FROM retention_policies WHERE tenant = ?1", params![tenant]).map_err(storage)?;
-            for p in &policies {
-                tx.execute(
-                    "INSERT OR REPLACE INTO retention_policies (tenant, kind, system_id, ttl_seconds) VALUES (?1, ?2, ?3, ?4)",
-                    params![tenant, p.kind, p.system_id.as_deref().unwrap_or(""), i64::try_from(p.ttl_seconds).unwrap_or(i64::MAX)],
-                )
-                .map_err(storage)?;
-            }
-            Ok(())
-        })?;
+        self.commit(|tx| tx.set_retention(tenant, &policies))?;
         self.load_retention()?;
         Ok(self.retention(tenant))
     }
@@ -89,24 +63,20 @@ impl Engine {
     /// Delete the memories at `seqs` (and their history) for which `still` holds when
     /// the deleting transaction looks at them. The one removal path for purge and
     /// erasure: a tier that keeps copies (cold storage) must delete there too.
-    pub(super) fn remove_where(&self, seqs: &[i64], still: impl Fn(&Memory) -> bool) -> Result<Removed> {
+    pub(super) fn remove_where(&self, seqs: &[i64], op: ChangeOp, still: impl Fn(&Memory) -> bool) -> Result<Removed> {
         let mut removed = Removed::default();
         for chunk in seqs.chunks(1000) {
-            let (done, history) = self.store.write_then(
-                |tx| {
-                    let mut done = Vec::new();
-                    let mut history = 0;
-                    for &seq in chunk {
-                        if let Some(h) = store::delete_if(tx, seq, &still)? {
-                            done.push(seq);
-                            history += h;
-                        }
+            let (done, history) = self.commit(|tx| {
+                let (mut done, mut history) = (0, 0);
+                for &row in chunk {
+                    if let Some(m) = tx.find_by_row(row)?.filter(|m| still(m)) {
+                        history += tx.remove(row, &m, op)?;
+                        done += 1;
                     }
-                    Ok((done, history))
-                },
-                |(done, _), change| self.apply(&done.iter().map(|s| (*s, None)).collect::<Vec<_>>(), change),
-            )?;
-            removed.memories += done.len();
+                }
+                Ok((done, history))
+            })?;
+            removed.memories += done;
             removed.history_versions += history;
         }
         Ok(removed)
@@ -122,11 +92,12 @@ impl Engine {
         let seqs: Vec<i64> =
             self.indexes.read().filters.expired(now, expired_before).into_iter().map(i64::from).collect();
         // The same rule as `FilterTable::expired`, checked again in the deleting transaction.
-        let mut removed = self.remove_where(&seqs, |m| {
+        let mut removed = self.remove_where(&seqs, ChangeOp::Purged, |m| {
             m.expires_at.is_some_and(|t| t <= expired_before)
                 || self.past_retention(&m.tenant, &m.system_id, &m.kind, m.created_at, now)
         })?;
         removed.memories += self.purge_cold(now, expired_before)?;
+        self.prune_changes(now)?;
         if removed == Removed::default() {
             return Ok(removed);
         }
@@ -135,8 +106,21 @@ impl Engine {
             history_versions = removed.history_versions,
             "purged expired memories"
         );
-        telemetry::removed("retention", removed.memories);
         Ok(removed)
+    }
+
+    /// Drop change-log entries older than `engine.events.retention_seconds` (the
+    /// purge job's other half). A feed reader that last saw one of them gets `reset`.
+    pub fn prune_changes(&self, now: i64) -> Result<usize> {
+        if self.store.read_only() {
+            return Ok(0);
+        }
+        let kept = i64::try_from(self.config.events.retention_seconds).unwrap_or(i64::MAX).saturating_mul(1_000_000);
+        let pruned = self.store.prune_changes(now.saturating_sub(kept))?;
+        if pruned > 0 {
+            tracing::info!(changes = pruned, "pruned the change log");
+        }
+        Ok(pruned)
     }
 
     /// Erase every memory of `scope` matching `filter` (expired ones included) with
@@ -148,10 +132,9 @@ impl Engine {
             let plan = state.filters.plan(scope, filter, i64::MIN);
             plan.ids().map(i64::from).collect()
         };
-        let mut removed = self.remove_where(&seqs, |m| scope.permits(m))?;
+        let mut removed = self.remove_where(&seqs, ChangeOp::Erased, |m| scope.permits(m))?;
         // Cold files holding matches are rewritten without them (and the old objects deleted).
         removed.memories += self.erase_cold(scope, filter)?;
-        telemetry::removed("erasure", removed.memories);
         self.compact()?;
         Ok(removed)
     }

@@ -29,14 +29,7 @@ impl Engine {
         let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
         let (schema, is_new) = registry.prepare(kind, version, description, schema)?;
         if is_new {
-            self.store.write(|tx| {
-                tx.execute(
-                    "INSERT INTO kind_schemas (kind, version, description, schema, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![schema.kind, schema.version, schema.description, schema.schema.to_string(), now_micros()],
-                )
-                .map_err(storage)?;
-                Ok(())
-            })?;
+            self.commit(|tx| tx.add_schema(&schema))?;
             registry.add(schema.clone())?;
         }
         Ok((schema, is_new))

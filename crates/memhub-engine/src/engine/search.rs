@@ -210,7 +210,7 @@ impl Engine {
 
         let seqs: Vec<i64> =
             ranked.iter().filter_map(|c| if let Key::Doc(id) = c.key { Some(i64::from(id)) } else { None }).collect();
-        let mut loaded: HashMap<i64, Memory> = self.store.read(|c| store::load_by_seq(c, &seqs))?.into_iter().collect();
+        let mut loaded: HashMap<i64, Memory> = self.store.memories_by_row(&seqs)?.into_iter().collect();
         let results: Vec<SearchHit> = ranked
             .into_iter()
             .filter_map(|c| {

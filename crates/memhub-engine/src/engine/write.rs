@@ -29,18 +29,18 @@ impl Engine {
     /// With `cold`, a key that is in the cold tier fails the whole transaction with
     /// [`COLD_KEY_MOVED`] (the caller thaws it and retries).
     pub(super) fn write_prepared(
-        tx: &Transaction<'_>,
+        tx: &mut dyn StoreTx,
         scope: &Scope,
         prepared: Prepared,
         cold: bool,
     ) -> Result<Result<(i64, Stored)>> {
         let Prepared { mut memory, created_at_given } = prepared;
-        let existing = store::find_by_key(tx, &memory.tenant, &memory.system_id, &memory.memory_id)?;
+        let existing = tx.find_by_key(&memory.tenant, &memory.system_id, &memory.memory_id)?;
         let Some((seq, old)) = existing else {
-            if cold && store::cold_has_key(tx, &memory.tenant, &memory.system_id, &memory.memory_id)? {
+            if cold && tx.cold_has_key(&memory.tenant, &memory.system_id, &memory.memory_id)? {
                 return Err(Error::new(ErrorCode::StorageError, COLD_KEY_MOVED));
             }
-            let seq = store::insert_memory(tx, &memory)?;
+            let seq = tx.insert(&memory, ChangeOp::Created)?;
             return Ok(Ok((seq, Stored { outcome: StoreOutcome::Created, memory })));
         };
         if !scope.permits(&old) {
@@ -61,16 +61,8 @@ impl Engine {
         memory.id = old.id;
         memory.ingested_at = old.ingested_at;
         memory.version = old.version + 1;
-        store::replace_memory(tx, seq, &memory, memory.updated_at)?;
+        tx.replace(seq, &memory, memory.updated_at)?;
         Ok(Ok((seq, Stored { outcome: StoreOutcome::Updated, memory })))
-    }
-
-    pub(super) fn changed<'a>(written: impl IntoIterator<Item = &'a (i64, Stored)>) -> Vec<(i64, Option<&'a Memory>)> {
-        written
-            .into_iter()
-            .filter(|(_, s)| s.outcome != StoreOutcome::Unchanged)
-            .map(|(seq, s)| (*seq, Some(&s.memory)))
-            .collect()
     }
 
     /// Run a write that may meet cold keys: thaw those first, and again if an aging
@@ -105,14 +97,7 @@ impl Engine {
         let cold = self.cold.is_some();
         let (_, stored) = self
             .write_thawing(&[&prepared], || {
-                self.store.write_then(
-                    |tx| Self::write_prepared(tx, scope, prepared.clone(), cold).map(|w| w.map(|w| vec![w])),
-                    |written, change| {
-                        if let Ok(written) = written {
-                            self.apply(&Self::changed(written), change)
-                        }
-                    },
-                )
+                self.commit(|tx| Self::write_prepared(tx, scope, prepared.clone(), cold).map(|w| w.map(|w| vec![w])))
             })??
             .pop()
             .expect("one write");
@@ -157,17 +142,12 @@ impl Engine {
             let cold = self.cold.is_some();
             let all: Vec<&Prepared> = valid.iter().map(|(_, p)| p).collect();
             let written = self.write_thawing(&all, || {
-                self.store.write_then(
-                    |tx| {
-                        valid
-                            .iter()
-                            .map(|(i, p)| Self::write_prepared(tx, scope, p.clone(), cold).map(|w| (*i, w)))
-                            .collect::<Result<Vec<_>>>()
-                    },
-                    |written, change| {
-                        self.apply(&Self::changed(written.iter().filter_map(|(_, w)| w.as_ref().ok())), change)
-                    },
-                )
+                self.commit(|tx| {
+                    valid
+                        .iter()
+                        .map(|(i, p)| Self::write_prepared(tx, scope, p.clone(), cold).map(|w| (*i, w)))
+                        .collect::<Result<Vec<_>>>()
+                })
             })?;
             for (i, w) in written {
                 results[i] = Some(w.map(|(_, stored)| stored));
@@ -228,21 +208,14 @@ impl Engine {
         if self.get_for_change(access, id)?.tier == Tier::Cold {
             self.thaw_id(id)?;
         }
-        self.store
-            .write_then(
-                |tx| {
-                    let (seq, m) = store::find_by_id(tx, &access.write.tenant, id)?
-                        .filter(|(_, m)| access.write.permits(m))
-                        .ok_or_else(|| Error::not_found(format!("no memory with id {id}")))?;
-                    store::delete_memory(tx, seq, id)?;
-                    Ok((seq, m))
-                },
-                |(seq, _), change| self.apply(&[(*seq, None)], change),
-            )
-            .map(|(_, m)| {
-                telemetry::removed("delete", 1);
-                m
-            })
+        self.commit(|tx| {
+            let (row, m) = tx
+                .find_by_id(&access.write.tenant, id)?
+                .filter(|(_, m)| access.write.permits(m))
+                .ok_or_else(|| Error::not_found(format!("no memory with id {id}")))?;
+            tx.remove(row, &m, ChangeOp::Deleted)?;
+            Ok(m)
+        })
     }
 
     /// Import exported records as they are (ids, versions and timestamps kept), in
@@ -263,32 +236,22 @@ impl Engine {
             }
         }
         drop(registry);
-        self.store
-            .write_then(
-                |tx| {
-                    let mut report = ImportReport::default();
-                    let mut applied = Vec::new();
-                    for m in memories {
-                        match store::find_by_key(tx, &m.tenant, &m.system_id, &m.memory_id)? {
-                            None => {
-                                let seq = store::insert_memory(tx, &m)?;
-                                report.created += 1;
-                                applied.push((seq, m));
-                            }
-                            Some((_, old)) if old == m => report.unchanged += 1,
-                            Some((seq, _)) => {
-                                store::replace_memory(tx, seq, &m, now_micros())?;
-                                report.updated += 1;
-                                applied.push((seq, m));
-                            }
-                        }
+        self.commit(|tx| {
+            let mut report = ImportReport::default();
+            for m in &memories {
+                match tx.find_by_key(&m.tenant, &m.system_id, &m.memory_id)? {
+                    None => {
+                        tx.insert(m, ChangeOp::Created)?;
+                        report.created += 1;
                     }
-                    Ok((report, applied))
-                },
-                |(_, applied), change| {
-                    self.apply(&applied.iter().map(|(s, m)| (*s, Some(m))).collect::<Vec<_>>(), change)
-                },
-            )
-            .map(|(report, _)| report)
+                    Some((_, old)) if old == *m => report.unchanged += 1,
+                    Some((row, _)) => {
+                        tx.replace(row, m, now_micros())?;
+                        report.updated += 1;
+                    }
+                }
+            }
+            Ok(report)
+        })
     }
 }

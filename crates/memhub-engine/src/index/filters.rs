@@ -145,6 +145,26 @@ impl<'a> MetaSource<'a> {
             tier: m.tier,
         }
     }
+
+    /// The metadata of a memory as the store lists it when the table is rebuilt.
+    pub fn of_row(r: &'a crate::store::MetaRow) -> Self {
+        MetaSource {
+            tenant: &r.tenant,
+            system_id: &r.system_id,
+            kind: &r.kind,
+            user_id: r.user_id.as_deref(),
+            agent_id: r.agent_id.as_deref(),
+            session_id: r.session_id.as_deref(),
+            project: r.project.as_deref(),
+            tags: &r.tags,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            metadata: &r.metadata,
+            content_hash: &r.content_hash,
+            has_vector: r.has_vector,
+            tier: r.tier,
+        }
+    }
 }
 
 pub(crate) fn content_key(hash: &str) -> u64 {

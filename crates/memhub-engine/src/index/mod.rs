@@ -22,8 +22,7 @@ use std::path::Path;
 use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use memhub_types::{Memory, Result, Tier};
-use rusqlite::{params, Connection};
+use memhub_types::{Change, ChangeOp, Memory, Result, Tier};
 use serde::{Deserialize, Serialize};
 
 pub use filters::{doc_id, DocId, DocMeta, FilterTable, MetaSource, Plan};
@@ -32,7 +31,7 @@ pub use text::TextIndex;
 pub use tokens::{mark_common_terms, normalized, query_terms, tokenize, COMMON_MIN_DOCS};
 pub use vectors::{HnswParams, VectorIndex};
 
-use crate::store::{self, storage};
+use crate::store::MemoryStore;
 
 /// A normalised vector.
 type Vector = Box<[f32]>;
@@ -94,42 +93,50 @@ fn model_vector(embedding: Option<&[f32]>, embedding_model: Option<&str>, model:
     embedding.filter(|_| embedding_model == Some(model)).and_then(normalized)
 }
 
-/// Where an index's catch-up starts: `None` = from scratch.
-fn resume_from(checkpoint: Option<&Checkpoint>, store_id: &str, last_change: i64) -> Option<i64> {
-    checkpoint.filter(|c| c.store_id == store_id && c.change <= last_change).map(|c| c.change)
+/// Where an index's catch-up starts: `None` = from scratch (another store's index,
+/// one newer than the store, or one older than the retained change log).
+fn resume_from(checkpoint: Option<&Checkpoint>, store_id: &str, last_change: i64, pruned: i64) -> Option<i64> {
+    checkpoint.filter(|c| c.store_id == store_id && c.change <= last_change && c.change >= pruned).map(|c| c.change)
 }
 
 impl Indexes {
-    /// Open (or create) the indexes for the store whose read connection is `conn`,
-    /// rebuild the filter table and load every change the persisted indexes lack
-    /// into the pending sets.
+    /// Open (or create) the indexes of `store`, rebuild the filter table and load
+    /// every change the persisted indexes lack into the pending sets.
     /// Read-only (`writable = false`) uses what is on disk and catches up in memory.
     pub fn open(
         index_dir: &Path,
         writable: bool,
-        conn: &Connection,
+        store: &dyn MemoryStore,
         dim: usize,
         model: &str,
         params: HnswParams,
     ) -> Result<Indexes> {
-        let store_id = store::store_id(conn).unwrap_or_default();
-        let last_change = store::last_change(conn)?;
+        let store_id = store.store_id()?;
+        let last_change = store.last_change()?;
+        let pruned = store.pruned_through()?;
         let (text, text_cp) = TextIndex::open(&index_dir.join("text"), writable)?;
         let vector_path = index_dir.join("vectors.usearch");
         let (vectors, vector_cp) = VectorIndex::open(&vector_path, writable, dim, model, params)?;
-        let text_from = resume_from(text_cp.as_ref(), &store_id, last_change);
-        let vector_from = resume_from(vector_cp.as_ref(), &store_id, last_change);
+        let text_from = resume_from(text_cp.as_ref(), &store_id, last_change, pruned);
+        let vector_from = resume_from(vector_cp.as_ref(), &store_id, last_change, pruned);
 
         let mut state = IndexState { applied_change: last_change, ..Default::default() };
-        load_filters(conn, model, &mut state.filters)?;
+        store.each_meta(model, &mut |row| {
+            state.filters.upsert(doc_id(row.row)?, &MetaSource::of_row(&row));
+            Ok(())
+        })?;
         let text_stale = text_from.is_none() && text.searcher().num_docs() > 0;
         // What each persisted index lacks: everything, or the changes after its checkpoint.
-        load_changes(conn, text_from, |id, m| {
-            state.pending_text.set(id, m.map(|(content, _)| Analysed::of(content)));
+        store.changed_since(text_from, &mut |changed| {
+            let text = changed.now.map(|now| Analysed::of(&now.content));
+            state.pending_text.set(doc_id(changed.row)?, text);
+            Ok(())
         })?;
-        load_changes(conn, vector_from, |id, m| {
-            let v = m.and_then(|(_, v)| v).and_then(|(v, m)| model_vector(Some(&v), Some(&m), model));
-            state.pending_vectors.set(id, v);
+        store.changed_since(vector_from, &mut |changed| {
+            let v =
+                changed.now.and_then(|now| now.embedding).and_then(|(v, m)| model_vector(Some(&v), Some(&m), model));
+            state.pending_vectors.set(doc_id(changed.row)?, v);
+            Ok(())
         })?;
         // An index on disk that cannot be resumed (another store's, or newer than the
         // store) is emptied before the refill.
@@ -171,55 +178,65 @@ impl Indexes {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Apply committed changes (`Some` upserts, `None` removes) made up to store change
-    /// `change`. Cheap: the persisted indexes take them later.
-    pub fn apply(&self, changes: &[(i64, Option<&Memory>)], change: i64) -> Result<()> {
-        let ids: Vec<DocId> = changes.iter().map(|(seq, _)| doc_id(*seq)).collect::<Result<_>>()?;
-        // Analyse outside the lock: tokenising is the costly part.
-        let prepared: Vec<(Option<Analysed>, Option<Vector>)> = changes
-            .iter()
-            .map(|(_, m)| match m {
-                Some(m) => (Some(Analysed::of(&m.content)), self.vector_of(m)),
-                None => (None, None),
-            })
-            .collect();
-        let mut state = self.write();
-        for ((id, (_, m)), (text, vector)) in ids.iter().zip(changes).zip(prepared) {
-            match m {
-                Some(m) => state.filters.upsert(*id, &MetaSource::of(m, &self.model)),
-                None => state.filters.remove(*id),
-            }
-            state.pending_text.set(*id, text);
-            state.pending_vectors.set(*id, vector);
+    /// Apply committed changes, in commit order. Cheap: the filter table and the
+    /// pending sets change now, the persisted indexes take them later.
+    pub fn apply(&self, changes: &[Change]) -> Result<()> {
+        /// What a change does to one memory's entries.
+        enum Effect<'a> {
+            /// A new version: metadata, text and vector.
+            Upsert(&'a Memory, Analysed, Option<Vector>),
+            /// Moved between hot and warm: metadata and the vector (to the other graph).
+            Placement(&'a Memory, Option<Vector>),
+            /// A vector for an unchanged text.
+            Vector(Option<Vector>),
+            /// Left the store (deleted, purged, erased, frozen).
+            Gone,
         }
-        state.applied_change = state.applied_change.max(change);
-        drop(state);
-        self.wake_maintainer(false);
-        Ok(())
-    }
-
-    /// A memory moved between hot and warm: its filter entry and its vector change
-    /// (the vector moves to the other tier's graph); the text index is untouched.
-    pub fn apply_moved(&self, seq: i64, m: &Memory, change: i64) -> Result<()> {
-        let id = doc_id(seq)?;
-        let v = self.vector_of(m);
+        // Analyse outside the lock: tokenising is the costly part.
+        let mut effects = Vec::with_capacity(changes.len());
+        for c in changes {
+            let Some(row) = c.row else { continue };
+            let memory = c.memory.as_deref();
+            let effect = match (c.op, memory) {
+                (ChangeOp::Created | ChangeOp::Updated | ChangeOp::Thawed, Some(m)) => {
+                    Effect::Upsert(m, Analysed::of(&m.content), self.vector_of(m))
+                }
+                (ChangeOp::Moved, Some(m)) => Effect::Placement(m, self.vector_of(m)),
+                (ChangeOp::Embedded, Some(m)) => Effect::Vector(self.vector_of(m)),
+                (op, _) if !op.leaves_memory_in_store() => Effect::Gone,
+                (op, None) => {
+                    return Err(memhub_types::Error::internal(format!("a {op} change came without its memory")))
+                }
+                _ => continue,
+            };
+            effects.push((doc_id(row)?, effect));
+        }
         let mut state = self.write();
-        state.filters.upsert(id, &MetaSource::of(m, &self.model));
-        state.pending_vectors.set(id, v);
-        state.applied_change = state.applied_change.max(change);
-        drop(state);
-        self.wake_maintainer(false);
-        Ok(())
-    }
-
-    /// A vector-only change (the server embedded an unchanged text).
-    pub fn apply_vector(&self, seq: i64, m: &Memory, change: i64) -> Result<()> {
-        let id = doc_id(seq)?;
-        let v = self.vector_of(m);
-        let mut state = self.write();
-        state.filters.set_has_vector(id, v.is_some());
-        state.pending_vectors.set(id, v);
-        state.applied_change = state.applied_change.max(change);
+        for (id, effect) in effects {
+            match effect {
+                Effect::Upsert(m, text, vector) => {
+                    state.filters.upsert(id, &MetaSource::of(m, &self.model));
+                    state.pending_text.set(id, Some(text));
+                    state.pending_vectors.set(id, vector);
+                }
+                Effect::Placement(m, vector) => {
+                    state.filters.upsert(id, &MetaSource::of(m, &self.model));
+                    state.pending_vectors.set(id, vector);
+                }
+                Effect::Vector(vector) => {
+                    state.filters.set_has_vector(id, vector.is_some());
+                    state.pending_vectors.set(id, vector);
+                }
+                Effect::Gone => {
+                    state.filters.remove(id);
+                    state.pending_text.set(id, None);
+                    state.pending_vectors.set(id, None);
+                }
+            }
+        }
+        if let Some(last) = changes.last() {
+            state.applied_change = state.applied_change.max(last.seq);
+        }
         drop(state);
         self.wake_maintainer(false);
         Ok(())
@@ -472,76 +489,6 @@ pub struct IndexSizes {
     pub caught_up_text: usize,
     /// The same for the vector index.
     pub caught_up_vectors: usize,
-}
-
-/// Fill the filter table from the store's metadata columns.
-fn load_filters(conn: &Connection, model: &str, table: &mut FilterTable) -> Result<()> {
-    let mut st = conn
-        .prepare(
-            "SELECT seq, tenant, system_id, kind, user_id, agent_id, session_id, project, tags, created_at, \
-             expires_at, metadata, content_hash, (embedding IS NOT NULL AND embedding_model = ?1), tier FROM memories",
-        )
-        .map_err(storage)?;
-    let mut rows = st.query(params![model]).map_err(storage)?;
-    while let Some(r) = rows.next().map_err(storage)? {
-        let get_s = |i: usize| r.get::<_, String>(i).map_err(storage);
-        let get_o = |i: usize| r.get::<_, Option<String>>(i).map_err(storage);
-        let tags: Vec<String> = serde_json::from_str(&get_s(8)?).unwrap_or_default();
-        let metadata: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&get_s(11)?).unwrap_or_default();
-        let (tenant, system_id, kind) = (get_s(1)?, get_s(2)?, get_s(3)?);
-        let (user_id, agent_id, session_id, project) = (get_o(4)?, get_o(5)?, get_o(6)?, get_o(7)?);
-        let content_hash = get_s(12)?;
-        let source = MetaSource {
-            tenant: &tenant,
-            system_id: &system_id,
-            kind: &kind,
-            user_id: user_id.as_deref(),
-            agent_id: agent_id.as_deref(),
-            session_id: session_id.as_deref(),
-            project: project.as_deref(),
-            tags: &tags,
-            created_at: r.get(9).map_err(storage)?,
-            expires_at: r.get(10).map_err(storage)?,
-            metadata: &metadata,
-            content_hash: &content_hash,
-            has_vector: r.get(13).map_err(storage)?,
-            tier: Tier::parse(&get_s(14)?).unwrap_or_default(),
-        };
-        table.upsert(doc_id(r.get(0).map_err(storage)?)?, &source);
-    }
-    Ok(())
-}
-
-/// A changed memory as catch-up sees it: content and `(vector, model)`.
-type Changed<'a> = Option<(&'a str, Option<(Vec<f32>, String)>)>;
-
-/// Call `f` for every memory changed after store change `since` (`None`: every
-/// memory), with its current content and vector, or `None` if it is gone.
-fn load_changes(conn: &Connection, since: Option<i64>, mut f: impl FnMut(DocId, Changed<'_>)) -> Result<()> {
-    let sql = match since {
-        None => "SELECT seq, content, embedding, embedding_model FROM memories",
-        Some(_) => {
-            "SELECT c.memory_seq, m.content, m.embedding, m.embedding_model \
-             FROM (SELECT DISTINCT memory_seq FROM change_log WHERE seq > ?1) c \
-             LEFT JOIN memories m ON m.seq = c.memory_seq"
-        }
-    };
-    let mut st = conn.prepare(sql).map_err(storage)?;
-    let mut rows = match since {
-        None => st.query([]),
-        Some(s) => st.query(params![s]),
-    }
-    .map_err(storage)?;
-    while let Some(r) = rows.next().map_err(storage)? {
-        let id = doc_id(r.get(0).map_err(storage)?)?;
-        let content: Option<String> = r.get(1).map_err(storage)?;
-        let blob: Option<Vec<u8>> = r.get(2).map_err(storage)?;
-        let model: Option<String> = r.get(3).map_err(storage)?;
-        let vector = blob.zip(model).map(|(b, m)| (store::embedding_from_blob(&b), m));
-        f(id, content.as_deref().map(|c| (c, vector)));
-    }
-    Ok(())
 }
 
 /// Index maintenance is deferred work: on Linux its thread (and the insert threads

@@ -1,0 +1,232 @@
+//! The change stream: every committed change is one typed, ordered entry of the
+//! store's log, and the log is what readers of the feed see, within their scope.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use memhub_engine::{Access, EmbeddingWorker, Engine, EngineConfig, EventsConfig, OpenMode, TierConfig};
+use memhub_objects::BucketConfig;
+use memhub_types::memory::IngestionMethod;
+use memhub_types::time::now_micros;
+use memhub_types::{
+    Change, ChangeFilter, ChangeOp, EmbedError, Embedder, MemoryFilter, NewEntity, NewMemory, NewRelation,
+    RetentionPolicy, Scope, SearchRequest,
+};
+
+const DAY: i64 = 86_400 * 1_000_000;
+
+/// A deterministic 4-d "encoder": enough to make the server store vectors.
+struct CountingEmbedder;
+
+impl Embedder for CountingEmbedder {
+    fn model_name(&self) -> &str {
+        "counting-4d"
+    }
+    fn dim(&self) -> usize {
+        4
+    }
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        Ok(texts.iter().map(|t| vec![t.len() as f32, 1.0, 0.5, 0.25]).collect())
+    }
+}
+
+fn config(dir: &Path) -> EngineConfig {
+    EngineConfig {
+        embedding_dim: 4,
+        tiers: TierConfig {
+            cold: Some(BucketConfig { url: format!("file://{}", dir.join("bucket").display()), ..Default::default() }),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn memory(id: &str, content: &str, age_days: i64, user: Option<&str>) -> NewMemory {
+    NewMemory {
+        system_id: Some("slack".into()),
+        memory_id: Some(id.into()),
+        kind: Some("note".into()),
+        content: content.into(),
+        created_at: Some(now_micros() - age_days * DAY),
+        user_id: user.map(String::from),
+        ..Default::default()
+    }
+}
+
+fn all(engine: &Engine, scope: &Scope) -> Vec<Change> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = engine.changes(scope, after, &ChangeFilter::default(), Some(3)).unwrap();
+        assert!(page.next_after >= after, "the cursor never goes back");
+        if page.changes.is_empty() && page.next_after == after {
+            return out;
+        }
+        after = page.next_after;
+        out.extend(page.changes);
+    }
+}
+
+fn ops_of(changes: &[Change], memory_id: &str) -> Vec<ChangeOp> {
+    let id = changes.iter().find(|c| c.memory_id.as_deref() == Some(memory_id)).map(|c| c.id);
+    changes.iter().filter(|c| Some(c.id) == id).map(|c| c.op).collect()
+}
+
+#[test]
+fn every_kind_of_change_is_its_own_operation_in_commit_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(
+        Engine::open_with(
+            &dir.path().join("data"),
+            config(dir.path()),
+            OpenMode::ReadWrite,
+            Some(Arc::new(CountingEmbedder)),
+        )
+        .unwrap(),
+    );
+    let scope = Scope::tenant("default");
+    let access = Access::tenant("default");
+    // A memory old enough for cold: created, updated, then aged (moved to warm, frozen).
+    engine.store_memory(&scope, memory("old", "the first draft", 200, None), IngestionMethod::Rest).unwrap();
+    engine.store_memory(&scope, memory("old", "the second draft", 200, None), IngestionMethod::Rest).unwrap();
+    let worker = EmbeddingWorker::start(engine.clone());
+    let started = Instant::now();
+    while engine.embedding_backlog() > 0 || !all(&engine, &scope).iter().any(|c| c.op == ChangeOp::Embedded) {
+        assert!(started.elapsed() < Duration::from_secs(20), "the embedding worker never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(worker);
+    let report = engine.age_tiers().unwrap();
+    assert_eq!((report.to_warm, report.to_cold), (1, 1));
+    // A write to the cold key thaws it first, then writes a new version.
+    engine.store_memory(&scope, memory("old", "the third draft", 200, None), IngestionMethod::Rest).unwrap();
+    engine.age_tiers().unwrap();
+    // Retention removes it from its cold file.
+    let policy = RetentionPolicy { tenant: None, kind: "note".into(), system_id: None, ttl_seconds: 86_400 };
+    engine.set_retention("default", vec![policy]).unwrap();
+    engine.purge_expired().unwrap();
+    // Fresh memories: one deleted, one erased.
+    let gone = engine.store_memory(&scope, memory("gone", "to be deleted", 0, None), IngestionMethod::Rest).unwrap();
+    engine.delete(&access, &gone.memory.id).unwrap();
+    engine.store_memory(&scope, memory("secret-key", "erase me", 0, None), IngestionMethod::Rest).unwrap();
+    engine.erase(&scope, &MemoryFilter { system_id: Some("slack".into()), ..Default::default() }).unwrap();
+    let entity = NewEntity {
+        name: "Ann".into(),
+        entity_type: "person".into(),
+        observations: vec![],
+        properties: Default::default(),
+        metadata: Default::default(),
+    };
+    engine.store_entity("default", entity).unwrap();
+    let relation = NewRelation {
+        from_entity: "Ann".into(),
+        to_entity: "memhub".into(),
+        relation_type: "works_on".into(),
+        properties: Default::default(),
+        metadata: Default::default(),
+    };
+    engine.store_relation("default", relation).unwrap();
+
+    let changes = all(&engine, &scope);
+    assert!(changes.windows(2).all(|w| w[0].seq < w[1].seq), "sequence numbers increase in commit order");
+    use ChangeOp::*;
+    let old = ops_of(&changes, "old");
+    assert_eq!(old[..7], [Created, Updated, Embedded, Moved, Frozen, Thawed, Updated], "{old:?}");
+    assert_eq!(old[old.len() - 2..], [Frozen, Purged], "{old:?}");
+    assert_eq!(ops_of(&changes, "gone"), [Created, Deleted]);
+    // An erasure keeps ids only: the memory's events lose its client key, earlier ones too.
+    let erased: Vec<&Change> = changes.iter().filter(|c| c.op == Erased).collect();
+    assert_eq!(erased.len(), 1);
+    let erased_id = erased[0].id;
+    assert!(changes.iter().filter(|c| c.id == erased_id).all(|c| c.memory_id.is_none()), "{changes:?}");
+    assert!(!changes.iter().any(|c| c.memory_id.as_deref() == Some("secret-key")));
+    assert_eq!(changes.iter().filter(|c| c.id == erased_id).map(|c| c.op).collect::<Vec<_>>(), [Created, Erased]);
+    let graph: Vec<ChangeOp> = changes.iter().filter(|c| c.op.is_graph()).map(|c| c.op).collect();
+    assert_eq!(graph, [EntityUpserted, RelationUpserted]);
+    // Every change carries its place: tenant, system, kind, version.
+    for c in changes.iter().filter(|c| !c.op.is_graph()) {
+        assert_eq!(
+            (c.tenant.as_str(), c.system_id.as_deref(), c.kind.as_deref()),
+            ("default", Some("slack"), Some("note"))
+        );
+        assert!(c.version.is_some_and(|v| v >= 1));
+    }
+}
+
+#[test]
+fn a_reader_sees_the_changes_of_what_it_may_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&dir.path().join("data"), config(dir.path()), OpenMode::ReadWrite).unwrap();
+    let tenant = Scope::tenant("default");
+    for (id, user) in [("a1", "ann"), ("b1", "bob"), ("a2", "ann")] {
+        engine.store_memory(&tenant, memory(id, &format!("note {id}"), 0, Some(user)), IngestionMethod::Rest).unwrap();
+    }
+    engine
+        .store_memory(&Scope::tenant("other"), memory("x", "another tenant", 0, None), IngestionMethod::Rest)
+        .unwrap();
+    let entity = NewEntity {
+        name: "Ann".into(),
+        entity_type: "person".into(),
+        observations: vec![],
+        properties: Default::default(),
+        metadata: Default::default(),
+    };
+    engine.store_entity("default", entity).unwrap();
+    let ann = Scope { user_id: Some("ann".into()), ..Scope::tenant("default") };
+    let seen: Vec<String> = all(&engine, &ann).into_iter().map(|c| c.memory_id.unwrap_or_default()).collect();
+    // Not bob's, not another tenant's, and not the graph (it has no owner).
+    assert_eq!(seen, ["a1", "a2"]);
+    let whole: Vec<ChangeOp> = all(&engine, &tenant).into_iter().map(|c| c.op).collect();
+    assert_eq!(whole, [ChangeOp::Created, ChangeOp::Created, ChangeOp::Created, ChangeOp::EntityUpserted]);
+    // Filters narrow further; a filter never widens a scope.
+    let bob = ChangeFilter { user_id: Some("bob".into()), ..Default::default() };
+    assert!(engine.changes(&ann, 0, &bob, None).unwrap().changes.is_empty());
+    assert_eq!(engine.changes(&tenant, 0, &bob, None).unwrap().changes.len(), 1);
+    let only = ChangeFilter { ops: Some(vec![ChangeOp::EntityUpserted]), ..Default::default() };
+    assert_eq!(engine.changes(&tenant, 0, &only, None).unwrap().changes.len(), 1);
+    // Invisible changes are skipped once: the cursor moves past them.
+    let page = engine.changes(&ann, 0, &ChangeFilter::default(), None).unwrap();
+    assert_eq!(page.next_after, engine.last_change().unwrap());
+    assert!(engine.changes(&ann, 0, &ChangeFilter::default(), Some(0)).is_err(), "limit 0 is refused");
+}
+
+#[test]
+fn a_reader_behind_the_pruned_log_is_told_to_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = EngineConfig { events: EventsConfig { retention_seconds: 0 }, ..config(dir.path()) };
+    let tenant = Scope::tenant("default");
+    let last = {
+        let engine = Engine::open(&data, config.clone(), OpenMode::ReadWrite).unwrap();
+        for i in 0..5 {
+            engine
+                .store_memory(
+                    &tenant,
+                    memory(&format!("m{i}"), &format!("kept memory {i}"), 0, None),
+                    IngestionMethod::Rest,
+                )
+                .unwrap();
+        }
+        let before = engine.last_change().unwrap();
+        assert!(!engine.changes(&tenant, 0, &ChangeFilter::default(), None).unwrap().reset);
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(engine.prune_changes(now_micros()).unwrap(), 5);
+        let page = engine.changes(&tenant, 0, &ChangeFilter::default(), None).unwrap();
+        assert!(page.reset, "a reader from 0 missed pruned changes");
+        assert!(page.changes.is_empty());
+        assert_eq!(page.next_after, before);
+        // Up to date: no reset, and the next change follows.
+        assert!(!engine.changes(&tenant, before, &ChangeFilter::default(), None).unwrap().reset);
+        engine.store_memory(&tenant, memory("m5", "after the prune", 0, None), IngestionMethod::Rest).unwrap();
+        let next = engine.changes(&tenant, before, &ChangeFilter::default(), None).unwrap();
+        assert_eq!(next.changes.len(), 1);
+        assert_eq!(next.changes[0].seq, before + 1, "sequence numbers continue after a prune");
+        engine.last_change().unwrap()
+    };
+    // Reopened, the indexes are intact and the numbers go on.
+    let engine = Engine::open(&data, config, OpenMode::ReadWrite).unwrap();
+    assert_eq!(engine.last_change().unwrap(), last);
+    let found = engine.search(&tenant, &SearchRequest { query: "memory".into(), ..Default::default() }).unwrap();
+    assert_eq!(found.results.len(), 5);
+}
