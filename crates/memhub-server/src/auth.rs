@@ -338,6 +338,7 @@ fn action_for(method: &Method, path: &str) -> Option<&'static str> {
         ("GET", "/v1/ingest/status") => "ingest.status",
         ("POST", "/v1/ingest/run") => "ingest.run",
         ("GET", "/v1/audit") => "audit.query",
+        ("GET", "/v1/events") => "events.follow",
         _ => return None,
     })
 }

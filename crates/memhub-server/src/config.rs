@@ -197,6 +197,9 @@ impl Config {
         if let Some(v) = env_value("MEMHUB_PURGE_INTERVAL_SECONDS", &get)? {
             self.purge_interval_seconds = v;
         }
+        if let Some(v) = env_value("MEMHUB_EVENTS_RETENTION_SECONDS", &get)? {
+            self.engine.events.retention_seconds = v;
+        }
         if let Some(v) = get("MEMHUB_LOG") {
             self.log = v;
         }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod events;
 pub mod mcp;
 pub mod openapi;
 pub mod rest;
@@ -35,6 +36,9 @@ pub struct AppState {
     pub ingest: Option<Arc<memhub_ingest::PullWorker>>,
     /// SHA-256 of the `/metrics` scrape token, when one is set.
     pub metrics_token: Option<[u8; 32]>,
+    /// Set to `true` when the server shuts down: long-lived streams (the change
+    /// feed) end, so the graceful shutdown does not wait on them forever.
+    pub closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// The audit log's file in a data dir.
@@ -73,7 +77,8 @@ impl AppState {
         let ingest = memhub_ingest::PullWorker::open(engine.clone(), config.ingest.clone(), &config.data_dir)
             .map_err(|e| Error::new(ErrorCode::InvalidField, format!("ingest: {e}")))?
             .map(Arc::new);
-        Ok(AppState { engine, config: Arc::new(config), guard, mcp, ingest, metrics_token })
+        let closing = Arc::new(tokio::sync::watch::channel(false).0);
+        Ok(AppState { engine, config: Arc::new(config), guard, mcp, ingest, metrics_token, closing })
     }
 
     /// The context MCP tools run in for `caller`.
@@ -159,6 +164,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ingest/status", get(admin::ingest_status))
         .route("/v1/ingest/run", post(admin::run_ingest))
         .route("/v1/audit", get(admin::query_audit))
+        .route("/v1/events", get(events::events))
         .route("/status", get(status))
         .route("/health", get(health))
         .route("/healthz", get(healthz))
@@ -210,6 +216,11 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let engine = state.engine.clone();
     let audit = state.guard.audit.clone();
+    let closing = state.closing.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.send_replace(true);
+    };
     let purge = spawn_job("purge", engine.clone(), state.config.purge_interval_seconds, Engine::purge_expired);
     let pull = state.ingest.clone().map(|w| w.spawn());
     let aging = spawn_job("tiers", engine.clone(), engine.config().tiers.interval_seconds, Engine::age_tiers);

@@ -25,6 +25,7 @@ use crate::rest;
         rest::stats,
         rest::retrieve,
         rest::health,
+        crate::events::events,
     ),
     components(schemas(
         memhub_types::Memory,
@@ -37,6 +38,8 @@ use crate::rest;
         memhub_types::KindSchema,
         memhub_types::StoreOutcome,
         memhub_types::IngestionMethod,
+        memhub_types::Change,
+        memhub_types::ChangeOp,
         rest::StoreResponse,
         rest::BatchRequest,
         rest::ListResponse,

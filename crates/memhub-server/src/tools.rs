@@ -68,7 +68,9 @@ fn permission(tool: &str) -> Option<Permission> {
     match tool {
         "store_memory" | "batch_store_memories" | "store_reflection" => Some(Permission::Write),
         "delete_memory" => Some(Permission::Change),
-        "search_memories" | "search_all_systems" | "get_memory" | "list_memories" => Some(Permission::Read),
+        "search_memories" | "search_all_systems" | "get_memory" | "list_memories" | "list_changes" => {
+            Some(Permission::Read)
+        }
         "create_entity" | "create_relation" => Some(Permission::Graph),
         _ => None,
     }
@@ -76,7 +78,7 @@ fn permission(tool: &str) -> Option<Permission> {
 
 /// The audit filters of a tool call: the filter arguments of searches and listings.
 fn audit_filters(tool: &str, args: &Map<String, Value>) -> Value {
-    if !matches!(tool, "search_memories" | "search_all_systems" | "list_memories") {
+    if !matches!(tool, "search_memories" | "search_all_systems" | "list_memories" | "list_changes") {
         return Value::Null;
     }
     let mut keys: Vec<&str> = FILTER_PROPS.iter().map(|(k, _)| *k).collect();
@@ -244,6 +246,18 @@ pub fn tool_specs() -> Vec<ToolSpec> {
             input_schema: object_schema(&[], list),
         },
         ToolSpec {
+            name: "list_changes",
+            description: "Catch up on what changed: every committed change you may read (created, updated, deleted, frozen, thawed, moved, embedded, purged, erased, entity_upserted, relation_upserted), oldest first after sequence number `after`. Pass next_after back as after for the next page; reset = true means changes were pruned and you should list memories again.",
+            input_schema: object_schema(&[], props(json!({
+                "after": {"type": "integer", "minimum": 0, "default": 0, "description": "Return changes after this sequence number (0: every retained change)."},
+                "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100, "description": "Most changes to return."},
+                "system_id": {"type": "string", "description": "Only changes of memories from this source system."},
+                "kind": {"type": "string", "description": "Only changes of memories of this kind."},
+                "user_id": {"type": "string", "description": "Only changes of this user's memories."},
+                "ops": {"type": "array", "items": {"type": "string", "enum": memhub_types::ChangeOp::ALL.iter().map(|o| o.as_str()).collect::<Vec<_>>()}, "description": "Only these operations."}
+            }))),
+        },
+        ToolSpec {
             name: "store_reflection",
             description: "Store a reflection (an insight an agent recorded about its work) as a memory of kind reflection (Session-Buddy-compatible).",
             input_schema: object_schema(&["reflection_id", "content"], props(json!({
@@ -350,6 +364,23 @@ struct ListArgs {
     cursor: Option<String>,
     #[serde(flatten)]
     filter: MemoryFilter,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangesArgs {
+    #[serde(default)]
+    after: Option<u64>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    system_id: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    ops: Option<Vec<memhub_types::ChangeOp>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -547,6 +578,25 @@ pub async fn run_tool(ctx: &ToolContext, name: &str, args: Map<String, Value>) -
                     "count": page.memories.len(),
                     "memories": page.memories.into_iter().map(public).collect::<Vec<_>>(),
                     "next_cursor": page.next_cursor,
+                })),
+                Err(e) => ToolOutput::error(&e),
+            }
+        }
+        "list_changes" => {
+            let result = blocking(move || {
+                let a: ChangesArgs = parse(Value::Object(args))?;
+                let after = i64::try_from(a.after.unwrap_or(0)).unwrap_or(i64::MAX);
+                let filter =
+                    memhub_types::ChangeFilter { system_id: a.system_id, kind: a.kind, user_id: a.user_id, ops: a.ops };
+                engine.changes(&read, after, &filter, a.limit)
+            })
+            .await;
+            match result {
+                Ok(page) => ToolOutput::ok(json!({
+                    "count": page.changes.len(),
+                    "changes": page.changes.iter().map(|c| crate::events::change_json(c, None)).collect::<Vec<_>>(),
+                    "next_after": page.next_after,
+                    "reset": page.reset,
                 })),
                 Err(e) => ToolOutput::error(&e),
             }

@@ -242,6 +242,23 @@ async fn every_role_sees_and_changes_exactly_its_scope() {
         } else {
             assert_eq!(v["code"], "forbidden");
         }
+        // The change feed (MCP list_changes; GET /v1/events reads the same log the same
+        // way, tests/events.rs): only changes in scope, and of the seeds' creations
+        // exactly the visible ones.
+        let (failed, v) = c.tool(w, "list_changes", json!({"after": 0, "limit": 1000})).await;
+        assert_eq!(failed, read_status == 403, "{} list_changes: {v}", w.name);
+        if !failed {
+            let changes = v["changes"].as_array().unwrap();
+            assert!(changes.iter().all(|ch| in_scope(w, ch)), "{} list_changes: foreign change in {v}", w.name);
+            let created: BTreeSet<String> = changes
+                .iter()
+                .filter(|ch| ch["op"] == "created")
+                .filter_map(|ch| ch["memory_id"].as_str().map(String::from))
+                .collect();
+            assert_eq!(&created & &seeds, sees, "{} list_changes", w.name);
+        } else {
+            assert_eq!(v["code"], "forbidden");
+        }
 
         // Get and history by id: 200 inside the scope, 404 outside (no existence leak).
         for m in ["A1", "B1", "G1", "X1"] {

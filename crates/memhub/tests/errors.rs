@@ -36,6 +36,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/ingest/status", &["GET"]),
     ("/v1/ingest/run", &["POST"]),
     ("/v1/audit", &["GET"]),
+    ("/v1/events", &["GET"]),
     ("/status", &["GET"]),
     ("/health", &["GET"]),
     ("/healthz", &["GET"]),
@@ -104,6 +105,7 @@ async fn every_route_answers_bad_queries_and_wrong_methods_with_the_catalogue() 
         ("/v1/memories", "since=yesterday-ish", "since"),
         ("/v1/memories/{id}", "include_embedding=maybe", "include_embedding"),
         ("/v1/audit", "limit=-1", "limit"),
+        ("/v1/events", "after=-1", "after"),
     ] {
         let (status, _, _, body) = send(&client, "GET", &url(path, query)).await;
         assert_eq!(status, 400, "{path}?{query}: {body}");

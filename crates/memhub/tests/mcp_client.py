@@ -20,7 +20,7 @@ from mcp.client.streamable_http import streamable_http_client
 EXPECTED_TOOLS = {
     "store_memory", "batch_store_memories", "search_memories", "search_all_systems", "get_memory",
     "delete_memory", "list_memories", "store_reflection", "create_entity", "create_relation",
-    "generate_embedding", "generate_batch_embeddings",
+    "generate_embedding", "generate_batch_embeddings", "list_changes",
 }
 ENCODER = "--encoder" in sys.argv
 
@@ -106,6 +106,22 @@ async def exercise(session):
     r = await call(session, "create_relation", {"from_entity": "memhub", "to_entity": "sqlite", "relation_type": "uses",
                                                 "properties": {}, "metadata": {}})
     assert r["id"], r
+
+    # Catch up on everything above through the change log, a page at a time.
+    r = await call(session, "list_changes", {"after": 0, "limit": 3})
+    assert r["count"] == 3 and not r["reset"], r
+    seen = list(r["changes"])
+    while True:
+        r = await call(session, "list_changes", {"after": r["next_after"], "limit": 3})
+        if r["count"] == 0:
+            break
+        seen.extend(r["changes"])
+    seqs = [c["seq"] for c in seen]
+    assert seqs == sorted(set(seqs)), seqs
+    assert [c["memory_id"] for c in seen if c["op"] == "created"][:3] == ["py-1", "py-2", "py-3"], seen
+    assert {"entity_upserted", "relation_upserted"} <= {c["op"] for c in seen}, seen
+    r = await call(session, "list_changes", {"ops": ["exploded"]}, expect_error=True)
+    assert r["status"] == "failed" and r.get("field", "").startswith("ops"), r
 
     if ENCODER:
         r = await call(session, "generate_embedding", {"text": "A man is eating food."})

@@ -294,3 +294,80 @@ pub fn duckdb_fixture(args: &[&str]) {
 pub fn metric_sample(scrape: &str, series: &str) -> Option<f64> {
     scrape.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
+
+/// One Server-Sent Event as a test reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: Value,
+}
+
+/// A reader of a `text/event-stream` response: events in order, comments skipped.
+pub struct SseStream {
+    resp: reqwest::Response,
+    buf: String,
+    /// Comment lines seen (heartbeats).
+    pub comments: usize,
+}
+
+impl SseStream {
+    /// `GET path` with `headers`; panics unless the answer is a 200 event stream.
+    pub async fn open(base: &str, path: &str, headers: &[(&str, &str)]) -> SseStream {
+        let mut req = reqwest::Client::new().get(format!("{base}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("request sent");
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        let kind = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        assert!(kind.starts_with("text/event-stream"), "{kind}");
+        SseStream { resp, buf: String::new(), comments: 0 }
+    }
+
+    /// The next event, or `None` if none arrives within `wait` (or the stream ends).
+    pub async fn next_within(&mut self, wait: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, "message".to_string(), String::new());
+                let mut any = false;
+                for line in block.lines() {
+                    if line.starts_with(':') {
+                        self.comments += 1;
+                        continue;
+                    }
+                    let (field, value) =
+                        line.split_once(':').map_or((line, ""), |(f, v)| (f, v.strip_prefix(' ').unwrap_or(v)));
+                    any = true;
+                    match field {
+                        "id" => id = Some(value.to_string()),
+                        "event" => event = value.to_string(),
+                        "data" => data.push_str(value),
+                        _ => {}
+                    }
+                }
+                if any {
+                    let data = serde_json::from_str(&data).unwrap_or(Value::String(data));
+                    return Some(SseEvent { id, event, data });
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.resp.chunk()).await.ok()?.ok()??;
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Events until `n` have arrived (panics after `wait`).
+    pub async fn take(&mut self, n: usize, wait: Duration) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self.next_within(wait).await {
+                Some(e) => out.push(e),
+                None => panic!("only {} of {n} events arrived: {out:?}", out.len()),
+            }
+        }
+        out
+    }
+}
