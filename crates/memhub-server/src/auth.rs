@@ -339,6 +339,11 @@ fn action_for(method: &Method, path: &str) -> Option<&'static str> {
         ("POST", "/v1/ingest/run") => "ingest.run",
         ("GET", "/v1/audit") => "audit.query",
         ("GET", "/v1/events") => "events.follow",
+        ("POST", "/v1/webhooks") => "webhook.create",
+        ("GET", "/v1/webhooks" | "/v1/webhooks/{id}" | "/v1/webhooks/{id}/deliveries") => "webhook.get",
+        ("PATCH", "/v1/webhooks/{id}") => "webhook.update",
+        ("DELETE", "/v1/webhooks/{id}") => "webhook.delete",
+        ("POST", "/v1/webhooks/{id}/deliveries/{delivery}/redeliver") => "webhook.redeliver",
         _ => return None,
     })
 }

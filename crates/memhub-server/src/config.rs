@@ -40,6 +40,8 @@ pub struct Config {
     pub embedder: EmbedderConfig,
     /// The pull ingestion worker (`[ingest]`; off without a bucket).
     pub ingest: memhub_ingest::IngestConfig,
+    /// Outgoing webhooks (`[webhooks]`).
+    pub webhooks: memhub_webhooks::WebhookConfig,
 }
 
 /// Which server-side embedder to run.
@@ -109,6 +111,7 @@ impl Default for Config {
             ingest: memhub_ingest::IngestConfig::default(),
             engine: EngineConfig::default(),
             embedder: EmbedderConfig::default(),
+            webhooks: memhub_webhooks::WebhookConfig::default(),
         }
     }
 }
@@ -199,6 +202,18 @@ impl Config {
         }
         if let Some(v) = env_value("MEMHUB_EVENTS_RETENTION_SECONDS", &get)? {
             self.engine.events.retention_seconds = v;
+        }
+        if let Some(v) = env_value("MEMHUB_WEBHOOKS_ALLOW_PRIVATE_TARGETS", &get)? {
+            self.webhooks.allow_private_targets = v;
+        }
+        if let Some(v) = env_value("MEMHUB_WEBHOOKS_MAX_FAILURES", &get)? {
+            self.webhooks.max_failures = v;
+        }
+        if let Some(v) = env_value("MEMHUB_WEBHOOKS_RETRY_INITIAL_MS", &get)? {
+            self.webhooks.retry_initial_ms = v;
+        }
+        if let Some(v) = env_value("MEMHUB_WEBHOOKS_BATCH_SIZE", &get)? {
+            self.webhooks.batch_size = v;
         }
         if let Some(v) = get("MEMHUB_LOG") {
             self.log = v;

@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod rest;
 pub mod telemetry;
 pub mod tools;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,6 +40,8 @@ pub struct AppState {
     /// Set to `true` when the server shuts down: long-lived streams (the change
     /// feed) end, so the graceful shutdown does not wait on them forever.
     pub closing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Outgoing webhooks (`webhooks.db`) and their delivery loop.
+    pub webhooks: Arc<memhub_webhooks::Webhooks>,
 }
 
 /// The audit log's file in a data dir.
@@ -78,7 +81,13 @@ impl AppState {
             .map_err(|e| Error::new(ErrorCode::InvalidField, format!("ingest: {e}")))?
             .map(Arc::new);
         let closing = Arc::new(tokio::sync::watch::channel(false).0);
-        Ok(AppState { engine, config: Arc::new(config), guard, mcp, ingest, metrics_token, closing })
+        let webhooks = Arc::new(memhub_webhooks::Webhooks::open(
+            &config.data_dir,
+            engine.clone(),
+            config.webhooks.clone(),
+            guard.audit.clone(),
+        )?);
+        Ok(AppState { engine, config: Arc::new(config), guard, mcp, ingest, metrics_token, closing, webhooks })
     }
 
     /// The context MCP tools run in for `caller`.
@@ -165,6 +174,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ingest/run", post(admin::run_ingest))
         .route("/v1/audit", get(admin::query_audit))
         .route("/v1/events", get(events::events))
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/v1/webhooks/{id}", get(webhooks::get).patch(webhooks::update).delete(webhooks::delete))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/{id}/deliveries/{delivery}/redeliver", post(webhooks::redeliver))
         .route("/status", get(status))
         .route("/health", get(health))
         .route("/healthz", get(healthz))
@@ -217,6 +230,7 @@ pub async fn serve(
     let engine = state.engine.clone();
     let audit = state.guard.audit.clone();
     let closing = state.closing.clone();
+    let deliveries = tokio::spawn(state.webhooks.clone().run(state.closing.subscribe()));
     let shutdown = async move {
         shutdown.await;
         closing.send_replace(true);
@@ -234,6 +248,7 @@ pub async fn serve(
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     purge.abort();
     aging.abort();
+    deliveries.abort();
     if let Some(p) = pull {
         p.abort();
     }
