@@ -54,6 +54,16 @@ fn memory(id: &str, content: &str, age_days: i64, user: Option<&str>) -> NewMemo
     }
 }
 
+fn ann() -> NewEntity {
+    NewEntity {
+        name: "Ann".into(),
+        entity_type: "person".into(),
+        observations: vec![],
+        properties: Default::default(),
+        metadata: Default::default(),
+    }
+}
+
 fn all(engine: &Engine, scope: &Scope) -> Vec<Change> {
     let mut out = Vec::new();
     let mut after = 0;
@@ -111,14 +121,7 @@ fn every_kind_of_change_is_its_own_operation_in_commit_order() {
     engine.delete(&access, &gone.memory.id).unwrap();
     engine.store_memory(&scope, memory("secret-key", "erase me", 0, None), IngestionMethod::Rest).unwrap();
     engine.erase(&scope, &MemoryFilter { system_id: Some("slack".into()), ..Default::default() }).unwrap();
-    let entity = NewEntity {
-        name: "Ann".into(),
-        entity_type: "person".into(),
-        observations: vec![],
-        properties: Default::default(),
-        metadata: Default::default(),
-    };
-    engine.store_entity("default", entity).unwrap();
+    engine.store_entity("default", ann()).unwrap();
     let relation = NewRelation {
         from_entity: "Ann".into(),
         to_entity: "memhub".into(),
@@ -165,14 +168,7 @@ fn a_reader_sees_the_changes_of_what_it_may_read() {
     engine
         .store_memory(&Scope::tenant("other"), memory("x", "another tenant", 0, None), IngestionMethod::Rest)
         .unwrap();
-    let entity = NewEntity {
-        name: "Ann".into(),
-        entity_type: "person".into(),
-        observations: vec![],
-        properties: Default::default(),
-        metadata: Default::default(),
-    };
-    engine.store_entity("default", entity).unwrap();
+    engine.store_entity("default", ann()).unwrap();
     let ann = Scope { user_id: Some("ann".into()), ..Scope::tenant("default") };
     let seen: Vec<String> = all(&engine, &ann).into_iter().map(|c| c.memory_id.unwrap_or_default()).collect();
     // Not bob's, not another tenant's, and not the graph (it has no owner).

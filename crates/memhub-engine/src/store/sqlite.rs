@@ -201,6 +201,16 @@ fn embedding_to_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// A memory's JSON and blob columns, encoded: `(attributes, metadata, tags, embedding)`.
+fn encoded(m: &Memory) -> (String, String, String, Option<Vec<u8>>) {
+    (
+        json_text(&m.attributes),
+        json_text(&m.metadata),
+        json_text(&m.tags),
+        m.embedding.as_deref().map(embedding_to_blob),
+    )
+}
+
 fn embedding_from_blob(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
@@ -870,62 +880,21 @@ impl SqliteTx<'_> {
         })
     }
 
-    fn remove_history(&mut self, id: &Uuid) -> Result<usize> {
-        self.tx.execute("DELETE FROM memory_history WHERE id = ?1", params![id.to_string()]).map_err(storage)
-    }
-
-    /// An erased memory's earlier events lose its client key too.
-    fn forget_key(&mut self, id: &Uuid) -> Result<()> {
+    /// Write `m` as a new row (`None`: the store numbers it) or over row `row`
+    /// (same key, same number); returns the row.
+    fn write_row(&mut self, row: Option<i64>, m: &Memory) -> Result<i64> {
+        // Plain INSERT for a new memory: a key that exists already is an error, never
+        // a silent overwrite of another row.
+        let verb = if row.is_some() { "INSERT OR REPLACE" } else { "INSERT" };
+        let (attributes, metadata, tags, embedding) = encoded(m);
         self.tx
-            .execute("UPDATE changes SET memory_id = NULL WHERE id = ?1", params![id.to_string()])
-            .map_err(storage)?;
-        Ok(())
-    }
-}
-
-/// A memory's JSON and blob columns, encoded.
-macro_rules! memory_values {
-    ($m:expr) => {
-        (
-            json_text(&$m.attributes),
-            json_text(&$m.metadata),
-            json_text(&$m.tags),
-            $m.embedding.as_deref().map(embedding_to_blob),
-        )
-    };
-}
-
-impl StoreTx for SqliteTx<'_> {
-    fn find_by_key(&mut self, tenant: &str, system_id: &str, memory_id: &str) -> Result<Option<(i64, Memory)>> {
-        find_by_key(self.tx, tenant, system_id, memory_id).map_err(storage)
-    }
-
-    fn find_by_id(&mut self, tenant: &str, id: &Uuid) -> Result<Option<(i64, Memory)>> {
-        find_by_id(self.tx, tenant, id).map_err(storage)
-    }
-
-    fn find_by_row(&mut self, row: i64) -> Result<Option<Memory>> {
-        Ok(load_by_row(self.tx, &[row]).map_err(storage)?.pop().map(|(_, m)| m))
-    }
-
-    fn cold_has_key(&mut self, tenant: &str, system_id: &str, memory_id: &str) -> Result<bool> {
-        self.tx
-            .prepare_cached("SELECT 1 FROM cold_memories WHERE tenant = ?1 AND system_id = ?2 AND memory_id = ?3")
-            .and_then(|mut st| st.exists(params![tenant, system_id, memory_id]))
-            .map_err(storage)
-    }
-
-    fn insert(&mut self, m: &Memory, op: ChangeOp) -> Result<i64> {
-        let (attributes, metadata, tags, embedding) = memory_values!(m);
-        self.tx
-            .prepare_cached(
-                "INSERT INTO memories (id, tenant, system_id, memory_id, kind, schema_version, content, attributes, \
-                 metadata, tags, user_id, agent_id, session_id, project, created_at, ingested_at, updated_at, expires_at, \
-                 embedding, embedding_model, content_hash, version, ingestion_method, tier) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
-            )
+            .prepare_cached(&format!(
+                "{verb} INTO memories (seq, {MEMORY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
+            ))
             .and_then(|mut st| {
                 st.execute(params![
+                    row,
                     m.id.to_string(),
                     m.tenant,
                     m.system_id,
@@ -953,7 +922,44 @@ impl StoreTx for SqliteTx<'_> {
                 ])
             })
             .map_err(storage)?;
-        let row = self.tx.last_insert_rowid();
+        Ok(row.unwrap_or_else(|| self.tx.last_insert_rowid()))
+    }
+
+    fn remove_history(&mut self, id: &Uuid) -> Result<usize> {
+        self.tx.execute("DELETE FROM memory_history WHERE id = ?1", params![id.to_string()]).map_err(storage)
+    }
+
+    /// An erased memory's earlier events lose its client key too.
+    fn forget_key(&mut self, id: &Uuid) -> Result<()> {
+        self.tx
+            .execute("UPDATE changes SET memory_id = NULL WHERE id = ?1", params![id.to_string()])
+            .map_err(storage)?;
+        Ok(())
+    }
+}
+
+impl StoreTx for SqliteTx<'_> {
+    fn find_by_key(&mut self, tenant: &str, system_id: &str, memory_id: &str) -> Result<Option<(i64, Memory)>> {
+        find_by_key(self.tx, tenant, system_id, memory_id).map_err(storage)
+    }
+
+    fn find_by_id(&mut self, tenant: &str, id: &Uuid) -> Result<Option<(i64, Memory)>> {
+        find_by_id(self.tx, tenant, id).map_err(storage)
+    }
+
+    fn find_by_row(&mut self, row: i64) -> Result<Option<Memory>> {
+        Ok(load_by_row(self.tx, &[row]).map_err(storage)?.pop().map(|(_, m)| m))
+    }
+
+    fn cold_has_key(&mut self, tenant: &str, system_id: &str, memory_id: &str) -> Result<bool> {
+        self.tx
+            .prepare_cached("SELECT 1 FROM cold_memories WHERE tenant = ?1 AND system_id = ?2 AND memory_id = ?3")
+            .and_then(|mut st| st.exists(params![tenant, system_id, memory_id]))
+            .map_err(storage)
+    }
+
+    fn insert(&mut self, m: &Memory, op: ChangeOp) -> Result<i64> {
+        let row = self.write_row(None, m)?;
         self.log(op, Some(row), m, true)?;
         Ok(row)
     }
@@ -966,41 +972,7 @@ impl StoreTx for SqliteTx<'_> {
             ))
             .and_then(|mut st| st.execute(params![row, superseded_at]))
             .map_err(storage)?;
-        let (attributes, metadata, tags, embedding) = memory_values!(m);
-        self.tx
-            .prepare_cached(
-                "UPDATE memories SET id = ?2, kind = ?3, schema_version = ?4, content = ?5, attributes = ?6, metadata = ?7, \
-                 tags = ?8, user_id = ?9, agent_id = ?10, session_id = ?11, project = ?12, created_at = ?13, \
-                 ingested_at = ?14, updated_at = ?15, expires_at = ?16, embedding = ?17, embedding_model = ?18, \
-                 content_hash = ?19, version = ?20, ingestion_method = ?21, tier = ?22 WHERE seq = ?1",
-            )
-            .and_then(|mut st| {
-                st.execute(params![
-                    row,
-                    m.id.to_string(),
-                    m.kind,
-                    m.schema_version,
-                    m.content,
-                    attributes,
-                    metadata,
-                    tags,
-                    m.user_id,
-                    m.agent_id,
-                    m.session_id,
-                    m.project,
-                    m.created_at,
-                    m.ingested_at,
-                    m.updated_at,
-                    m.expires_at,
-                    embedding,
-                    m.embedding_model,
-                    m.content_hash,
-                    m.version,
-                    m.ingestion_method.as_str(),
-                    m.tier.as_str(),
-                ])
-            })
-            .map_err(storage)?;
+        self.write_row(Some(row), m)?;
         self.log(ChangeOp::Updated, Some(row), m, true)
     }
 
