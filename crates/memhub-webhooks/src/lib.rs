@@ -267,7 +267,7 @@ impl Webhooks {
             .delivery(id, delivery)?
             .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("webhook {id} has no delivery {delivery}")))?;
         let batch = InFlight { after: earlier.after, through: earlier.through, msg_id: earlier.msg_id };
-        let (delivery, _) = self.send(&webhook, &batch).await?;
+        let (delivery, _) = self.send(&webhook, &batch, None).await?;
         Ok(delivery)
     }
 
@@ -322,6 +322,8 @@ impl Webhooks {
     /// Send the webhook's batch in flight, or its next one.
     async fn deliver_next(&self, webhook: &Webhook) -> Result<(), Error> {
         let mut webhook = webhook.clone();
+        // A new batch's changes were just read; a batch in flight is read again.
+        let mut fresh = None;
         let batch = match webhook.inflight.clone() {
             Some(b) => b,
             None => {
@@ -348,10 +350,11 @@ impl Webhooks {
                 };
                 self.store.set_inflight(&webhook.id, &batch)?;
                 webhook.inflight = Some(batch.clone());
+                fresh = Some(page.changes);
                 batch
             }
         };
-        let (delivery, ok) = self.send(&webhook, &batch).await?;
+        let (delivery, ok) = self.send(&webhook, &batch, fresh).await?;
         let now = now_micros();
         if ok {
             self.store.delivered(&webhook.id, batch.through)?;
@@ -387,8 +390,17 @@ impl Webhooks {
     }
 
     /// POST one batch and record the attempt. Returns it and whether it was accepted (2xx).
-    async fn send(&self, webhook: &Webhook, batch: &InFlight) -> Result<(Delivery, bool), Error> {
-        let changes = self.batch_changes(webhook, batch).await?;
+    /// `changes`: the batch's changes when the caller has them, else they are read from the log.
+    async fn send(
+        &self,
+        webhook: &Webhook,
+        batch: &InFlight,
+        changes: Option<Vec<Change>>,
+    ) -> Result<(Delivery, bool), Error> {
+        let changes = match changes {
+            Some(c) => c.iter().map(|c| serde_json::to_value(c).expect("changes serialize")).collect(),
+            None => self.batch_changes(webhook, batch).await?,
+        };
         let timestamp = now_micros() / 1_000_000;
         let body = json!({
             "type": "memhub.changes",
