@@ -11,10 +11,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::auth::{AuditNote, Caller};
-use crate::rest::{time_param, ApiJson, ApiQuery, ApiResult};
+use crate::http::{ApiJson, ApiQuery, ApiResult};
+use crate::rest::time_param;
 use std::sync::Arc;
 
-use crate::{blocking, AppState};
+use crate::http::blocking;
+use crate::AppState;
 
 /// A key to create (`POST /v1/keys`).
 #[derive(Debug, Deserialize)]

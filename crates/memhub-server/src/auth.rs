@@ -23,7 +23,7 @@ use memhub_types::{Error, ErrorCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::rest::ApiError;
+use crate::http::ApiError;
 use crate::AppState;
 
 /// Whether requests need credentials.
@@ -278,7 +278,7 @@ impl Guard {
             let keys = self.keys.clone();
             let token = token.to_string();
             // argon2 takes tens of milliseconds the first time a key is seen.
-            return crate::blocking(move || keys.authenticate(&token)).await;
+            return crate::http::blocking(move || keys.authenticate(&token)).await;
         }
         match &self.jwt {
             Some(jwt) => jwt.verify(token),

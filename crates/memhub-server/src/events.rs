@@ -23,8 +23,8 @@ use serde_json::{json, Value};
 use utoipa::IntoParams;
 
 use crate::auth::Caller;
-use crate::rest::{ApiError, ApiQuery, ApiResult};
-use crate::{blocking, AppState};
+use crate::http::{blocking, ApiError, ApiQuery, ApiResult};
+use crate::AppState;
 use memhub_govern::Permission;
 
 /// How often an idle stream sends a comment, so proxies keep it open.

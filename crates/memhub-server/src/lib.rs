@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod events;
+pub mod http;
 pub mod mcp;
 pub mod openapi;
 pub mod rest;
@@ -96,48 +97,6 @@ impl AppState {
     }
 }
 
-/// Run blocking engine work (SQLite, fsync) off the async runtime.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Error> + Send + 'static) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(Error::new(ErrorCode::InternalError, format!("internal error: worker failed: {e}"))))
-}
-
-/// Deserialize JSON (from bytes or a `Value`) so that an error names the field
-/// path (`memories[3].embedding`) and maps into the catalogue.
-pub(crate) fn decode_json<'de, T: serde::Deserialize<'de>>(
-    de: impl serde::Deserializer<'de, Error = serde_json::Error>,
-) -> Result<T, Error> {
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            Error::new(ErrorCode::InvalidJson, format!("invalid JSON body: {inner}"))
-        } else if path == "." {
-            Error::new(ErrorCode::InvalidField, inner.to_string())
-        } else {
-            Error::field(ErrorCode::InvalidField, path, inner.to_string())
-        }
-    })
-}
-
-/// Deserialize a JSON body: plain serde on the hot path; on failure, decode again
-/// with path tracking so the error names the field.
-pub(crate) fn decode_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(bytes).or_else(|_| decode_json(&mut serde_json::Deserializer::from_slice(bytes)))
-}
-
-async fn not_found() -> rest::ApiError {
-    rest::ApiError(Error::new(ErrorCode::NotFound, "no such route; see /openapi.json"))
-}
-
-async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> rest::ApiError {
-    rest::ApiError(Error::new(
-        ErrorCode::MethodNotAllowed,
-        format!("{} does not take {method}; the Allow header lists the methods it takes", uri.path()),
-    ))
-}
-
 /// Every route memhub serves.
 pub fn router(state: AppState) -> Router {
     use rest::*;
@@ -184,10 +143,10 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(telemetry::metrics_endpoint))
         // After every route: it applies to the routes added so far.
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(http::method_not_allowed)
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
         .route_layer(axum::middleware::from_fn(telemetry::track))
-        .fallback(not_found)
+        .fallback(http::not_found)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(TraceLayer::new_for_http())
         .layer(tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer::new([
@@ -213,7 +172,7 @@ fn spawn_job<T: Send + 'static>(
         loop {
             tick.tick().await;
             let engine = engine.clone();
-            if let Err(e) = blocking(move || job(&engine)).await {
+            if let Err(e) = http::blocking(move || job(&engine)).await {
                 tracing::error!(job = name, error = %e, "background job failed; retrying next round");
             }
         }

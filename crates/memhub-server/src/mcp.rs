@@ -30,7 +30,7 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
 use serde_json::{json, Map, Value};
 
 use crate::auth::Caller;
-use crate::rest::{read_body, ApiError};
+use crate::http::{read_body, ApiError};
 use crate::tools::{call_tool, tool_specs, ToolContext, ToolOutput};
 use crate::AppState;
 use memhub_govern::AuditLog;

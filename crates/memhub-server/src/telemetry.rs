@@ -19,8 +19,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sha2::Digest;
 
 use crate::auth::Caller;
-use crate::rest::ApiResult;
-use crate::{blocking, AppState};
+use crate::http::{blocking, ApiResult};
+use crate::AppState;
 
 pub const HTTP_REQUESTS: &str = "memhub_http_requests_total";
 pub const HTTP_SECONDS: &str = "memhub_http_request_duration_seconds";

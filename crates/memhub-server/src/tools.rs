@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::{blocking, decode_json};
+use crate::http::{blocking, decode_json};
 use memhub_govern::{AuditLog, Permission};
 
 /// A tool's result: the JSON object (sent as text content and as

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{AuditNote, Caller};
-use crate::rest::{ApiJson, ApiQuery, ApiResult};
-use crate::{blocking, AppState};
+use crate::http::{blocking, ApiJson, ApiQuery, ApiResult};
+use crate::AppState;
 
 /// Register a webhook; the answer carries its signing secret, this once.
 pub async fn create(
