@@ -31,7 +31,7 @@ use serde_json::{json, Map, Value};
 
 use crate::auth::Caller;
 use crate::http::{read_body, ApiError};
-use crate::tools::{call_tool, tool_specs, ToolContext, ToolOutput};
+use crate::tools::{call_tool, tools, ToolContext, ToolOutput};
 use crate::AppState;
 use memhub_govern::AuditLog;
 
@@ -47,8 +47,8 @@ pub struct McpHandler {
 
 impl McpHandler {
     pub fn new(engine: Arc<Engine>, audit: Arc<AuditLog>, local: Option<Caller>) -> Self {
-        let tools = tool_specs()
-            .into_iter()
+        let tools = tools()
+            .iter()
             .map(|s| {
                 let schema = s.input_schema.as_object().cloned().unwrap_or_default();
                 Tool::new(s.name, s.description, Arc::new(schema))
@@ -160,8 +160,8 @@ fn flattened_result(out: &ToolOutput) -> Value {
 }
 
 fn tools_list_value() -> Value {
-    let tools: Vec<Value> = tool_specs()
-        .into_iter()
+    let tools: Vec<Value> = tools()
+        .iter()
         .map(|s| json!({"name": s.name, "description": s.description, "inputSchema": s.input_schema}))
         .collect();
     json!({ "tools": tools })

@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+
 use memhub_engine::{Engine, Stored};
 use memhub_ingest::akosha::{self, AkoshaMemory, KindRule};
 use memhub_types::memory::IngestionMethod;
@@ -63,22 +65,9 @@ pub struct ToolContext {
     pub audit: Option<Arc<AuditLog>>,
 }
 
-/// What a tool needs the caller's role to allow (`None`: any caller).
-fn permission(tool: &str) -> Option<Permission> {
-    match tool {
-        "store_memory" | "batch_store_memories" | "store_reflection" => Some(Permission::Write),
-        "delete_memory" => Some(Permission::Change),
-        "search_memories" | "search_all_systems" | "get_memory" | "list_memories" | "list_changes" => {
-            Some(Permission::Read)
-        }
-        "create_entity" | "create_relation" => Some(Permission::Graph),
-        _ => None,
-    }
-}
-
 /// The audit filters of a tool call: the filter arguments of searches and listings.
-fn audit_filters(tool: &str, args: &Map<String, Value>) -> Value {
-    if !matches!(tool, "search_memories" | "search_all_systems" | "list_memories" | "list_changes") {
+fn audit_filters(spec: &ToolSpec, args: &Map<String, Value>) -> Value {
+    if !spec.audits_filters {
         return Value::Null;
     }
     let mut keys: Vec<&str> = FILTER_PROPS.iter().map(|(k, _)| *k).collect();
@@ -101,7 +90,8 @@ fn audit_targets(out: &ToolOutput) -> Vec<String> {
 /// Run a tool as `ctx.caller` and write its audit record. `Err` only for a tool name
 /// not in the catalogue.
 pub async fn call_tool(ctx: &ToolContext, name: &str, args: Map<String, Value>) -> Result<ToolOutput, UnknownTool> {
-    let filters = audit_filters(name, &args);
+    let spec = tool(name).ok_or_else(|| UnknownTool(name.to_string()))?;
+    let filters = audit_filters(spec, &args);
     let started = std::time::Instant::now();
     let out = run_tool(ctx, name, args).await?;
     crate::telemetry::tool_call(name, out.status, started);
@@ -115,11 +105,27 @@ pub async fn call_tool(ctx: &ToolContext, name: &str, args: Map<String, Value>) 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnknownTool(pub String);
 
-/// Static description of one tool.
+/// One tool: what it is called and takes, who may call it, and what runs it.
 pub struct ToolSpec {
     pub name: &'static str,
     pub description: &'static str,
     pub input_schema: Value,
+    /// What the caller's role must allow (`None`: any caller).
+    pub permission: Option<Permission>,
+    /// Its filter arguments go into the audit record (searches and listings).
+    audits_filters: bool,
+    handler: fn(Call) -> BoxFuture<'static, ToolOutput>,
+}
+
+/// Every tool memhub serves, in a stable order; built once.
+pub fn tools() -> &'static [ToolSpec] {
+    static TOOLS: std::sync::LazyLock<Vec<ToolSpec>> = std::sync::LazyLock::new(tool_table);
+    &TOOLS
+}
+
+/// The tool called `name`.
+pub fn tool(name: &str) -> Option<&'static ToolSpec> {
+    tools().iter().find(|s| s.name == name)
 }
 
 const FILTER_PROPS: &[(&str, &str)] = &[
@@ -160,8 +166,7 @@ fn embedding_prop(what: &str) -> Value {
     json!({"type": ["array", "null"], "items": {"type": "number"}, "description": format!("{what} (384 floats by default), or null to store without a vector.")})
 }
 
-/// Every tool memhub serves, in a stable order.
-pub fn tool_specs() -> Vec<ToolSpec> {
+fn tool_table() -> Vec<ToolSpec> {
     let memory_item = json!({
         "memory_id": {"type": "string", "description": "Your id for this memory; unique within its source system. Re-sending the same id with the same text is a no-op; other text makes a new version."},
         "text": {"type": "string", "description": "The memory's text."},
@@ -192,22 +197,34 @@ pub fn tool_specs() -> Vec<ToolSpec> {
     vec![
         ToolSpec {
             name: "store_memory",
+            permission: Some(Permission::Write),
+            audits_filters: false,
+            handler: |c| Box::pin(store_memory_tool(c)),
             description: "Store one memory (text plus optional embedding and metadata) durably. Returns status \"stored\" with the time, or status \"failed\" with the reason.",
             input_schema: object_schema(&["memory_id", "text"], props(memory_item.clone())),
         },
         ToolSpec {
             name: "batch_store_memories",
+            permission: Some(Permission::Write),
+            audits_filters: false,
+            handler: |c| Box::pin(batch_store_memories_tool(c)),
             description: "Store up to 1000 memories in one durable transaction. Each item is {memory_id, text, embedding?, metadata?}. Returns counts and a per-item error list; status is completed, partial or failed.",
             input_schema: json!({"type": "object", "required": ["memories"], "properties": {"memories": {
                 "type": "array", "maxItems": 1000, "items": {"type": "object", "required": ["memory_id", "text"], "properties": memory_item}}}}),
         },
         ToolSpec {
             name: "search_memories",
+            permission: Some(Permission::Read),
+            audits_filters: true,
+            handler: |c| Box::pin(search_memories_tool(c)),
             description: "Search memories by meaning and keywords, optionally filtered by source system, kind, user, session, project, tags, metadata and time range. Returns the best matches with scores.",
             input_schema: object_schema(&["query"], search),
         },
         ToolSpec {
             name: "search_all_systems",
+            permission: Some(Permission::Read),
+            audits_filters: true,
+            handler: |c| Box::pin(search_all_systems_tool(c)),
             description: "Search across every source system at once (Akosha-compatible). Returns {query, total_results, results:[{system_id, conversation_id, content, similarity, timestamp}], mode}; results below `threshold` similarity are dropped.",
             input_schema: object_schema(&["query"], props(json!({
                 "query": {"type": "string", "description": "What to look for."},
@@ -219,11 +236,17 @@ pub fn tool_specs() -> Vec<ToolSpec> {
         },
         ToolSpec {
             name: "generate_embedding",
+            permission: None,
+            audits_filters: false,
+            handler: |c| Box::pin(embed_tool(c)),
             description: "Embed one text with the server's encoder (all-MiniLM-L6-v2 by default, Akosha-compatible). Returns {text, embedding_dim, embedding, mode}.",
             input_schema: object_schema(&["text"], props(json!({"text": {"type": "string", "description": "The text to embed."}}))),
         },
         ToolSpec {
             name: "generate_batch_embeddings",
+            permission: None,
+            audits_filters: false,
+            handler: |c| Box::pin(embed_tool(c)),
             description: "Embed many texts with the server's encoder (Akosha-compatible). Returns {count, embedding_dim, embeddings, mode}.",
             input_schema: object_schema(&["texts"], props(json!({
                 "texts": {"type": "array", "items": {"type": "string"}, "maxItems": 1000, "description": "The texts to embed."},
@@ -232,21 +255,33 @@ pub fn tool_specs() -> Vec<ToolSpec> {
         },
         ToolSpec {
             name: "get_memory",
+            permission: Some(Permission::Read),
+            audits_filters: false,
+            handler: |c| Box::pin(get_memory_tool(c)),
             description: "Fetch one memory by its server id, or by memory_id (and system_id when ambiguous).",
             input_schema: json!({"type": "object", "properties": address}),
         },
         ToolSpec {
             name: "delete_memory",
+            permission: Some(Permission::Change),
+            audits_filters: false,
+            handler: |c| Box::pin(delete_memory_tool(c)),
             description: "Delete one memory and its whole version history, by server id or memory_id.",
             input_schema: json!({"type": "object", "properties": address}),
         },
         ToolSpec {
             name: "list_memories",
+            permission: Some(Permission::Read),
+            audits_filters: true,
+            handler: |c| Box::pin(list_memories_tool(c)),
             description: "List memories newest first, filtered like search_memories, one page at a time (pass next_cursor back as cursor).",
             input_schema: object_schema(&[], list),
         },
         ToolSpec {
             name: "list_changes",
+            permission: Some(Permission::Read),
+            audits_filters: true,
+            handler: |c| Box::pin(list_changes_tool(c)),
             description: "Catch up on what changed: every committed change you may read (created, updated, deleted, frozen, thawed, moved, embedded, purged, erased, entity_upserted, relation_upserted), oldest first after sequence number `after`. Pass next_after back as after for the next page; reset = true means changes were pruned and you should list memories again.",
             input_schema: object_schema(&[], props(json!({
                 "after": {"type": "integer", "minimum": 0, "default": 0, "description": "Return changes after this sequence number (0: every retained change)."},
@@ -259,6 +294,9 @@ pub fn tool_specs() -> Vec<ToolSpec> {
         },
         ToolSpec {
             name: "store_reflection",
+            permission: Some(Permission::Write),
+            audits_filters: false,
+            handler: |c| Box::pin(store_reflection_tool(c)),
             description: "Store a reflection (an insight an agent recorded about its work) as a memory of kind reflection (Session-Buddy-compatible).",
             input_schema: object_schema(&["reflection_id", "content"], props(json!({
                 "reflection_id": {"type": "string", "description": "Your id for this reflection."},
@@ -269,6 +307,9 @@ pub fn tool_specs() -> Vec<ToolSpec> {
         },
         ToolSpec {
             name: "create_entity",
+            permission: Some(Permission::Graph),
+            audits_filters: false,
+            handler: |c| Box::pin(create_entity_tool(c)),
             description: "Create or update a knowledge-graph entity, keyed by name and entity_type (Session-Buddy-compatible). Returns its id.",
             input_schema: object_schema(&["name", "entity_type"], props(json!({
                 "name": {"type": "string"}, "entity_type": {"type": "string"},
@@ -278,6 +319,9 @@ pub fn tool_specs() -> Vec<ToolSpec> {
         },
         ToolSpec {
             name: "create_relation",
+            permission: Some(Permission::Graph),
+            audits_filters: false,
+            handler: |c| Box::pin(create_relation_tool(c)),
             description: "Create or update a knowledge-graph relation between two entities (Session-Buddy-compatible). Returns its id.",
             input_schema: object_schema(&["from_entity", "to_entity", "relation_type"], props(json!({
                 "from_entity": {"type": "string"}, "to_entity": {"type": "string"}, "relation_type": {"type": "string"},
@@ -431,238 +475,291 @@ fn null_to_empty(args: &mut Map<String, Value>, keys: &[&str]) {
 
 /// Run a tool as `ctx.caller`, without an audit record of its own.
 pub async fn run_tool(ctx: &ToolContext, name: &str, args: Map<String, Value>) -> Result<ToolOutput, UnknownTool> {
-    if !tool_specs().iter().any(|s| s.name == name) {
-        return Err(UnknownTool(name.to_string()));
-    }
-    if let Some(p) = permission(name) {
+    let spec = tool(name).ok_or_else(|| UnknownTool(name.to_string()))?;
+    if let Some(p) = spec.permission {
         if let Err(e) = ctx.caller.require(p) {
             return Ok(ToolOutput::error(&e));
         }
     }
-    let engine = ctx.engine.clone();
-    let access = ctx.caller.access.clone();
-    let read = access.read.clone();
-    let write = access.write.clone();
-    let tenant = ctx.caller.tenant.clone();
-    let out = match name {
-        "store_memory" => {
-            let memory_id = args.get("memory_id").or(args.get("id")).and_then(Value::as_str).map(str::to_owned);
-            let failed = |e: Error| {
-                ToolOutput::failed_with(
-                    json!({"status": "failed", "memory_id": memory_id, "error": e.message(), "code": e.code.as_str()}),
-                    &e,
-                )
-            };
-            let result = blocking(move || {
-                let a: StoreArgs = parse(Value::Object(args))?;
-                let new = akosha_memory(&engine, a.memory_id, a.text, a.embedding, a.metadata, KindRule::FromMetadata)?;
-                engine.store_memory(&write, new, IngestionMethod::HttpPush)
-            })
-            .await;
-            match result {
-                Ok(s) => ToolOutput::ok(stored_result(&s)),
-                Err(e) => failed(e),
-            }
-        }
-        "batch_store_memories" => batch_store(engine, write, args).await,
-        "search_memories" => {
-            let result = blocking(move || {
-                let req: SearchRequest = parse(Value::Object(args))?;
-                engine.search(&read, &req)
-            })
-            .await;
-            match result {
-                Ok(r) => ToolOutput::ok(serde_json::to_value(r).expect("serializes")),
-                Err(e) => ToolOutput::error(&e),
-            }
-        }
-        "search_all_systems" => {
-            let result = blocking(move || {
-                let a: SearchAllArgs = parse(Value::Object(args))?;
-                let req = SearchRequest {
-                    query: a.query,
-                    query_embedding: a.query_embedding,
-                    limit: a.limit,
-                    min_score: Some(a.threshold.unwrap_or(0.7)),
-                    filter: MemoryFilter { system_id: a.system_id, ..Default::default() },
-                    ..Default::default()
-                };
-                engine.search(&read, &req)
-            })
-            .await;
-            match result {
-                Ok(r) => ToolOutput::ok(json!({
-                    "query": r.query,
-                    "total_results": r.total_results,
-                    "results": r.results.iter().map(|h| json!({
-                        "system_id": h.memory.system_id,
-                        "conversation_id": h.memory.memory_id,
-                        "content": h.memory.content,
-                        "similarity": h.similarity,
-                        "timestamp": format_micros(h.memory.created_at),
-                    })).collect::<Vec<_>>(),
-                    "mode": r.mode,
-                })),
-                Err(e) => ToolOutput::error(&e),
-            }
-        }
-        "generate_embedding" | "generate_batch_embeddings" => {
-            let single = name == "generate_embedding";
-            let result = blocking(move || {
-                let embedder = engine.embedder().cloned().ok_or_else(|| {
-                    Error::new(
-                        ErrorCode::InvalidField,
-                        "no server-side encoder is configured: install all-MiniLM-L6-v2 (scripts/fetch-model.sh) or set embedder.kind",
-                    )
-                })?;
-                let texts: Vec<String> = if single {
-                    vec![parse::<EmbedOne>(Value::Object(args))?.text]
-                } else {
-                    let a: EmbedMany = parse(Value::Object(args))?;
-                    if a.texts.len() > 1000 {
-                        return Err(Error::field(ErrorCode::BatchTooLarge, "texts", "at most 1000 texts per call"));
-                    }
-                    if a.batch_size == Some(0) {
-                        return Err(Error::field(ErrorCode::InvalidField, "batch_size", "must be at least 1"));
-                    }
-                    a.texts
-                };
-                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                let vectors = embedder.embed(&refs).map_err(|e| Error::new(ErrorCode::InternalError, e.to_string()))?;
-                Ok((texts, vectors, embedder.dim()))
-            })
-            .await;
-            match result {
-                Ok((mut texts, mut vectors, dim)) if single => ToolOutput::ok(json!({
-                    "text": texts.pop(), "embedding_dim": dim, "embedding": vectors.pop(), "mode": "real",
-                })),
-                Ok((_, vectors, dim)) => ToolOutput::ok(json!({
-                    "count": vectors.len(), "embedding_dim": dim, "embeddings": vectors, "mode": "real",
-                })),
-                Err(e) => ToolOutput::error(&e),
-            }
-        }
-        "get_memory" => {
-            let result = blocking(move || {
-                let a: Address = parse(Value::Object(args))?;
-                resolve(&engine, &read, &a)
-            })
-            .await;
-            match result {
-                Ok(m) => ToolOutput::ok(json!({"status": "found", "memory": public(m)})),
-                Err(e) => ToolOutput::error(&e),
-            }
-        }
-        "delete_memory" => {
-            let result = blocking(move || {
-                let a: Address = parse(Value::Object(args))?;
-                let m = resolve(&engine, &read, &a)?;
-                engine.delete(&access, &m.id)
-            })
-            .await;
-            match result {
-                Ok(m) => ToolOutput::ok(
-                    json!({"status": "deleted", "id": m.id, "memory_id": m.memory_id, "system_id": m.system_id}),
-                ),
-                Err(e) => ToolOutput::error(&e),
-            }
-        }
-        "list_memories" => {
-            let result = blocking(move || {
-                let a: ListArgs = parse(Value::Object(args))?;
-                engine.list(&read, &a.filter, a.limit, a.cursor.as_deref())
-            })
-            .await;
-            match result {
-                Ok(page) => ToolOutput::ok(json!({
-                    "count": page.memories.len(),
-                    "memories": page.memories.into_iter().map(public).collect::<Vec<_>>(),
-                    "next_cursor": page.next_cursor,
-                })),
-                Err(e) => ToolOutput::error(&e),
-            }
-        }
-        "list_changes" => {
-            let result = blocking(move || {
-                let a: ChangesArgs = parse(Value::Object(args))?;
-                let after = i64::try_from(a.after.unwrap_or(0)).unwrap_or(i64::MAX);
-                let filter =
-                    memhub_types::ChangeFilter { system_id: a.system_id, kind: a.kind, user_id: a.user_id, ops: a.ops };
-                engine.changes(&read, after, &filter, a.limit)
-            })
-            .await;
-            match result {
-                Ok(page) => ToolOutput::ok(json!({
-                    "count": page.changes.len(),
-                    "changes": page.changes.iter().map(|c| crate::events::change_json(c, None)).collect::<Vec<_>>(),
-                    "next_after": page.next_after,
-                    "reset": page.reset,
-                })),
-                Err(e) => ToolOutput::error(&e),
-            }
-        }
-        "store_reflection" => {
-            let reflection_id = args.get("reflection_id").and_then(Value::as_str).map(str::to_owned);
-            let result = blocking(move || {
-                let a: ReflectionArgs = parse(Value::Object(args))?;
-                let new = akosha_memory(
-                    &engine,
-                    a.reflection_id,
-                    a.content,
-                    a.embedding,
-                    a.metadata,
-                    KindRule::Always("reflection"),
-                )?;
-                engine.store_memory(&write, new, IngestionMethod::Mcp)
-            })
-            .await;
-            match result {
-                Ok(s) => {
-                    let mut v = stored_result(&s);
-                    v["reflection_id"] = json!(s.memory.memory_id);
-                    v["id"] = json!(s.memory.id);
-                    ToolOutput::ok(v)
-                }
-                Err(e) => ToolOutput::failed_with(
-                    json!({"status": "failed", "reflection_id": reflection_id, "error": e.message(), "code": e.code.as_str()}),
-                    &e,
-                ),
-            }
-        }
-        "create_entity" => {
-            let mut args = args;
-            null_to_empty(&mut args, &["observations", "properties", "metadata"]);
-            let result = blocking(move || {
-                let e: NewEntity = parse(Value::Object(args))?;
-                engine.store_entity(&tenant, e)
-            })
-            .await;
-            match result {
-                Ok(e) => ToolOutput::ok(
-                    json!({"status": "created", "id": e.id, "name": e.entity.name, "entity_type": e.entity.entity_type}),
-                ),
-                Err(e) => ToolOutput::error(&e),
-            }
-        }
-        "create_relation" => {
-            let mut args = args;
-            null_to_empty(&mut args, &["properties", "metadata"]);
-            let result = blocking(move || {
-                let r: NewRelation = parse(Value::Object(args))?;
-                engine.store_relation(&tenant, r)
-            })
-            .await;
-            match result {
-                Ok(r) => ToolOutput::ok(json!({
-                    "status": "created", "id": r.id, "from_entity": r.relation.from_entity,
-                    "to_entity": r.relation.to_entity, "relation_type": r.relation.relation_type,
-                })),
-                Err(e) => ToolOutput::error(&e),
-            }
-        }
-        other => return Err(UnknownTool(other.to_string())),
+    let call = Call {
+        name: spec.name,
+        engine: ctx.engine.clone(),
+        access: ctx.caller.access.clone(),
+        tenant: ctx.caller.tenant.clone(),
+        args,
     };
-    Ok(out)
+    Ok((spec.handler)(call).await)
+}
+
+/// One tool call, as its handler gets it.
+struct Call {
+    name: &'static str,
+    engine: Arc<Engine>,
+    access: memhub_engine::Access,
+    tenant: String,
+    args: Map<String, Value>,
+}
+
+async fn store_memory_tool(c: Call) -> ToolOutput {
+    let engine = c.engine;
+    let write = c.access.write.clone();
+    let args = c.args;
+    let memory_id = args.get("memory_id").or(args.get("id")).and_then(Value::as_str).map(str::to_owned);
+    let failed = |e: Error| {
+        ToolOutput::failed_with(
+            json!({"status": "failed", "memory_id": memory_id, "error": e.message(), "code": e.code.as_str()}),
+            &e,
+        )
+    };
+    let result = blocking(move || {
+        let a: StoreArgs = parse(Value::Object(args))?;
+        let new = akosha_memory(&engine, a.memory_id, a.text, a.embedding, a.metadata, KindRule::FromMetadata)?;
+        engine.store_memory(&write, new, IngestionMethod::HttpPush)
+    })
+    .await;
+    match result {
+        Ok(s) => ToolOutput::ok(stored_result(&s)),
+        Err(e) => failed(e),
+    }
+}
+
+async fn batch_store_memories_tool(c: Call) -> ToolOutput {
+    batch_store(c.engine, c.access.write, c.args).await
+}
+
+async fn search_memories_tool(c: Call) -> ToolOutput {
+    let engine = c.engine;
+    let read = c.access.read.clone();
+    let args = c.args;
+    let result = blocking(move || {
+        let req: SearchRequest = parse(Value::Object(args))?;
+        engine.search(&read, &req)
+    })
+    .await;
+    match result {
+        Ok(r) => ToolOutput::ok(serde_json::to_value(r).expect("serializes")),
+        Err(e) => ToolOutput::error(&e),
+    }
+}
+
+async fn search_all_systems_tool(c: Call) -> ToolOutput {
+    let engine = c.engine;
+    let read = c.access.read.clone();
+    let args = c.args;
+    let result = blocking(move || {
+        let a: SearchAllArgs = parse(Value::Object(args))?;
+        let req = SearchRequest {
+            query: a.query,
+            query_embedding: a.query_embedding,
+            limit: a.limit,
+            min_score: Some(a.threshold.unwrap_or(0.7)),
+            filter: MemoryFilter { system_id: a.system_id, ..Default::default() },
+            ..Default::default()
+        };
+        engine.search(&read, &req)
+    })
+    .await;
+    match result {
+        Ok(r) => ToolOutput::ok(json!({
+            "query": r.query,
+            "total_results": r.total_results,
+            "results": r.results.iter().map(|h| json!({
+                "system_id": h.memory.system_id,
+                "conversation_id": h.memory.memory_id,
+                "content": h.memory.content,
+                "similarity": h.similarity,
+                "timestamp": format_micros(h.memory.created_at),
+            })).collect::<Vec<_>>(),
+            "mode": r.mode,
+        })),
+        Err(e) => ToolOutput::error(&e),
+    }
+}
+
+async fn embed_tool(c: Call) -> ToolOutput {
+    let engine = c.engine;
+    let args = c.args;
+    let name = c.name;
+    let single = name == "generate_embedding";
+    let result = blocking(move || {
+        let embedder = engine.embedder().cloned().ok_or_else(|| {
+            Error::new(
+                ErrorCode::InvalidField,
+                "no server-side encoder is configured: install all-MiniLM-L6-v2 (scripts/fetch-model.sh) or set embedder.kind",
+            )
+        })?;
+        let texts: Vec<String> = if single {
+            vec![parse::<EmbedOne>(Value::Object(args))?.text]
+        } else {
+            let a: EmbedMany = parse(Value::Object(args))?;
+            if a.texts.len() > 1000 {
+                return Err(Error::field(ErrorCode::BatchTooLarge, "texts", "at most 1000 texts per call"));
+            }
+            if a.batch_size == Some(0) {
+                return Err(Error::field(ErrorCode::InvalidField, "batch_size", "must be at least 1"));
+            }
+            a.texts
+        };
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let vectors = embedder.embed(&refs).map_err(|e| Error::new(ErrorCode::InternalError, e.to_string()))?;
+        Ok((texts, vectors, embedder.dim()))
+    })
+    .await;
+    match result {
+        Ok((mut texts, mut vectors, dim)) if single => ToolOutput::ok(json!({
+            "text": texts.pop(), "embedding_dim": dim, "embedding": vectors.pop(), "mode": "real",
+        })),
+        Ok((_, vectors, dim)) => ToolOutput::ok(json!({
+            "count": vectors.len(), "embedding_dim": dim, "embeddings": vectors, "mode": "real",
+        })),
+        Err(e) => ToolOutput::error(&e),
+    }
+}
+
+async fn get_memory_tool(c: Call) -> ToolOutput {
+    let engine = c.engine;
+    let read = c.access.read.clone();
+    let args = c.args;
+    let result = blocking(move || {
+        let a: Address = parse(Value::Object(args))?;
+        resolve(&engine, &read, &a)
+    })
+    .await;
+    match result {
+        Ok(m) => ToolOutput::ok(json!({"status": "found", "memory": public(m)})),
+        Err(e) => ToolOutput::error(&e),
+    }
+}
+
+async fn delete_memory_tool(c: Call) -> ToolOutput {
+    let engine = c.engine;
+    let read = c.access.read.clone();
+    let args = c.args;
+    let access = c.access;
+    let result = blocking(move || {
+        let a: Address = parse(Value::Object(args))?;
+        let m = resolve(&engine, &read, &a)?;
+        engine.delete(&access, &m.id)
+    })
+    .await;
+    match result {
+        Ok(m) => {
+            ToolOutput::ok(json!({"status": "deleted", "id": m.id, "memory_id": m.memory_id, "system_id": m.system_id}))
+        }
+        Err(e) => ToolOutput::error(&e),
+    }
+}
+
+async fn list_memories_tool(c: Call) -> ToolOutput {
+    let engine = c.engine;
+    let read = c.access.read.clone();
+    let args = c.args;
+    let result = blocking(move || {
+        let a: ListArgs = parse(Value::Object(args))?;
+        engine.list(&read, &a.filter, a.limit, a.cursor.as_deref())
+    })
+    .await;
+    match result {
+        Ok(page) => ToolOutput::ok(json!({
+            "count": page.memories.len(),
+            "memories": page.memories.into_iter().map(public).collect::<Vec<_>>(),
+            "next_cursor": page.next_cursor,
+        })),
+        Err(e) => ToolOutput::error(&e),
+    }
+}
+
+async fn list_changes_tool(c: Call) -> ToolOutput {
+    let engine = c.engine;
+    let read = c.access.read.clone();
+    let args = c.args;
+    let result = blocking(move || {
+        let a: ChangesArgs = parse(Value::Object(args))?;
+        let after = i64::try_from(a.after.unwrap_or(0)).unwrap_or(i64::MAX);
+        let filter =
+            memhub_types::ChangeFilter { system_id: a.system_id, kind: a.kind, user_id: a.user_id, ops: a.ops };
+        engine.changes(&read, after, &filter, a.limit)
+    })
+    .await;
+    match result {
+        Ok(page) => ToolOutput::ok(json!({
+            "count": page.changes.len(),
+            "changes": page.changes.iter().map(|c| crate::events::change_json(c, None)).collect::<Vec<_>>(),
+            "next_after": page.next_after,
+            "reset": page.reset,
+        })),
+        Err(e) => ToolOutput::error(&e),
+    }
+}
+
+async fn store_reflection_tool(c: Call) -> ToolOutput {
+    let engine = c.engine;
+    let write = c.access.write.clone();
+    let args = c.args;
+    let reflection_id = args.get("reflection_id").and_then(Value::as_str).map(str::to_owned);
+    let result = blocking(move || {
+        let a: ReflectionArgs = parse(Value::Object(args))?;
+        let new = akosha_memory(
+            &engine,
+            a.reflection_id,
+            a.content,
+            a.embedding,
+            a.metadata,
+            KindRule::Always("reflection"),
+        )?;
+        engine.store_memory(&write, new, IngestionMethod::Mcp)
+    })
+    .await;
+    match result {
+        Ok(s) => {
+            let mut v = stored_result(&s);
+            v["reflection_id"] = json!(s.memory.memory_id);
+            v["id"] = json!(s.memory.id);
+            ToolOutput::ok(v)
+        }
+        Err(e) => ToolOutput::failed_with(
+            json!({"status": "failed", "reflection_id": reflection_id, "error": e.message(), "code": e.code.as_str()}),
+            &e,
+        ),
+    }
+}
+
+async fn create_entity_tool(c: Call) -> ToolOutput {
+    let engine = c.engine;
+    let tenant = c.tenant;
+    let name = c.name;
+    let mut args = c.args;
+    null_to_empty(&mut args, &["observations", "properties", "metadata"]);
+    let result = blocking(move || {
+        let e: NewEntity = parse(Value::Object(args))?;
+        engine.store_entity(&tenant, e)
+    })
+    .await;
+    match result {
+        Ok(e) => ToolOutput::ok(
+            json!({"status": "created", "id": e.id, "name": e.entity.name, "entity_type": e.entity.entity_type}),
+        ),
+        Err(e) => ToolOutput::error(&e),
+    }
+}
+
+async fn create_relation_tool(c: Call) -> ToolOutput {
+    let engine = c.engine;
+    let tenant = c.tenant;
+    let mut args = c.args;
+    null_to_empty(&mut args, &["properties", "metadata"]);
+    let result = blocking(move || {
+        let r: NewRelation = parse(Value::Object(args))?;
+        engine.store_relation(&tenant, r)
+    })
+    .await;
+    match result {
+        Ok(r) => ToolOutput::ok(json!({
+            "status": "created", "id": r.id, "from_entity": r.relation.from_entity,
+            "to_entity": r.relation.to_entity, "relation_type": r.relation.relation_type,
+        })),
+        Err(e) => ToolOutput::error(&e),
+    }
 }
 
 async fn batch_store(engine: Arc<Engine>, scope: Scope, args: Map<String, Value>) -> ToolOutput {
