@@ -27,6 +27,7 @@ use crate::tiers::{score_cold, ColdTier, TierStats};
 use crate::EngineConfig;
 
 mod graph;
+mod group;
 mod read;
 mod retention;
 mod schemas;
@@ -87,6 +88,8 @@ pub struct Engine {
     /// Held from a write's transaction until its changes are published, so every
     /// consumer sees changes in commit order.
     commit_order: std::sync::Mutex<()>,
+    /// Store writes waiting to share the next transaction (group commit).
+    write_queue: group::WriteQueue,
     /// The last change published (the change feed waits on it).
     published: tokio::sync::watch::Sender<i64>,
     indexes: Arc<Indexes>,
@@ -200,6 +203,7 @@ impl Engine {
         let engine = Engine {
             store,
             commit_order: std::sync::Mutex::new(()),
+            write_queue: group::WriteQueue::default(),
             published,
             indexes,
             maintainer,

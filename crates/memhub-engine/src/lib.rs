@@ -52,6 +52,9 @@ pub struct EngineConfig {
     pub tiers: TierConfig,
     /// The change log behind the change feed (`[engine.events]`).
     pub events: EventsConfig,
+    /// Concurrent store writes that arrive while a transaction commits share the
+    /// next one (each acknowledged once it is durable). Off: one transaction each.
+    pub group_commit: bool,
 }
 
 /// How long the change log keeps what it tells (`[engine.events]`).
@@ -82,6 +85,7 @@ impl Default for EngineConfig {
             retention: Vec::new(),
             tiers: TierConfig::default(),
             events: EventsConfig::default(),
+            group_commit: true,
         }
     }
 }

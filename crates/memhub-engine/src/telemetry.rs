@@ -16,6 +16,7 @@ pub const SEARCH_SECONDS: &str = "memhub_search_duration_seconds";
 pub const TIER_MOVES: &str = "memhub_tier_moves_total";
 pub const MEMORIES_REMOVED: &str = "memhub_memories_removed_total";
 pub const CHANGES: &str = "memhub_changes_total";
+pub const WRITE_GROUP: &str = "memhub_write_group_size";
 
 /// Register the engine's metric descriptions with the installed recorder.
 pub fn describe() {
@@ -31,6 +32,7 @@ pub fn describe() {
     metrics::describe_counter!(TIER_MOVES, "Memories moved by the aging job, by destination tier");
     metrics::describe_counter!(MEMORIES_REMOVED, "Memories removed for good, by reason (retention, erasure, delete)");
     metrics::describe_counter!(CHANGES, "Changes committed to the store, by operation (the change stream)");
+    metrics::describe_histogram!(WRITE_GROUP, "Store writes that shared one transaction (group commit)");
 }
 
 /// Count the outcomes of a write of `results` made by `method`.
@@ -95,4 +97,9 @@ fn moved(tier: Tier, n: usize) {
     if n > 0 {
         metrics::counter!(TIER_MOVES, "to" => tier.as_str()).increment(n as u64);
     }
+}
+
+/// Record how many store writes one transaction carried.
+pub(crate) fn write_group(writes: usize) {
+    metrics::histogram!(WRITE_GROUP).record(writes as f64);
 }

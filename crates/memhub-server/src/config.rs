@@ -227,6 +227,9 @@ impl Config {
         if let Some(v) = env_value("MEMHUB_MAX_CONTENT_BYTES", &get)? {
             self.engine.max_content_bytes = v;
         }
+        if let Some(v) = env_value("MEMHUB_GROUP_COMMIT", &get)? {
+            self.engine.group_commit = v;
+        }
         if let Some(v) = env_value("MEMHUB_MAX_BATCH", &get)? {
             self.engine.max_batch = v;
         }

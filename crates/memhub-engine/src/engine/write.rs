@@ -95,12 +95,10 @@ impl Engine {
     pub(super) fn store_one(&self, scope: &Scope, new: NewMemory, method: IngestionMethod) -> Result<Stored> {
         let prepared = self.prepare_in(scope, new, method, &self.registry(), now_micros())?;
         let cold = self.cold.is_some();
-        let (_, stored) = self
-            .write_thawing(&[&prepared], || {
-                self.commit(|tx| Self::write_prepared(tx, scope, prepared.clone(), cold).map(|w| w.map(|w| vec![w])))
-            })??
-            .pop()
-            .expect("one write");
+        let (_, stored) = self.write_thawing(&[&prepared], || {
+            let (scope, prepared) = (scope.clone(), prepared.clone());
+            self.commit_grouped(1, move |tx| Self::write_prepared(tx, &scope, prepared.clone(), cold))
+        })??;
         Ok(stored)
     }
 
@@ -140,12 +138,14 @@ impl Engine {
         }
         if !valid.is_empty() {
             let cold = self.cold.is_some();
+            let valid = Arc::new(valid);
             let all: Vec<&Prepared> = valid.iter().map(|(_, p)| p).collect();
             let written = self.write_thawing(&all, || {
-                self.commit(|tx| {
+                let (scope, valid) = (scope.clone(), valid.clone());
+                self.commit_grouped(valid.len(), move |tx| {
                     valid
                         .iter()
-                        .map(|(i, p)| Self::write_prepared(tx, scope, p.clone(), cold).map(|w| (*i, w)))
+                        .map(|(i, p)| Self::write_prepared(tx, &scope, p.clone(), cold).map(|w| (*i, w)))
                         .collect::<Result<Vec<_>>>()
                 })
             })?;
