@@ -29,6 +29,7 @@ use crate::EngineConfig;
 mod graph;
 mod group;
 mod read;
+mod recent;
 mod retention;
 mod schemas;
 mod search;
@@ -92,6 +93,8 @@ pub struct Engine {
     write_queue: group::WriteQueue,
     /// The last change published (the change feed waits on it).
     published: tokio::sync::watch::Sender<i64>,
+    /// The newest published changes, for readers that follow the log closely.
+    recent: recent::RecentChanges,
     indexes: Arc<Indexes>,
     maintainer: Option<std::thread::JoinHandle<()>>,
     registry: RwLock<SchemaRegistry>,
@@ -108,6 +111,10 @@ pub struct Engine {
 /// A write met a key that a concurrent aging run just moved to the cold tier: the
 /// transaction is rolled back and the write retried after a thaw.
 const COLD_KEY_MOVED: &str = "a memory with this key was moving to the cold tier; retry the write";
+
+/// Changes one read of the log looks at, at most: a narrow reader of a busy log
+/// gets a short (or empty) page and a cursor that moved, not a scan of all of it.
+const CHANGES_SCANNED: usize = 10_000;
 
 /// A list cursor: `(created_at, seq)` of the last memory returned.
 fn encode_cursor(created_at: i64, seq: i64) -> String {
@@ -200,11 +207,13 @@ impl Engine {
             .build()
             .map_err(Error::internal)?;
         let (published, _) = tokio::sync::watch::channel(indexes.read().applied_change);
+        let recent = recent::RecentChanges::new(if writable { Some(store.last_change()?) } else { None });
         let engine = Engine {
             store,
             commit_order: std::sync::Mutex::new(()),
             write_queue: group::WriteQueue::default(),
             published,
+            recent,
             indexes,
             maintainer,
             registry: RwLock::new(registry),
@@ -267,6 +276,7 @@ impl Engine {
             }
         }
         telemetry::changes(changes);
+        self.recent.push(changes);
         self.published.send_replace(last.seq);
     }
 
@@ -290,6 +300,9 @@ impl Engine {
         if after < 0 {
             return Err(Error::field(ErrorCode::InvalidField, "after", "must be a sequence number ≥ 0"));
         }
+        if let Some(page) = self.recent.page(scope, after, filter, limit, CHANGES_SCANNED) {
+            return Ok(page);
+        }
         let pruned = self.store.pruned_through()?;
         let reset = after < pruned;
         let mut cursor = after.max(pruned);
@@ -297,7 +310,7 @@ impl Engine {
         // Changes the reader may not see are skipped; a bounded scan per call keeps a
         // narrow reader of a busy log from reading all of it at once.
         let mut scanned = 0;
-        while changes.len() < limit && scanned < 10_000 {
+        while changes.len() < limit && scanned < CHANGES_SCANNED {
             let batch = self.store.changes_after(cursor, 1_000)?;
             let Some(last) = batch.last() else { break };
             let (last_seq, full) = (last.seq, batch.len() == 1_000);
@@ -319,6 +332,12 @@ impl Engine {
             }
         }
         Ok(ChangePage { changes, next_after: cursor, reset })
+    }
+
+    /// [`changes`](Self::changes) without a store read: `None` when the page is not
+    /// all in memory (a reader far behind; the caller then reads off the async runtime).
+    pub fn recent_changes(&self, scope: &Scope, after: i64, filter: &ChangeFilter, limit: usize) -> Option<ChangePage> {
+        self.recent.page(scope, after, filter, limit.clamp(1, crate::limits::PAGE), CHANGES_SCANNED)
     }
 
     /// The last committed change's sequence number.

@@ -1,8 +1,9 @@
 //! The change feed: `GET /v1/events`, every committed change the caller may read,
 //! as Server-Sent Events, oldest first from a sequence number, then live.
 //!
-//! The stream reads the store's change log itself, page by page, and waits on the
-//! engine's publish signal when it has caught up: nothing is buffered per
+//! The stream reads the change log page by page (the engine's in-memory window of
+//! recent changes while it keeps up, the store when it is far behind) and waits on
+//! the engine's publish signal when it has caught up: nothing is buffered per
 //! subscriber, so a slow consumer only falls behind in the log and never slows a
 //! writer. A consumer that asks for a change older than the retained log gets a
 //! `reset` event first (it missed changes and must list again), never a silent gap.
@@ -114,15 +115,32 @@ impl Feed {
             }
             // Marked seen before reading, so a change published during the read wakes the wait below.
             self.published.borrow_and_update();
-            let (engine, scope, filter, after, content) =
-                (self.engine.clone(), self.scope.clone(), self.filter.clone(), self.after, self.content);
-            let page = blocking(move || {
-                let page = engine.changes(&scope, after, &filter, Some(PAGE))?;
-                let memories: Vec<_> =
-                    page.changes.iter().map(|c| if content { content_of(&engine, &scope, c) } else { None }).collect();
-                Ok((page, memories))
-            })
-            .await;
+            // A reader that keeps up is served from the engine's window of recent
+            // changes, on the runtime; one far behind, or one that wants content,
+            // reads the store on a blocking thread.
+            let recent = (!self.content)
+                .then(|| self.engine.recent_changes(&self.scope, self.after, &self.filter, PAGE))
+                .flatten();
+            let page = match recent {
+                Some(page) => {
+                    let none = vec![None; page.changes.len()];
+                    Ok((page, none))
+                }
+                None => {
+                    let (engine, scope, filter, after, content) =
+                        (self.engine.clone(), self.scope.clone(), self.filter.clone(), self.after, self.content);
+                    blocking(move || {
+                        let page = engine.changes(&scope, after, &filter, Some(PAGE))?;
+                        let memories: Vec<_> = page
+                            .changes
+                            .iter()
+                            .map(|c| if content { content_of(&engine, &scope, c) } else { None })
+                            .collect();
+                        Ok((page, memories))
+                    })
+                    .await
+                }
+            };
             let (page, memories) = match page {
                 Ok(p) => p,
                 Err(e) => {

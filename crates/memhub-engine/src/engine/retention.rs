@@ -118,6 +118,7 @@ impl Engine {
         let kept = i64::try_from(self.config.events.retention_seconds).unwrap_or(i64::MAX).saturating_mul(1_000_000);
         let pruned = self.store.prune_changes(now.saturating_sub(kept))?;
         if pruned > 0 {
+            self.recent.forget_through(self.store.pruned_through()?);
             tracing::info!(changes = pruned, "pruned the change log");
         }
         Ok(pruned)
