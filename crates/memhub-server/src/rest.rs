@@ -2,9 +2,8 @@
 //! call the engine on a blocking thread, shape the answer. Errors map once, in
 //! [`ApiError`](crate::http::ApiError).
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use axum::Json;
@@ -14,7 +13,6 @@ use memhub_types::time::{format_micros, now_micros, parse_timestamp};
 use memhub_types::{
     Error, ErrorCode, KindSchema, Memory, MemoryFilter, MemoryPatch, NewMemory, SearchRequest, SearchResponse,
 };
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};

@@ -727,7 +727,6 @@ async fn store_reflection_tool(c: Call) -> ToolOutput {
 async fn create_entity_tool(c: Call) -> ToolOutput {
     let engine = c.engine;
     let tenant = c.tenant;
-    let name = c.name;
     let mut args = c.args;
     null_to_empty(&mut args, &["observations", "properties", "metadata"]);
     let result = blocking(move || {

@@ -278,12 +278,21 @@ impl Webhooks {
         loop {
             published.borrow_and_update();
             let wait = match self.deliver_due().await {
-                Ok(wait) => wait,
+                // A batch went out: there may be more behind it, so go on at once
+                // instead of waiting for the next write to wake the loop.
+                Ok((_, true)) => Duration::ZERO,
+                Ok((wait, false)) => wait,
                 Err(e) => {
                     tracing::error!(error = %e, "webhook delivery round failed; retrying");
                     Duration::from_secs(1)
                 }
             };
+            if wait.is_zero() {
+                if *closing.borrow() {
+                    return;
+                }
+                continue;
+            }
             tokio::select! {
                 _ = published.changed() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -298,15 +307,17 @@ impl Webhooks {
 
     /// One round: every enabled webhook that is due gets its next batch (all at
     /// once, so a slow receiver delays only its own). Returns how long until the
-    /// next retry is due.
-    pub async fn deliver_due(&self) -> Result<Duration, Error> {
+    /// next retry is due, and whether any batch was accepted.
+    pub async fn deliver_due(&self) -> Result<(Duration, bool), Error> {
         let now = now_micros();
         let all = self.store.list(None)?;
         let due: Vec<&Webhook> = all.iter().filter(|w| w.enabled && w.next_attempt_at <= now).collect();
         let results = futures::future::join_all(due.iter().map(|w| self.deliver_next(w))).await;
+        let mut accepted = false;
         for (w, r) in due.iter().zip(results) {
-            if let Err(e) = r {
-                tracing::warn!(webhook = %w.id, error = %e, "webhook delivery failed");
+            match r {
+                Ok(sent) => accepted |= sent,
+                Err(e) => tracing::warn!(webhook = %w.id, error = %e, "webhook delivery failed"),
             }
         }
         let next = self
@@ -316,11 +327,11 @@ impl Webhooks {
             .filter(|w| w.enabled && w.next_attempt_at > now)
             .map(|w| w.next_attempt_at - now_micros())
             .min();
-        Ok(next.map_or(Duration::from_secs(5), |us| Duration::from_micros(us.max(1_000) as u64)))
+        Ok((next.map_or(Duration::from_secs(5), |us| Duration::from_micros(us.max(1_000) as u64)), accepted))
     }
 
-    /// Send the webhook's batch in flight, or its next one.
-    async fn deliver_next(&self, webhook: &Webhook) -> Result<(), Error> {
+    /// Send the webhook's batch in flight, or its next one; whether one was accepted.
+    async fn deliver_next(&self, webhook: &Webhook) -> Result<bool, Error> {
         let mut webhook = webhook.clone();
         // A new batch's changes were just read; a batch in flight is read again.
         let mut fresh = None;
@@ -341,7 +352,7 @@ impl Webhooks {
                     if page.next_after > webhook.delivered_through {
                         self.store.skip_to(&webhook.id, page.next_after)?;
                     }
-                    return Ok(());
+                    return Ok(false);
                 };
                 let batch = InFlight {
                     after: webhook.delivered_through,
@@ -358,7 +369,7 @@ impl Webhooks {
         let now = now_micros();
         if ok {
             self.store.delivered(&webhook.id, batch.through)?;
-            return Ok(());
+            return Ok(true);
         }
         let failures = webhook.failures + 1;
         let first_failure = webhook.first_failure_at.unwrap_or(now);
@@ -376,7 +387,7 @@ impl Webhooks {
             self.store.set_enabled(&webhook.tenant, &webhook.id, false, Some(&why))?;
             self.audit(&webhook, "webhook.disabled", &delivery);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// The wait before retry number `failures`: doubling from `retry_initial_ms`,

@@ -2,6 +2,8 @@
 //! people reading the output, never in timed unit tests.
 
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
@@ -23,6 +25,37 @@ pub enum Which {
         concurrency: usize,
         /// Single `store_memory` calls timed one at a time.
         #[arg(long, default_value_t = 1000)]
+        singles: usize,
+    },
+    /// Group commit, in fresh server processes (open mode, rate limit off), with
+    /// `engine.group_commit` off and on in alternating rounds: `singles` single
+    /// `POST /v1/memories` from `clients` connections at once, then `count` memories
+    /// in batches of 1000 (2 in flight).
+    Writes {
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 20_000)]
+        singles: usize,
+        #[arg(long, default_value_t = 50_000)]
+        count: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// The change feed, in fresh server processes: batched ingest (`count` memories,
+    /// batches of 1000, 2 in flight) with no consumer and with one SSE consumer and one
+    /// webhook receiver attached, in alternating rounds; then `subscribers` SSE streams
+    /// while `clients` connections store `singles` single memories at full speed, and
+    /// the lag of every event from the change's commit to its arrival.
+    Feed {
+        #[arg(long, default_value_t = 50_000)]
+        count: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        #[arg(long, default_value_t = 20_000)]
         singles: usize,
     },
     /// Search latency over a synthetic corpus (in process): hybrid search with and
@@ -313,6 +346,12 @@ pub fn run(which: Which, config: &Config) -> Result<(), String> {
         Which::Ingest { count, batch, concurrency, singles } => {
             rt.block_on(ingest(config, count, batch, concurrency, singles))
         }
+        Which::Writes { clients, singles, count, rounds } => {
+            rt.block_on(writes(config, clients, singles, count, rounds))
+        }
+        Which::Feed { count, rounds, subscribers, clients, singles } => {
+            rt.block_on(feed(config, count, rounds, subscribers, clients, singles))
+        }
         Which::Auth { count, queries, concurrency, rounds } => {
             rt.block_on(auth(config, count, queries, concurrency, rounds))
         }
@@ -551,6 +590,287 @@ async fn load(
     }
     all.sort_by(f64::total_cmp);
     Ok(all)
+}
+
+/// Request bodies of single memories `first..first + n` (`POST /v1/memories`).
+fn single_bodies(first: usize, n: usize, dim: usize) -> Vec<Vec<u8>> {
+    let mut rng = Rng(0x5EED ^ first as u64);
+    (first..first + n).map(|i| serde_json::to_vec(&memory_json(&mut rng, i, dim)).expect("serializes")).collect()
+}
+
+/// Request bodies of batches of `batch` memories `first..first + n` (`POST /v1/memories/batch`).
+fn batch_bodies(first: usize, n: usize, batch: usize, dim: usize) -> Vec<Vec<u8>> {
+    let mut rng = Rng(0xBA7C ^ first as u64);
+    (first..first + n)
+        .collect::<Vec<_>>()
+        .chunks(batch)
+        .map(|ids| {
+            let memories: Vec<Value> = ids.iter().map(|&i| memory_json(&mut rng, i, dim)).collect();
+            serde_json::to_vec(&json!({ "memories": memories })).expect("serializes")
+        })
+        .collect()
+}
+
+/// Send `bodies` to `url` with `concurrency` in flight: (seconds for all, each
+/// request's milliseconds sorted).
+async fn timed_load(url: &str, bodies: Vec<Vec<u8>>, concurrency: usize) -> Result<(f64, Vec<f64>), String> {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    let ms = load(&client, url, None, bodies, concurrency).await?;
+    Ok((started.elapsed().as_secs_f64(), ms))
+}
+
+/// Environment of a benchmark server: no rate limit (the load comes from one address).
+fn bench_env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = vec![("MEMHUB_RATE_PER_SECOND".to_string(), "0".to_string())];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+/// `bench writes`: see [`Which::Writes`].
+async fn writes(config: &Config, clients: usize, singles: usize, count: usize, rounds: usize) -> Result<(), String> {
+    let dim = config.engine.embedding_dim;
+    eprintln!("generating {singles} single and {count} batched memories ...");
+    let single = single_bodies(0, singles, dim);
+    let batches = batch_bodies(singles, count, 1000, dim);
+    let mut runs: Vec<Value> = Vec::new();
+    for pass in 0..rounds.max(1) {
+        // Alternate which mode goes first, so drift on a shared machine hits both.
+        let order = if pass % 2 == 0 { ["false", "true"] } else { ["true", "false"] };
+        for grouping in order {
+            let server =
+                ServerProcess::start_with(config, bench_env(&[("MEMHUB_GROUP_COMMIT", grouping)]), |_| Ok(()))?;
+            let (s_secs, s_ms) = timed_load(&format!("{}/v1/memories", server.base), single.clone(), clients).await?;
+            let (b_secs, _) = timed_load(&format!("{}/v1/memories/batch", server.base), batches.clone(), 2).await?;
+            let run = json!({
+                "group_commit": grouping == "true",
+                "round": pass,
+                "single_stores_per_second": (singles as f64 / s_secs).round(),
+                "single_ms_p50": round(percentile(&s_ms, 0.5)),
+                "single_ms_p99": round(percentile(&s_ms, 0.99)),
+                "batched_memories_per_second": (count as f64 / b_secs).round(),
+            });
+            eprintln!("{run}");
+            runs.push(run);
+        }
+    }
+    let summary = |grouping: bool| {
+        let of = |key: &str| {
+            median(runs.iter().filter(|r| r["group_commit"] == grouping).filter_map(|r| r[key].as_f64()).collect())
+        };
+        json!({
+            "single_stores_per_second": of("single_stores_per_second"),
+            "single_ms_p50": of("single_ms_p50"),
+            "single_ms_p99": of("single_ms_p99"),
+            "batched_memories_per_second": of("batched_memories_per_second"),
+        })
+    };
+    let (off, on) = (summary(false), summary(true));
+    let ratio = |key: &str| round(on[key].as_f64().unwrap_or(0.0) / off[key].as_f64().unwrap_or(1.0));
+    let report = json!({
+        "bench": "writes",
+        "clients": clients,
+        "singles": singles,
+        "batched": count,
+        "rounds": rounds,
+        "medians_group_commit_off": off,
+        "medians_group_commit_on": on,
+        "single_stores_ratio_on_over_off": ratio("single_stores_per_second"),
+        "batched_ratio_on_over_off": ratio("batched_memories_per_second"),
+        "runs": runs,
+    });
+    println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+fn micros_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Follow `GET /v1/events` from `after`: the lag (ms, arrival minus the change's
+/// `at`) of each event, until `expect` events arrived or `stop` is set.
+async fn follow_events(base: String, after: i64, expect: usize, stop: Arc<AtomicBool>) -> Result<Vec<f64>, String> {
+    let mut resp = reqwest::Client::new()
+        .get(format!("{base}/v1/events?after={after}"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("events: {}", resp.status()));
+    }
+    let mut lags = Vec::with_capacity(expect);
+    let mut buf = String::new();
+    while lags.len() < expect && !stop.load(Ordering::Relaxed) {
+        let chunk = match tokio::time::timeout(Duration::from_millis(500), resp.chunk()).await {
+            Err(_) => continue,
+            Ok(c) => c.map_err(|e| e.to_string())?,
+        };
+        let Some(chunk) = chunk else { break };
+        let arrived = micros_now();
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            // Only the `at` field (ISO-8601) is needed: found by hand, not a full parse per event.
+            if let Some(at) = event.find("\"at\":\"").and_then(|i| {
+                let rest = &event[i + 6..];
+                chrono::DateTime::parse_from_rfc3339(&rest[..rest.find('"')?]).ok()
+            }) {
+                lags.push((arrived - at.timestamp_micros()) as f64 / 1000.0);
+            }
+        }
+    }
+    Ok(lags)
+}
+
+/// A webhook receiver on a free loopback port: counts the changes it was sent.
+async fn webhook_receiver() -> Result<(String, Arc<AtomicUsize>), String> {
+    let received = Arc::new(AtomicUsize::new(0));
+    let counter = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let counter = counter.clone();
+            async move {
+                let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                let n = v["data"]["changes"].as_array().map_or(0, Vec::len);
+                counter.fetch_add(n, Ordering::Relaxed);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let url = format!("http://{}/hook", listener.local_addr().map_err(|e| e.to_string())?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, received))
+}
+
+/// Wait until `done()` or `limit` passed; seconds waited.
+async fn wait_for(limit: Duration, done: impl Fn() -> bool) -> f64 {
+    let started = Instant::now();
+    while !done() && started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed().as_secs_f64()
+}
+
+/// `bench feed`: see [`Which::Feed`].
+async fn feed(
+    config: &Config,
+    count: usize,
+    rounds: usize,
+    subscribers: usize,
+    clients: usize,
+    singles: usize,
+) -> Result<(), String> {
+    let dim = config.engine.embedding_dim;
+    eprintln!("generating {count} batched and {singles} single memories ...");
+    let batches = batch_bodies(0, count, 1000, dim);
+    let single = single_bodies(count, singles, dim);
+    let env = bench_env(&[("MEMHUB_WEBHOOKS_ALLOW_PRIVATE_TARGETS", "true")]);
+
+    // 1. What attached consumers cost the writers.
+    let mut runs: Vec<Value> = Vec::new();
+    for pass in 0..rounds.max(1) {
+        let order = if pass % 2 == 0 { [false, true] } else { [true, false] };
+        for attached in order {
+            let server = ServerProcess::start_with(config, env.clone(), |_| Ok(()))?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let mut consumers = None;
+            if attached {
+                let (url, delivered) = webhook_receiver().await?;
+                let resp = reqwest::Client::new()
+                    .post(format!("{}/v1/webhooks", server.base))
+                    .json(&json!({ "url": url }))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !resp.status().is_success() {
+                    return Err(format!(
+                        "webhook registration: {} {}",
+                        resp.status(),
+                        resp.text().await.unwrap_or_default()
+                    ));
+                }
+                let sse = tokio::spawn(follow_events(server.base.clone(), 0, count, stop.clone()));
+                consumers = Some((sse, delivered));
+            }
+            let (secs, ms) = timed_load(&format!("{}/v1/memories/batch", server.base), batches.clone(), 2).await?;
+            let mut run = json!({
+                "consumers": attached,
+                "round": pass,
+                "memories_per_second": (count as f64 / secs).round(),
+                "batch_ms_p50": round(percentile(&ms, 0.5)),
+            });
+            if let Some((sse, delivered)) = consumers {
+                let caught_up = wait_for(Duration::from_secs(120), || delivered.load(Ordering::Relaxed) >= count).await;
+                stop.store(true, Ordering::Relaxed);
+                let lags = sse.await.map_err(|e| e.to_string())??;
+                run["sse_events"] = json!(lags.len());
+                run["webhook_changes"] = json!(delivered.load(Ordering::Relaxed));
+                run["webhook_caught_up_seconds_after_ingest"] = json!(round(caught_up));
+            }
+            eprintln!("{run}");
+            runs.push(run);
+        }
+    }
+    let rate = |attached: bool| {
+        median(
+            runs.iter()
+                .filter(|r| r["consumers"] == attached)
+                .filter_map(|r| r["memories_per_second"].as_f64())
+                .collect(),
+        )
+    };
+    let (off, on) = (rate(false), rate(true));
+
+    // 2. Lag with many subscribers while single writes go at full speed.
+    let server = ServerProcess::start_with(config, env.clone(), |_| Ok(()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let followers: Vec<_> =
+        (0..subscribers).map(|_| tokio::spawn(follow_events(server.base.clone(), 0, singles, stop.clone()))).collect();
+    // Every stream is open before the first write.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (secs, ms) = timed_load(&format!("{}/v1/memories", server.base), single, clients).await?;
+    let limit = tokio::time::sleep(Duration::from_secs(120));
+    tokio::pin!(limit);
+    let mut lags = Vec::new();
+    let mut complete = 0;
+    for f in followers {
+        tokio::select! {
+            got = f => {
+                let got = got.map_err(|e| e.to_string())??;
+                complete += usize::from(got.len() == singles);
+                lags.extend(got);
+            }
+            _ = &mut limit => { stop.store(true, Ordering::Relaxed); }
+        }
+    }
+    lags.sort_by(f64::total_cmp);
+    let report = json!({
+        "bench": "feed",
+        "ingest": {
+            "memories": count,
+            "rounds": rounds,
+            "median_memories_per_second_no_consumer": off,
+            "median_memories_per_second_sse_and_webhook": on,
+            "cost_percent": round((1.0 - on / off) * 100.0),
+            "runs": runs,
+        },
+        "lag": {
+            "subscribers": subscribers,
+            "clients": clients,
+            "single_stores": singles,
+            "single_stores_per_second": (singles as f64 / secs).round(),
+            "single_ms_p99": round(percentile(&ms, 0.99)),
+            "subscribers_complete": complete,
+            "events": lags.len(),
+            "lag_ms_p50": round(percentile(&lags, 0.5)),
+            "lag_ms_p99": round(percentile(&lags, 0.99)),
+            "lag_ms_max": lags.last().copied().map(round),
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    Ok(())
 }
 
 async fn auth(config: &Config, count: usize, queries: usize, concurrency: usize, rounds: usize) -> Result<(), String> {
