@@ -228,9 +228,24 @@ impl TextIndex {
     pub fn compact(&self) -> Result<()> {
         let Some(writer) = &self.writer else { return Ok(()) };
         let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
-        let segments = self.reader.searcher().index().searchable_segment_ids().map_err(text_error)?;
-        if !segments.is_empty() {
-            writer.merge(&segments).wait().map_err(text_error)?;
+        // The segment list is read from the last commit, and tantivy's own background
+        // merges may still replace some of those segments: then the merge is refused
+        // ("segments ... could not be found") and is tried again on a fresh list.
+        let mut attempt = 0;
+        loop {
+            let segments = writer.index().searchable_segment_ids().map_err(text_error)?;
+            if segments.is_empty() {
+                break;
+            }
+            match writer.merge(&segments).wait() {
+                Ok(_) => break,
+                Err(e) if attempt < 10 => {
+                    tracing::debug!(error = %e, "segment merge raced a background merge; retrying");
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(text_error(e)),
+            }
         }
         writer.garbage_collect_files().wait().map_err(text_error)?;
         drop(writer);
