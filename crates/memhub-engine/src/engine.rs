@@ -23,7 +23,8 @@ use crate::index::{normalized, query_terms, DocId, IndexSizes, Indexes};
 use crate::prepare::{self, check_attributes, check_content, check_embedding, check_tags, same_revision, Prepared};
 use crate::store::{MemoryStore, OpenMode, SqliteStore, StoreTx};
 use crate::telemetry;
-use crate::tiers::{score_cold, ColdTier, TierStats};
+use crate::cold::{score_cold, ColdTier, Committer};
+use crate::tiers::TierStats;
 use crate::EngineConfig;
 
 mod graph;
@@ -348,6 +349,20 @@ impl Engine {
     pub(crate) fn store(&self) -> &dyn MemoryStore {
         self.store.as_ref()
     }
+}
+
+/// The cold tier commits through the engine, so its moves feed the change stream.
+impl Committer for Engine {
+    fn store(&self) -> &dyn MemoryStore {
+        Engine::store(self)
+    }
+
+    fn commit<T>(&self, work: impl FnMut(&mut dyn StoreTx) -> Result<T>) -> Result<T> {
+        Engine::commit(self, work)
+    }
+}
+
+impl Engine {
 
     /// The derived indexes (for benchmarks and diagnostics).
     pub fn indexes(&self) -> &Indexes {

@@ -11,6 +11,7 @@
 //! # Ok::<(), memhub_types::Error>(())
 //! ```
 
+mod cold;
 mod embedding;
 mod engine;
 pub mod index;

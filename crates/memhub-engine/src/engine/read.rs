@@ -8,7 +8,10 @@ impl Engine {
         let now = now_micros();
         let found = match self.store.memory_by_id(&scope.tenant, id)? {
             Some((_, m)) => Some(m),
-            None => self.get_cold(&scope.tenant, id)?,
+            None => match &self.cold {
+                Some(cold) => cold.get(self.store(), &scope.tenant, id)?,
+                None => None,
+            },
         };
         found.filter(|m| self.visible(scope, m, now)).ok_or_else(|| Error::not_found(format!("no memory with id {id}")))
     }
@@ -19,7 +22,10 @@ impl Engine {
         let tenant = scope.tenant.as_str();
         let now = now_micros();
         let found = self.store.memories_by_memory_id(tenant, system_id, memory_id, 2)?;
-        let cold = self.cold_by_memory_id(tenant, system_id, memory_id)?;
+        let cold = match &self.cold {
+            Some(cold) => cold.by_memory_id(self.store(), tenant, system_id, memory_id)?,
+            None => Vec::new(),
+        };
         let mut found: Vec<Memory> = found.into_iter().chain(cold).filter(|m| self.visible(scope, m, now)).collect();
         match found.len() {
             0 => Err(Error::not_found(format!("no memory with memory_id {memory_id:?}"))),
@@ -80,7 +86,11 @@ impl Engine {
     /// Cold memories follow the store's.
     pub fn export(&self, tenant: Option<&str>, mut f: impl FnMut(Memory) -> Result<()>) -> Result<usize> {
         let stored = self.store.each_memory(tenant, &mut f)?;
-        Ok(stored + self.each_cold(tenant, f)?)
+        let cold = match &self.cold {
+            Some(cold) => cold.each(self.store(), tenant, f)?,
+            None => 0,
+        };
+        Ok(stored + cold)
     }
 
     /// Counts of what `scope` sees.

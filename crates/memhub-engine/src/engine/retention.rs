@@ -96,7 +96,12 @@ impl Engine {
             m.expires_at.is_some_and(|t| t <= expired_before)
                 || self.past_retention(&m.tenant, &m.system_id, &m.kind, m.created_at, now)
         })?;
-        removed.memories += self.purge_cold(now, expired_before)?;
+        if let Some(cold) = &self.cold {
+            removed.memories += cold.purge(self, |e| {
+                e.expires_at.is_some_and(|t| t <= expired_before)
+                    || self.past_retention(&e.tenant, &e.system_id, &e.kind, e.created_at, now)
+            })?;
+        }
         self.prune_changes(now)?;
         if removed == Removed::default() {
             return Ok(removed);
@@ -135,7 +140,9 @@ impl Engine {
         };
         let mut removed = self.remove_where(&seqs, ChangeOp::Erased, |m| scope.permits(m))?;
         // Cold files holding matches are rewritten without them (and the old objects deleted).
-        removed.memories += self.erase_cold(scope, filter)?;
+        if let Some(cold) = &self.cold {
+            removed.memories += cold.erase(self, scope, filter, &self.retention_policies())?;
+        }
         self.compact()?;
         Ok(removed)
     }

@@ -98,9 +98,11 @@ impl Engine {
         let vector_query = query_vector.as_deref().filter(|_| use_vector);
         // Cold memories are scanned from their Parquet files (partitions pruned by the
         // filter) and scored on their own; their ranks merge with the indexes' by score.
-        let cold_hits = if tiers.contains(&Tier::Cold) && self.cold.is_some() {
+        let cold_hits = if let (true, Some(cold)) = (tiers.contains(&Tier::Cold), &self.cold) {
             let terms = if use_text { query_terms(&req.query) } else { Vec::new() };
-            let scanned = self.scan_cold(scope, &req.filter, now)?;
+            let retention = self.retention_policies();
+            let selection = memhub_types::Selection { scope, filter: &req.filter, retention: &retention, now };
+            let scanned = cold.scan(self.store(), &selection)?;
             score_cold(scanned, &terms, query_vector.as_deref(), &self.config.embedding_model)
         } else {
             Vec::new()

@@ -68,15 +68,13 @@ impl Engine {
     /// Run a write that may meet cold keys: thaw those first, and again if an aging
     /// run froze one between the thaw and the write's transaction.
     pub(super) fn write_thawing<T>(&self, prepared: &[&Prepared], write: impl Fn() -> Result<T>) -> Result<T> {
-        if self.cold.is_none() {
-            return write();
-        }
+        let Some(cold) = &self.cold else { return write() };
         let keys: Vec<(&str, &str, &str)> = prepared
             .iter()
             .map(|p| (p.memory.tenant.as_str(), p.memory.system_id.as_str(), p.memory.memory_id.as_str()))
             .collect();
         for _ in 0..3 {
-            self.thaw_keys(&keys)?;
+            cold.thaw_keys(self, &keys)?;
             match write() {
                 Err(e) if e.detail == COLD_KEY_MOVED => continue,
                 other => return other,
@@ -205,8 +203,8 @@ impl Engine {
             let patch = MemoryPatch { expires_at: Some(now_micros()), ..Default::default() };
             return self.update(access, id, patch).map(|s| s.memory);
         }
-        if self.get_for_change(access, id)?.tier == Tier::Cold {
-            self.thaw_id(id)?;
+        if let (Tier::Cold, Some(cold)) = (self.get_for_change(access, id)?.tier, &self.cold) {
+            cold.thaw_id(self, id)?;
         }
         self.commit(|tx| {
             let (row, m) = tx
