@@ -1,7 +1,7 @@
 //! The engine: the write path (validate -> one transaction -> indexes catch up) and
 //! the read paths (get, list, history, search), all scoped by tenant.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -27,6 +27,7 @@ use crate::cold::{score_cold, ColdTier, Committer};
 use crate::tiers::TierStats;
 use crate::EngineConfig;
 
+mod fusion;
 mod graph;
 mod group;
 mod read;
