@@ -1,6 +1,7 @@
 //! The engine: the write path (validate -> one transaction -> indexes catch up) and
 //! the read paths (get, list, history, search), all scoped by tenant.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -17,13 +18,13 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::cold::{score_cold, ColdTier, Committer};
 use crate::embedding::EmbeddingQueue;
 use crate::index::filters::content_key;
 use crate::index::{normalized, query_terms, DocId, IndexSizes, Indexes};
 use crate::prepare::{self, check_attributes, check_content, check_embedding, check_tags, same_revision, Prepared};
 use crate::store::{MemoryStore, OpenMode, SqliteStore, StoreTx};
 use crate::telemetry;
-use crate::cold::{score_cold, ColdTier, Committer};
 use crate::tiers::TierStats;
 use crate::EngineConfig;
 
@@ -306,34 +307,10 @@ impl Engine {
             return Ok(page);
         }
         let pruned = self.store.pruned_through()?;
-        let reset = after < pruned;
-        let mut cursor = after.max(pruned);
-        let mut changes = Vec::new();
-        // Changes the reader may not see are skipped; a bounded scan per call keeps a
-        // narrow reader of a busy log from reading all of it at once.
-        let mut scanned = 0;
-        while changes.len() < limit && scanned < CHANGES_SCANNED {
-            let batch = self.store.changes_after(cursor, 1_000)?;
-            let Some(last) = batch.last() else { break };
-            let (last_seq, full) = (last.seq, batch.len() == 1_000);
-            for c in batch {
-                if changes.len() == limit {
-                    break;
-                }
-                cursor = c.seq;
-                scanned += 1;
-                if c.visible_to(scope) && filter.matches(&c) {
-                    changes.push(c);
-                }
-            }
-            if changes.len() < limit {
-                cursor = cursor.max(last_seq);
-            }
-            if !full {
-                break;
-            }
-        }
-        Ok(ChangePage { changes, next_after: cursor, reset })
+        let from = after.max(pruned);
+        let (changes, next_after) =
+            page_of(log_after(self.store(), from), from, scope, filter, limit, CHANGES_SCANNED)?;
+        Ok(ChangePage { changes, next_after, reset: after < pruned })
     }
 
     /// [`changes`](Self::changes) without a store read: `None` when the page is not
@@ -364,7 +341,6 @@ impl Committer for Engine {
 }
 
 impl Engine {
-
     /// The derived indexes (for benchmarks and diagnostics).
     pub fn indexes(&self) -> &Indexes {
         &self.indexes
@@ -443,4 +419,58 @@ impl Drop for Engine {
             }
         }
     }
+}
+
+/// The one rule for a page of the change log, wherever the changes are read from:
+/// walk the changes after `after` in order, keep those `scope` may read and `filter`
+/// admits, and stop at `limit` kept or `scan` walked. Returns the page and its
+/// cursor, the last change walked: a reader moves past what it may not see once,
+/// and a narrow reader of a busy log reads a bounded stretch per call.
+pub(crate) fn page_of<'a>(
+    log: impl Iterator<Item = Result<Cow<'a, Change>>>,
+    after: i64,
+    scope: &Scope,
+    filter: &ChangeFilter,
+    limit: usize,
+    scan: usize,
+) -> Result<(Vec<Change>, i64)> {
+    let mut cursor = after;
+    let mut kept = Vec::new();
+    if limit == 0 {
+        return Ok((kept, cursor));
+    }
+    for c in log.take(scan) {
+        let c = c?;
+        cursor = c.seq;
+        if c.visible_to(scope) && filter.matches(&c) {
+            kept.push(c.into_owned());
+            // Stop before pulling another change: it may cost a store read.
+            if kept.len() == limit {
+                break;
+            }
+        }
+    }
+    Ok((kept, cursor))
+}
+
+/// The store's change log after `after`, read lazily a thousand at a time.
+fn log_after(store: &dyn MemoryStore, after: i64) -> impl Iterator<Item = Result<Cow<'static, Change>>> + '_ {
+    const BATCH: usize = 1_000;
+    let (mut next, mut buffered, mut done) = (after, std::collections::VecDeque::new(), false);
+    std::iter::from_fn(move || {
+        if buffered.is_empty() && !done {
+            match store.changes_after(next, BATCH) {
+                Ok(batch) => {
+                    done = batch.len() < BATCH;
+                    next = batch.last().map_or(next, |c| c.seq);
+                    buffered.extend(batch);
+                }
+                Err(e) => {
+                    done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        buffered.pop_front().map(|c| Ok(Cow::Owned(c)))
+    })
 }

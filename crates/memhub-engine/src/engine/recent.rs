@@ -60,8 +60,7 @@ impl RecentChanges {
     }
 
     /// The page [`Engine::changes`] would read from the store, if every change after
-    /// `after` is held: changes `scope` may read and `filter` admits, at most
-    /// `limit`, scanning at most `scan` changes.
+    /// `after` is held (the same rule, [`page_of`], over the held changes).
     pub(crate) fn page(
         &self,
         scope: &Scope,
@@ -75,17 +74,8 @@ impl RecentChanges {
             return None;
         }
         let start = w.changes.partition_point(|c| c.seq <= after);
-        let mut cursor = after;
-        let mut changes = Vec::new();
-        for c in w.changes.range(start..).take(scan) {
-            if changes.len() == limit {
-                break;
-            }
-            cursor = c.seq;
-            if c.visible_to(scope) && filter.matches(c) {
-                changes.push(c.clone());
-            }
-        }
-        Some(ChangePage { changes, next_after: cursor, reset: false })
+        let held = w.changes.range(start..).map(|c| Ok(Cow::Borrowed(c)));
+        let (changes, next_after) = page_of(held, after, scope, filter, limit, scan).ok()?;
+        Some(ChangePage { changes, next_after, reset: false })
     }
 }
