@@ -500,6 +500,23 @@ struct Call {
     args: Map<String, Value>,
 }
 
+/// The shape most tools share: parse the arguments as `A`, run `work` on a blocking
+/// thread, answer with `respond`'s JSON or the error.
+async fn answer<A, T>(
+    args: Map<String, Value>,
+    work: impl FnOnce(A) -> Result<T, Error> + Send + 'static,
+    respond: impl FnOnce(T) -> Value,
+) -> ToolOutput
+where
+    A: DeserializeOwned,
+    T: Send + 'static,
+{
+    match blocking(move || work(parse(Value::Object(args))?)).await {
+        Ok(t) => ToolOutput::ok(respond(t)),
+        Err(e) => ToolOutput::error(&e),
+    }
+}
+
 async fn store_memory_tool(c: Call) -> ToolOutput {
     let engine = c.engine;
     let write = c.access.write.clone();
@@ -528,26 +545,18 @@ async fn batch_store_memories_tool(c: Call) -> ToolOutput {
 }
 
 async fn search_memories_tool(c: Call) -> ToolOutput {
-    let engine = c.engine;
-    let read = c.access.read.clone();
-    let args = c.args;
-    let result = blocking(move || {
-        let req: SearchRequest = parse(Value::Object(args))?;
-        engine.search(&read, &req)
-    })
-    .await;
-    match result {
-        Ok(r) => ToolOutput::ok(serde_json::to_value(r).expect("serializes")),
-        Err(e) => ToolOutput::error(&e),
-    }
+    let Call { engine, access, args, .. } = c;
+    answer(
+        args,
+        move |req: SearchRequest| engine.search(&access.read, &req),
+        |r| serde_json::to_value(r).expect("serializes"),
+    )
+    .await
 }
 
 async fn search_all_systems_tool(c: Call) -> ToolOutput {
-    let engine = c.engine;
-    let read = c.access.read.clone();
-    let args = c.args;
-    let result = blocking(move || {
-        let a: SearchAllArgs = parse(Value::Object(args))?;
+    let Call { engine, access, args, .. } = c;
+    let search = move |a: SearchAllArgs| {
         let req = SearchRequest {
             query: a.query,
             query_embedding: a.query_embedding,
@@ -556,11 +565,10 @@ async fn search_all_systems_tool(c: Call) -> ToolOutput {
             filter: MemoryFilter { system_id: a.system_id, ..Default::default() },
             ..Default::default()
         };
-        engine.search(&read, &req)
-    })
-    .await;
-    match result {
-        Ok(r) => ToolOutput::ok(json!({
+        engine.search(&access.read, &req)
+    };
+    answer(args, search, |r| {
+        json!({
             "query": r.query,
             "total_results": r.total_results,
             "results": r.results.iter().map(|h| json!({
@@ -571,9 +579,9 @@ async fn search_all_systems_tool(c: Call) -> ToolOutput {
                 "timestamp": format_micros(h.memory.created_at),
             })).collect::<Vec<_>>(),
             "mode": r.mode,
-        })),
-        Err(e) => ToolOutput::error(&e),
-    }
+        })
+    })
+    .await
 }
 
 async fn embed_tool(c: Call) -> ToolOutput {
@@ -617,79 +625,59 @@ async fn embed_tool(c: Call) -> ToolOutput {
 }
 
 async fn get_memory_tool(c: Call) -> ToolOutput {
-    let engine = c.engine;
-    let read = c.access.read.clone();
-    let args = c.args;
-    let result = blocking(move || {
-        let a: Address = parse(Value::Object(args))?;
-        resolve(&engine, &read, &a)
-    })
-    .await;
-    match result {
-        Ok(m) => ToolOutput::ok(json!({"status": "found", "memory": public(m)})),
-        Err(e) => ToolOutput::error(&e),
-    }
+    let Call { engine, access, args, .. } = c;
+    answer(
+        args,
+        move |a: Address| resolve(&engine, &access.read, &a),
+        |m| json!({"status": "found", "memory": public(m)}),
+    )
+    .await
 }
 
 async fn delete_memory_tool(c: Call) -> ToolOutput {
-    let engine = c.engine;
-    let read = c.access.read.clone();
-    let args = c.args;
-    let access = c.access;
-    let result = blocking(move || {
-        let a: Address = parse(Value::Object(args))?;
-        let m = resolve(&engine, &read, &a)?;
+    let Call { engine, access, args, .. } = c;
+    let delete = move |a: Address| {
+        let m = resolve(&engine, &access.read, &a)?;
         engine.delete(&access, &m.id)
-    })
-    .await;
-    match result {
-        Ok(m) => {
-            ToolOutput::ok(json!({"status": "deleted", "id": m.id, "memory_id": m.memory_id, "system_id": m.system_id}))
-        }
-        Err(e) => ToolOutput::error(&e),
-    }
+    };
+    answer(
+        args,
+        delete,
+        |m| json!({"status": "deleted", "id": m.id, "memory_id": m.memory_id, "system_id": m.system_id}),
+    )
+    .await
 }
 
 async fn list_memories_tool(c: Call) -> ToolOutput {
-    let engine = c.engine;
-    let read = c.access.read.clone();
-    let args = c.args;
-    let result = blocking(move || {
-        let a: ListArgs = parse(Value::Object(args))?;
-        engine.list(&read, &a.filter, a.limit, a.cursor.as_deref())
-    })
-    .await;
-    match result {
-        Ok(page) => ToolOutput::ok(json!({
+    let Call { engine, access, args, .. } = c;
+    let list = move |a: ListArgs| engine.list(&access.read, &a.filter, a.limit, a.cursor.as_deref());
+    answer(args, list, |page| {
+        json!({
             "count": page.memories.len(),
             "memories": page.memories.into_iter().map(public).collect::<Vec<_>>(),
             "next_cursor": page.next_cursor,
-        })),
-        Err(e) => ToolOutput::error(&e),
-    }
+        })
+    })
+    .await
 }
 
 async fn list_changes_tool(c: Call) -> ToolOutput {
-    let engine = c.engine;
-    let read = c.access.read.clone();
-    let args = c.args;
-    let result = blocking(move || {
-        let a: ChangesArgs = parse(Value::Object(args))?;
+    let Call { engine, access, args, .. } = c;
+    let changes = move |a: ChangesArgs| {
         let after = i64::try_from(a.after.unwrap_or(0)).unwrap_or(i64::MAX);
         let filter =
             memhub_types::ChangeFilter { system_id: a.system_id, kind: a.kind, user_id: a.user_id, ops: a.ops };
-        engine.changes(&read, after, &filter, a.limit)
-    })
-    .await;
-    match result {
-        Ok(page) => ToolOutput::ok(json!({
+        engine.changes(&access.read, after, &filter, a.limit)
+    };
+    answer(args, changes, |page| {
+        json!({
             "count": page.changes.len(),
             "changes": page.changes.iter().map(|c| crate::events::change_json(c, None)).collect::<Vec<_>>(),
             "next_after": page.next_after,
             "reset": page.reset,
-        })),
-        Err(e) => ToolOutput::error(&e),
-    }
+        })
+    })
+    .await
 }
 
 async fn store_reflection_tool(c: Call) -> ToolOutput {
@@ -725,40 +713,30 @@ async fn store_reflection_tool(c: Call) -> ToolOutput {
 }
 
 async fn create_entity_tool(c: Call) -> ToolOutput {
-    let engine = c.engine;
-    let tenant = c.tenant;
-    let mut args = c.args;
+    let Call { engine, tenant, mut args, .. } = c;
     null_to_empty(&mut args, &["observations", "properties", "metadata"]);
-    let result = blocking(move || {
-        let e: NewEntity = parse(Value::Object(args))?;
-        engine.store_entity(&tenant, e)
-    })
-    .await;
-    match result {
-        Ok(e) => ToolOutput::ok(
-            json!({"status": "created", "id": e.id, "name": e.entity.name, "entity_type": e.entity.entity_type}),
-        ),
-        Err(e) => ToolOutput::error(&e),
-    }
+    answer(
+        args,
+        move |e: NewEntity| engine.store_entity(&tenant, e),
+        |e| json!({"status": "created", "id": e.id, "name": e.entity.name, "entity_type": e.entity.entity_type}),
+    )
+    .await
 }
 
 async fn create_relation_tool(c: Call) -> ToolOutput {
-    let engine = c.engine;
-    let tenant = c.tenant;
-    let mut args = c.args;
+    let Call { engine, tenant, mut args, .. } = c;
     null_to_empty(&mut args, &["properties", "metadata"]);
-    let result = blocking(move || {
-        let r: NewRelation = parse(Value::Object(args))?;
-        engine.store_relation(&tenant, r)
-    })
-    .await;
-    match result {
-        Ok(r) => ToolOutput::ok(json!({
-            "status": "created", "id": r.id, "from_entity": r.relation.from_entity,
-            "to_entity": r.relation.to_entity, "relation_type": r.relation.relation_type,
-        })),
-        Err(e) => ToolOutput::error(&e),
-    }
+    answer(
+        args,
+        move |r: NewRelation| engine.store_relation(&tenant, r),
+        |r| {
+            json!({
+                "status": "created", "id": r.id, "from_entity": r.relation.from_entity,
+                "to_entity": r.relation.to_entity, "relation_type": r.relation.relation_type,
+            })
+        },
+    )
+    .await
 }
 
 async fn batch_store(engine: Arc<Engine>, scope: Scope, args: Map<String, Value>) -> ToolOutput {
