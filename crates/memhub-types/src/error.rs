@@ -66,6 +66,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The cold tier's object storage failed or cannot be reached.
     ObjectStoreUnavailable,
+    /// The database (a PostgreSQL backend) cannot be reached, or no connection came
+    /// free within the pool timeout; retry once it is back.
+    StorageUnavailable,
 }
 
 impl ErrorCode {
@@ -99,6 +102,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ObjectStoreUnavailable => "object_store_unavailable",
+            ErrorCode::StorageUnavailable => "storage_unavailable",
         }
     }
 
@@ -115,7 +119,7 @@ impl ErrorCode {
             ErrorCode::MemoryNotFound | ErrorCode::NotFound => 404,
             ErrorCode::AmbiguousMemoryId | ErrorCode::SchemaVersionExists => 409,
             ErrorCode::PayloadTooLarge | ErrorCode::ContentTooLong | ErrorCode::BatchTooLarge => 413,
-            ErrorCode::DataDirLocked | ErrorCode::ObjectStoreUnavailable => 503,
+            ErrorCode::DataDirLocked | ErrorCode::ObjectStoreUnavailable | ErrorCode::StorageUnavailable => 503,
             ErrorCode::MissingCredentials
             | ErrorCode::InvalidCredentials
             | ErrorCode::CredentialsExpired

@@ -1,0 +1,1072 @@
+//! memhub's PostgreSQL backend: [`PostgresStore`] keeps what the embedded store keeps
+//! in `memhub.db` (memories, versions, the knowledge graph, schemas, retention
+//! policies, the cold catalog and the change log) in one PostgreSQL database, so
+//! several memhub replicas can share it.
+//!
+//! The engine is synchronous and calls its store from blocking threads; this store
+//! runs sqlx on a small runtime of its own and blocks on it, as the object-storage
+//! client does.
+//!
+//! **Commit order is sequence order.** Every write transaction first takes one
+//! transaction-scoped advisory lock ([`WRITE_LOCK`]) and only then numbers its
+//! changes from `changes_seq`, so no transaction can commit a lower sequence number
+//! after a higher one is visible: a replica that tails the log by `seq > last` never
+//! skips a change that committed late. Writers on every replica are serialised by
+//! that lock; group commit makes each turn carry many writes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use memhub_engine::store::{ChangedRow, ColdEntry, ColdGroup, MetaRow, RowText, TenantTotals};
+use memhub_engine::{MemoryStore, StoreTx};
+use memhub_types::memory::IngestionMethod;
+use memhub_types::time::now_micros;
+use memhub_types::{
+    Change, ChangeOp, Error, ErrorCode, KindSchema, Memory, NewEntity, NewRelation, Result, RetentionPolicy, Tier,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Postgres, Row, SqlSafeStr};
+use uuid::Uuid;
+
+/// The advisory lock every write transaction holds until it commits (see the crate
+/// doc). The number is arbitrary but fixed: `'memh'` in ASCII.
+pub const WRITE_LOCK: i64 = 0x6d65_6d68;
+
+/// `[storage.postgres]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// Most connections this replica opens.
+    pub pool_size: u32,
+    /// How long a request waits for a free connection (or for the database to
+    /// answer a connect) before it fails with `storage_unavailable`.
+    pub acquire_timeout_seconds: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig { url: String::new(), pool_size: 8, acquire_timeout_seconds: 5 }
+    }
+}
+
+/// The schema, as versioned migrations run at open. A database migrated by a newer
+/// memhub (a version this list lacks) is refused.
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "store".into(),
+        MigrationType::Simple,
+        include_str!("../migrations/0001_store.sql").into_sql_str(),
+        false,
+    )])
+}
+
+/// The columns of `memories` (and `memory_history`) that [`memory_from_row`] reads.
+const MEMORY_COLUMNS: &str = "id, tenant, system_id, memory_id, kind, schema_version, content, \
+    attributes, metadata, tags, user_id, agent_id, session_id, project, created_at, ingested_at, \
+    updated_at, expires_at, embedding, embedding_model, content_hash, version, ingestion_method, tier";
+
+/// The columns of `changes` that [`change_from_row`] reads.
+const CHANGE_COLUMNS: &str = r#"seq, op, "row", tenant, id, memory_id, system_id, kind, user_id, version, at"#;
+
+/// SQL made from this file's constants (never from input: every value is bound).
+fn sql(s: String) -> AssertSqlSafe<String> {
+    AssertSqlSafe(s)
+}
+
+/// A database error as the engine's: the database out of reach is `storage_unavailable`
+/// (503, retry), anything else a storage error.
+fn db(e: sqlx::Error) -> Error {
+    match e {
+        // Connection exceptions (class 08) and a server shutting down (57P0x) are the
+        // database going away, not a bad request.
+        sqlx::Error::Database(ref d) if d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) => {
+            Error::new(ErrorCode::StorageUnavailable, format!("the PostgreSQL database went away: {e}"))
+        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+            Error::new(ErrorCode::StorageUnavailable, format!("the PostgreSQL database cannot be reached: {e}"))
+        }
+        e => Error::storage(e),
+    }
+}
+
+fn redact(url: &str) -> String {
+    // postgres://user:secret@host/db -> postgres://user@host/db
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn memory_from_row(r: &PgRow) -> std::result::Result<Memory, sqlx::Error> {
+    let json_map = |v: Value| match v {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    let method: String = r.try_get("ingestion_method")?;
+    let tier: String = r.try_get("tier")?;
+    Ok(Memory {
+        id: r.try_get("id")?,
+        tenant: r.try_get("tenant")?,
+        system_id: r.try_get("system_id")?,
+        memory_id: r.try_get("memory_id")?,
+        kind: r.try_get("kind")?,
+        schema_version: r.try_get::<i32, _>("schema_version")? as u32,
+        content: r.try_get("content")?,
+        attributes: r.try_get("attributes")?,
+        metadata: json_map(r.try_get("metadata")?),
+        tags: serde_json::from_value(r.try_get("tags")?).unwrap_or_default(),
+        user_id: r.try_get("user_id")?,
+        agent_id: r.try_get("agent_id")?,
+        session_id: r.try_get("session_id")?,
+        project: r.try_get("project")?,
+        created_at: r.try_get("created_at")?,
+        ingested_at: r.try_get("ingested_at")?,
+        updated_at: r.try_get("updated_at")?,
+        expires_at: r.try_get("expires_at")?,
+        embedding: r.try_get("embedding")?,
+        embedding_model: r.try_get("embedding_model")?,
+        content_hash: r.try_get("content_hash")?,
+        version: r.try_get::<i64, _>("version")? as u32,
+        ingestion_method: IngestionMethod::parse(&method).unwrap_or(IngestionMethod::Rest),
+        tier: Tier::parse(&tier).unwrap_or_default(),
+    })
+}
+
+fn change_from_row(r: &PgRow) -> std::result::Result<Option<Change>, sqlx::Error> {
+    let Some(op) = ChangeOp::parse(&r.try_get::<String, _>("op")?) else { return Ok(None) };
+    Ok(Some(Change {
+        seq: r.try_get("seq")?,
+        op,
+        row: r.try_get("row")?,
+        tenant: r.try_get("tenant")?,
+        id: r.try_get("id")?,
+        memory_id: r.try_get("memory_id")?,
+        system_id: r.try_get("system_id")?,
+        kind: r.try_get("kind")?,
+        user_id: r.try_get("user_id")?,
+        version: r.try_get::<Option<i64>, _>("version")?.map(|v| v as u32),
+        at: r.try_get("at")?,
+        memory: None,
+    }))
+}
+
+/// Bind a memory's columns in [`MEMORY_COLUMNS`] order.
+fn bind_memory<'q>(
+    q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    m: &Memory,
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    q.bind(m.id)
+        .bind(m.tenant.clone())
+        .bind(m.system_id.clone())
+        .bind(m.memory_id.clone())
+        .bind(m.kind.clone())
+        .bind(m.schema_version as i32)
+        .bind(m.content.clone())
+        .bind(m.attributes.clone())
+        .bind(Value::Object(m.metadata.clone()))
+        .bind(serde_json::to_value(&m.tags).unwrap_or_default())
+        .bind(m.user_id.clone())
+        .bind(m.agent_id.clone())
+        .bind(m.session_id.clone())
+        .bind(m.project.clone())
+        .bind(m.created_at)
+        .bind(m.ingested_at)
+        .bind(m.updated_at)
+        .bind(m.expires_at)
+        .bind(m.embedding.clone())
+        .bind(m.embedding_model.clone())
+        .bind(m.content_hash.clone())
+        .bind(i64::from(m.version))
+        .bind(m.ingestion_method.as_str())
+        .bind(m.tier.as_str())
+}
+
+/// `$1, $2, ... $n` from `$from`.
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Create database `name` through `admin_url` (a connection to any database of
+/// the cluster, as a user allowed to create databases); returns `admin_url` naming
+/// the new database instead. For test suites and first set-up: `name` must be a
+/// plain identifier (`[a-z0-9_]`), as it cannot be a bound parameter.
+pub fn create_database(admin_url: &str, name: &str) -> Result<String> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        return Err(Error::field(ErrorCode::InvalidField, "name", "must match [a-z0-9_]+"));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Error::internal)?;
+    runtime.block_on(async {
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(admin_url).await.map_err(db)?;
+        sqlx::query(sql(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.map_err(db)?;
+        admin.close().await.map_err(db)
+    })?;
+    let (base, query) = match admin_url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (admin_url, String::new()),
+    };
+    // postgres://user@host:port/database: the database is after the third '/'.
+    let server = match base.match_indices('/').nth(2) {
+        Some((i, _)) => &base[..i],
+        None => return Err(Error::field(ErrorCode::InvalidField, "admin_url", "must name a database")),
+    };
+    Ok(format!("{server}/{name}{query}"))
+}
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    runtime: tokio::runtime::Runtime,
+    pool: PgPool,
+    url: String,
+}
+
+impl PostgresStore {
+    /// Connect, run the migrations, and make the store's identity once.
+    pub fn connect(config: &PostgresConfig) -> Result<PostgresStore> {
+        if config.url.is_empty() {
+            return Err(Error::field(
+                ErrorCode::InvalidField,
+                "storage.postgres.url",
+                "storage.backend = \"postgres\" needs storage.postgres.url (MEMHUB_POSTGRES_URL)",
+            ));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("memhub-postgres")
+            .enable_all()
+            .build()
+            .map_err(Error::internal)?;
+        let url = redact(&config.url);
+        let pool = runtime
+            .block_on(
+                PgPoolOptions::new()
+                    .max_connections(config.pool_size.max(1))
+                    .acquire_timeout(Duration::from_secs(config.acquire_timeout_seconds.max(1)))
+                    .connect(&config.url),
+            )
+            .map_err(|e| match db(e) {
+                e if e.code == ErrorCode::StorageError => {
+                    Error::new(ErrorCode::StorageUnavailable, format!("cannot open {url}: {}", e.message()))
+                }
+                e => e,
+            })?;
+        runtime.block_on(migrator().run(&pool)).map_err(|e| {
+            Error::storage(format!(
+                "cannot migrate {url}: {e} (a database migrated by a newer memhub is refused; upgrade this binary)"
+            ))
+        })?;
+        let store = PostgresStore { runtime, pool, url };
+        store.block(
+            sqlx::query("INSERT INTO store_meta (key, value) VALUES ('store_id', $1) ON CONFLICT (key) DO NOTHING")
+                .bind(Uuid::now_v7().to_string())
+                .execute(&store.pool),
+        )?;
+        Ok(store)
+    }
+
+    /// Run `f` on the store's runtime. Callers are plain or blocking threads; from
+    /// inside an async task the worker first hands its other tasks off.
+    fn run<F: Future>(&self, f: F) -> F::Output {
+        match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(f)),
+            Err(_) => self.runtime.block_on(f),
+        }
+    }
+
+    fn block<T>(&self, f: impl Future<Output = std::result::Result<T, sqlx::Error>>) -> Result<T> {
+        self.run(f).map_err(db)
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.block(
+            sqlx::query_scalar("SELECT value FROM store_meta WHERE key = $1")
+                .bind(key.to_string())
+                .fetch_optional(&self.pool),
+        )
+    }
+
+    fn memories_where(&self, clause: &str, bind: impl FnOnce(Query<'_>) -> Query<'_>) -> Result<Vec<(i64, Memory)>> {
+        let text = format!("SELECT seq, {MEMORY_COLUMNS} FROM memories WHERE {clause}");
+        let rows = self.block(bind(sqlx::query(sql(text))).fetch_all(&self.pool))?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("seq")?, memory_from_row(r)?)))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(db)
+    }
+}
+
+type Query<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+impl MemoryStore for PostgresStore {
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+
+    fn read_only(&self) -> bool {
+        false
+    }
+
+    fn store_id(&self) -> Result<String> {
+        Ok(self.meta("store_id")?.unwrap_or_default())
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.block(sqlx::query_scalar::<_, i64>("SELECT pg_database_size(current_database())").fetch_one(&self.pool))
+            .map_or(0, |b| b.max(0) as u64)
+    }
+
+    fn write(&self, work: &mut dyn FnMut(&mut dyn StoreTx) -> Result<()>) -> Result<Vec<Change>> {
+        let tx = self.block(self.pool.begin())?;
+        let mut open = PgTx { store: self, tx, changes: Vec::new() };
+        let outcome =
+            open.execute(sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK)).and_then(|_| work(&mut open));
+        let PgTx { tx, changes, .. } = open;
+        match outcome {
+            Ok(()) => {
+                self.block(tx.commit())?;
+                Ok(changes)
+            }
+            Err(e) => {
+                // On the store's runtime: a transaction dropped elsewhere cannot return
+                // its connection to the pool.
+                self.run(async move {
+                    if let Err(rollback) = tx.rollback().await {
+                        tracing::warn!(error = %rollback, "rolling back a failed write failed; the pool drops the connection");
+                    }
+                });
+                Err(e)
+            }
+        }
+    }
+
+    fn compact(&self) -> Result<()> {
+        // VACUUM cannot run in a transaction; a pooled connection runs it on its own.
+        for table in ["memories", "memory_history", "changes", "cold_memories"] {
+            self.block(sqlx::query(sql(format!("VACUUM {table}"))).execute(&self.pool))?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn memory_by_id(&self, tenant: &str, id: &Uuid) -> Result<Option<(i64, Memory)>> {
+        let (tenant, id) = (tenant.to_string(), *id);
+        Ok(self.memories_where("id = $1 AND tenant = $2", |q| q.bind(id).bind(tenant))?.pop())
+    }
+
+    fn memories_by_memory_id(
+        &self,
+        tenant: &str,
+        system_id: Option<&str>,
+        memory_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Memory>> {
+        let (tenant, memory_id, system_id) = (tenant.to_string(), memory_id.to_string(), system_id.map(str::to_owned));
+        let found = self.memories_where(
+            "tenant = $1 AND memory_id = $2 AND ($3::text IS NULL OR system_id = $3) ORDER BY seq LIMIT $4",
+            |q| q.bind(tenant).bind(memory_id).bind(system_id).bind(limit as i64),
+        )?;
+        Ok(found.into_iter().map(|(_, m)| m).collect())
+    }
+
+    fn memories_by_row(&self, rows: &[i64]) -> Result<Vec<(i64, Memory)>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found = self.memories_where("seq = ANY($1)", |q| q.bind(rows.to_vec()))?;
+        // In the order asked for.
+        let mut by_row: BTreeMap<i64, Memory> = found.into_iter().collect();
+        Ok(rows.iter().filter_map(|r| Some((*r, by_row.remove(r)?))).collect())
+    }
+
+    fn history(&self, tenant: &str, id: &Uuid) -> Result<Vec<Memory>> {
+        let text =
+            format!("SELECT {MEMORY_COLUMNS} FROM memory_history WHERE id = $1 AND tenant = $2 ORDER BY version DESC");
+        let rows = self.block(sqlx::query(sql(text)).bind(*id).bind(tenant.to_string()).fetch_all(&self.pool))?;
+        rows.iter().map(memory_from_row).collect::<std::result::Result<_, _>>().map_err(db)
+    }
+
+    fn each_memory(&self, tenant: Option<&str>, f: &mut dyn FnMut(Memory) -> Result<()>) -> Result<usize> {
+        let text =
+            format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE ($1::text IS NULL OR tenant = $1) ORDER BY seq");
+        let tenant = tenant.map(str::to_owned);
+        self.run(async {
+            use futures::TryStreamExt;
+            let mut rows = sqlx::query(sql(text)).bind(tenant).fetch(&self.pool);
+            let mut n = 0;
+            while let Some(r) = rows.try_next().await.map_err(db)? {
+                f(memory_from_row(&r).map_err(db)?)?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
+    fn tenant_totals(&self, tenant: &str) -> Result<TenantTotals> {
+        let (history_versions, entities, relations): (i64, i64, i64) = self.block(
+            sqlx::query_as(
+                "SELECT (SELECT COUNT(*) FROM memory_history WHERE tenant = $1), \
+                 (SELECT COUNT(*) FROM kg_entities WHERE tenant = $1), \
+                 (SELECT COUNT(*) FROM kg_relations WHERE tenant = $1)",
+            )
+            .bind(tenant.to_string())
+            .fetch_one(&self.pool),
+        )?;
+        Ok(TenantTotals { history_versions, entities, relations })
+    }
+
+    fn each_meta(&self, model: &str, f: &mut dyn FnMut(MetaRow) -> Result<()>) -> Result<()> {
+        let model = model.to_string();
+        self.run(async {
+            use futures::TryStreamExt;
+            let mut rows = sqlx::query(
+                "SELECT seq, tenant, system_id, kind, user_id, agent_id, session_id, project, tags, created_at, \
+                 expires_at, metadata, content_hash, (embedding IS NOT NULL AND embedding_model = $1) AS has_vector, \
+                 tier FROM memories",
+            )
+            .bind(model)
+            .fetch(&self.pool);
+            while let Some(r) = rows.try_next().await.map_err(db)? {
+                let meta = (|| {
+                    Ok::<_, sqlx::Error>(MetaRow {
+                        row: r.try_get("seq")?,
+                        tenant: r.try_get("tenant")?,
+                        system_id: r.try_get("system_id")?,
+                        kind: r.try_get("kind")?,
+                        user_id: r.try_get("user_id")?,
+                        agent_id: r.try_get("agent_id")?,
+                        session_id: r.try_get("session_id")?,
+                        project: r.try_get("project")?,
+                        tags: serde_json::from_value(r.try_get("tags")?).unwrap_or_default(),
+                        created_at: r.try_get("created_at")?,
+                        expires_at: r.try_get("expires_at")?,
+                        metadata: match r.try_get("metadata")? {
+                            Value::Object(m) => m,
+                            _ => serde_json::Map::new(),
+                        },
+                        content_hash: r.try_get("content_hash")?,
+                        has_vector: r.try_get::<Option<bool>, _>("has_vector")?.unwrap_or(false),
+                        tier: Tier::parse(&r.try_get::<String, _>("tier")?).unwrap_or_default(),
+                    })
+                })()
+                .map_err(db)?;
+                f(meta)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn changed_since(&self, since: Option<i64>, f: &mut dyn FnMut(ChangedRow) -> Result<()>) -> Result<()> {
+        let text = match since {
+            None => "SELECT seq AS r, content, embedding, embedding_model FROM memories",
+            Some(_) => {
+                "SELECT c.r, m.content, m.embedding, m.embedding_model \
+                 FROM (SELECT DISTINCT \"row\" AS r FROM changes WHERE seq > $1 AND \"row\" IS NOT NULL) c \
+                 LEFT JOIN memories m ON m.seq = c.r"
+            }
+        };
+        self.run(async {
+            use futures::TryStreamExt;
+            let mut q = sqlx::query(text);
+            if let Some(s) = since {
+                q = q.bind(s);
+            }
+            let mut rows = q.fetch(&self.pool);
+            while let Some(r) = rows.try_next().await.map_err(db)? {
+                let row: i64 = r.try_get("r").map_err(db)?;
+                let content: Option<String> = r.try_get("content").map_err(db)?;
+                let vector: Option<Vec<f32>> = r.try_get("embedding").map_err(db)?;
+                let model: Option<String> = r.try_get("embedding_model").map_err(db)?;
+                let embedding = vector.zip(model);
+                f(ChangedRow { row, now: content.map(|content| RowText { content, embedding }) })?;
+            }
+            Ok(())
+        })
+    }
+
+    fn last_change(&self) -> Result<i64> {
+        self.block(
+            sqlx::query_scalar(
+                "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM changes), 0), \
+                 COALESCE((SELECT value::bigint FROM store_meta WHERE key = 'pruned_through'), 0))",
+            )
+            .fetch_one(&self.pool),
+        )
+    }
+
+    fn changes_after(&self, after: i64, limit: usize) -> Result<Vec<Change>> {
+        let text = format!("SELECT {CHANGE_COLUMNS} FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2");
+        let rows = self.block(sqlx::query(sql(text)).bind(after).bind(limit as i64).fetch_all(&self.pool))?;
+        let found: Vec<Option<Change>> =
+            rows.iter().map(change_from_row).collect::<std::result::Result<_, _>>().map_err(db)?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    fn pruned_through(&self) -> Result<i64> {
+        Ok(self.meta("pruned_through")?.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
+    fn prune_changes(&self, before: i64) -> Result<usize> {
+        self.run(async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
+            let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM changes WHERE at < $1")
+                .bind(before)
+                .fetch_one(&mut *tx)
+                .await?;
+            let Some(last) = last else { return Ok(0) };
+            let n =
+                sqlx::query("DELETE FROM changes WHERE seq <= $1").bind(last).execute(&mut *tx).await?.rows_affected();
+            sqlx::query(
+                "INSERT INTO store_meta (key, value) VALUES ('pruned_through', $1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(last.to_string())
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(n as usize)
+        })
+        .map_err(db)
+    }
+
+    fn schemas(&self) -> Result<Vec<KindSchema>> {
+        let rows: Vec<(String, i32, String, Value)> = self.block(
+            sqlx::query_as("SELECT kind, version, description, schema FROM kind_schemas ORDER BY kind, version")
+                .fetch_all(&self.pool),
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|(kind, version, description, schema)| KindSchema {
+                kind,
+                version: version as u32,
+                description,
+                schema,
+                builtin: false,
+            })
+            .collect())
+    }
+
+    fn retention_policies(&self) -> Result<Vec<RetentionPolicy>> {
+        let rows: Vec<(String, String, String, i64)> = self.block(
+            sqlx::query_as(
+                "SELECT tenant, kind, system_id, ttl_seconds FROM retention_policies ORDER BY tenant, kind, system_id",
+            )
+            .fetch_all(&self.pool),
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|(tenant, kind, system, ttl)| RetentionPolicy {
+                tenant: Some(tenant),
+                kind,
+                system_id: (!system.is_empty()).then_some(system),
+                ttl_seconds: ttl.max(1) as u64,
+            })
+            .collect())
+    }
+
+    fn cold_ids_by_key(&self, keys: &[(&str, &str, &str)]) -> Result<Vec<Uuid>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tenants: Vec<String> = keys.iter().map(|k| k.0.to_string()).collect();
+        let systems: Vec<String> = keys.iter().map(|k| k.1.to_string()).collect();
+        let ids: Vec<String> = keys.iter().map(|k| k.2.to_string()).collect();
+        self.block(
+            sqlx::query_scalar(
+                "SELECT c.id FROM cold_memories c JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(t, s, m) \
+                 ON c.tenant = k.t AND c.system_id = k.s AND c.memory_id = k.m",
+            )
+            .bind(tenants)
+            .bind(systems)
+            .bind(ids)
+            .fetch_all(&self.pool),
+        )
+    }
+
+    fn cold_ids_by_memory_id(
+        &self,
+        tenant: &str,
+        system_id: Option<&str>,
+        memory_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Uuid>> {
+        self.block(
+            sqlx::query_scalar(
+                "SELECT id FROM cold_memories WHERE tenant = $1 AND memory_id = $2 \
+                 AND ($3::text IS NULL OR system_id = $3) LIMIT $4",
+            )
+            .bind(tenant.to_string())
+            .bind(memory_id.to_string())
+            .bind(system_id.map(str::to_owned))
+            .bind(limit as i64)
+            .fetch_all(&self.pool),
+        )
+    }
+
+    fn cold_file_of(&self, tenant: &str, id: &Uuid) -> Result<Option<String>> {
+        self.block(
+            sqlx::query_scalar("SELECT file FROM cold_memories WHERE id = $1 AND tenant = $2")
+                .bind(*id)
+                .bind(tenant.to_string())
+                .fetch_optional(&self.pool),
+        )
+    }
+
+    fn cold_files_of(&self, ids: &[Uuid]) -> Result<BTreeMap<String, HashSet<Uuid>>> {
+        let rows: Vec<(Uuid, String)> = self.block(
+            sqlx::query_as("SELECT id, file FROM cold_memories WHERE id = ANY($1)")
+                .bind(ids.to_vec())
+                .fetch_all(&self.pool),
+        )?;
+        let mut out: BTreeMap<String, HashSet<Uuid>> = BTreeMap::new();
+        for (id, file) in rows {
+            out.entry(file).or_default().insert(id);
+        }
+        Ok(out)
+    }
+
+    fn cold_entries(&self) -> Result<Vec<ColdEntry>> {
+        let rows: Vec<(Uuid, String, String, String, i64, Option<i64>)> = self.block(
+            sqlx::query_as("SELECT id, tenant, system_id, kind, created_at, expires_at FROM cold_memories")
+                .fetch_all(&self.pool),
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, tenant, system_id, kind, created_at, expires_at)| ColdEntry {
+                id,
+                tenant,
+                system_id,
+                kind,
+                created_at,
+                expires_at,
+            })
+            .collect())
+    }
+
+    fn cold_files(
+        &self,
+        tenant: Option<&str>,
+        system_id: Option<&str>,
+        since: Option<i64>,
+        until: Option<i64>,
+    ) -> Result<Vec<(String, String)>> {
+        self.block(
+            sqlx::query_as(
+                "SELECT path, system_id FROM cold_files WHERE ($1::text IS NULL OR tenant = $1) \
+                 AND ($2::text IS NULL OR system_id = $2) AND ($3::bigint IS NULL OR max_created >= $3) \
+                 AND ($4::bigint IS NULL OR min_created < $4) ORDER BY min_created, path",
+            )
+            .bind(tenant.map(str::to_owned))
+            .bind(system_id.map(str::to_owned))
+            .bind(since)
+            .bind(until)
+            .fetch_all(&self.pool),
+        )
+    }
+
+    fn cold_small_files(&self, rows: usize) -> Result<Vec<(String, usize)>> {
+        let found: Vec<(String, i64)> = self.block(
+            sqlx::query_as(r#"SELECT path, "rows" FROM cold_files WHERE "rows" < $1 ORDER BY path"#)
+                .bind(rows as i64)
+                .fetch_all(&self.pool),
+        )?;
+        Ok(found.into_iter().map(|(p, n)| (p, n as usize)).collect())
+    }
+
+    fn cold_paths(&self) -> Result<HashSet<String>> {
+        let paths: Vec<String> = self.block(sqlx::query_scalar("SELECT path FROM cold_files").fetch_all(&self.pool))?;
+        Ok(paths.into_iter().collect())
+    }
+
+    fn cold_totals(&self) -> Result<(u64, u64)> {
+        let (rows, bytes): (i64, i64) = self.block(
+            sqlx::query_as(
+                r#"SELECT COALESCE(SUM("rows"), 0)::bigint, COALESCE(SUM(bytes), 0)::bigint FROM cold_files"#,
+            )
+            .fetch_one(&self.pool),
+        )?;
+        Ok((rows as u64, bytes as u64))
+    }
+
+    fn cold_groups(&self, tenant: &str) -> Result<(Vec<ColdGroup>, u64)> {
+        let rows: Vec<(String, String, Option<String>, i64)> = self.block(
+            sqlx::query_as(
+                "SELECT system_id, kind, user_id, COUNT(*) FROM cold_memories WHERE tenant = $1 GROUP BY 1, 2, 3",
+            )
+            .bind(tenant.to_string())
+            .fetch_all(&self.pool),
+        )?;
+        let bytes: i64 = self.block(
+            sqlx::query_scalar("SELECT COALESCE(SUM(bytes), 0)::bigint FROM cold_files WHERE tenant = $1")
+                .bind(tenant.to_string())
+                .fetch_one(&self.pool),
+        )?;
+        let groups = rows
+            .into_iter()
+            .map(|(system_id, kind, user_id, n)| ColdGroup { system_id, kind, user_id, memories: n as usize })
+            .collect();
+        Ok((groups, bytes as u64))
+    }
+}
+
+/// A write transaction (holding [`WRITE_LOCK`]) and the changes it has logged.
+struct PgTx<'a> {
+    store: &'a PostgresStore,
+    tx: sqlx::Transaction<'static, Postgres>,
+    changes: Vec<Change>,
+}
+
+impl PgTx<'_> {
+    fn one_memory(&mut self, clause: &str, bind: impl FnOnce(Query<'_>) -> Query<'_>) -> Result<Option<(i64, Memory)>> {
+        let text = format!("SELECT seq, {MEMORY_COLUMNS} FROM memories WHERE {clause}");
+        let store = self.store;
+        let row = store.block(bind(sqlx::query(sql(text))).fetch_optional(&mut *self.tx))?;
+        row.map(|r| Ok((r.try_get("seq")?, memory_from_row(&r)?))).transpose().map_err(db)
+    }
+
+    fn log(&mut self, op: ChangeOp, row: Option<i64>, m: &Memory, keep: bool) -> Result<()> {
+        // An erasure's event keeps ids only: the client's key may say what was erased.
+        let memory_id = (op != ChangeOp::Erased).then(|| m.memory_id.clone());
+        self.append(Change {
+            seq: 0,
+            op,
+            tenant: m.tenant.clone(),
+            id: m.id,
+            memory_id,
+            system_id: Some(m.system_id.clone()),
+            kind: Some(m.kind.clone()),
+            user_id: m.user_id.clone(),
+            version: Some(m.version),
+            at: now_micros(),
+            row,
+            memory: keep.then(|| Arc::new(m.clone())),
+        })
+    }
+
+    fn append(&mut self, mut change: Change) -> Result<()> {
+        let store = self.store;
+        change.seq = store.block(
+            sqlx::query_scalar(
+                r#"INSERT INTO changes (seq, op, "row", tenant, id, memory_id, system_id, kind, user_id, version, at)
+                   VALUES (nextval('changes_seq'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING seq"#,
+            )
+            .bind(change.op.as_str())
+            .bind(change.row)
+            .bind(change.tenant.clone())
+            .bind(change.id)
+            .bind(change.memory_id.clone())
+            .bind(change.system_id.clone())
+            .bind(change.kind.clone())
+            .bind(change.user_id.clone())
+            .bind(change.version.map(i64::from))
+            .bind(change.at)
+            .fetch_one(&mut *self.tx),
+        )?;
+        self.changes.push(change);
+        Ok(())
+    }
+
+    fn graph_change(&mut self, op: ChangeOp, tenant: &str, id: Uuid, kind: &str) -> Result<()> {
+        self.append(Change {
+            seq: 0,
+            op,
+            tenant: tenant.into(),
+            id,
+            memory_id: None,
+            system_id: None,
+            kind: Some(kind.into()),
+            user_id: None,
+            version: None,
+            at: now_micros(),
+            row: None,
+            memory: None,
+        })
+    }
+
+    fn execute(&mut self, q: Query<'_>) -> Result<u64> {
+        let store = self.store;
+        Ok(store.block(q.execute(&mut *self.tx))?.rows_affected())
+    }
+
+    fn remove_history(&mut self, id: &Uuid) -> Result<usize> {
+        Ok(self.execute(sqlx::query("DELETE FROM memory_history WHERE id = $1").bind(*id))? as usize)
+    }
+
+    /// An erased memory's earlier events lose its client key too.
+    fn forget_key(&mut self, id: &Uuid) -> Result<()> {
+        self.execute(sqlx::query("UPDATE changes SET memory_id = NULL WHERE id = $1").bind(*id))?;
+        Ok(())
+    }
+}
+
+impl StoreTx for PgTx<'_> {
+    fn find_by_key(&mut self, tenant: &str, system_id: &str, memory_id: &str) -> Result<Option<(i64, Memory)>> {
+        let (t, s, m) = (tenant.to_string(), system_id.to_string(), memory_id.to_string());
+        self.one_memory("tenant = $1 AND system_id = $2 AND memory_id = $3", |q| q.bind(t).bind(s).bind(m))
+    }
+
+    fn find_by_id(&mut self, tenant: &str, id: &Uuid) -> Result<Option<(i64, Memory)>> {
+        let (t, id) = (tenant.to_string(), *id);
+        self.one_memory("id = $1 AND tenant = $2", |q| q.bind(id).bind(t))
+    }
+
+    fn find_by_row(&mut self, row: i64) -> Result<Option<Memory>> {
+        Ok(self.one_memory("seq = $1", |q| q.bind(row))?.map(|(_, m)| m))
+    }
+
+    fn cold_has_key(&mut self, tenant: &str, system_id: &str, memory_id: &str) -> Result<bool> {
+        let store = self.store;
+        let found: Option<i32> = store.block(
+            sqlx::query_scalar("SELECT 1 FROM cold_memories WHERE tenant = $1 AND system_id = $2 AND memory_id = $3")
+                .bind(tenant.to_string())
+                .bind(system_id.to_string())
+                .bind(memory_id.to_string())
+                .fetch_optional(&mut *self.tx),
+        )?;
+        Ok(found.is_some())
+    }
+
+    fn insert(&mut self, m: &Memory, op: ChangeOp) -> Result<i64> {
+        let text = format!("INSERT INTO memories ({MEMORY_COLUMNS}) VALUES ({}) RETURNING seq", placeholders(1, 24));
+        let store = self.store;
+        let inserted = store.block(bind_memory(sqlx::query(sql(text)), m).fetch_one(&mut *self.tx))?;
+        let row: i64 = inserted.try_get(0).map_err(db)?;
+        self.log(op, Some(row), m, true)?;
+        Ok(row)
+    }
+
+    fn replace(&mut self, row: i64, m: &Memory, superseded_at: i64) -> Result<()> {
+        // The version being replaced goes to history (over any row with its number).
+        self.execute(
+            sqlx::query(
+                "DELETE FROM memory_history h USING memories m \
+                 WHERE m.seq = $1 AND h.id = m.id AND h.version = m.version",
+            )
+            .bind(row),
+        )?;
+        let text = format!(
+            "INSERT INTO memory_history ({MEMORY_COLUMNS}, superseded_at) \
+             SELECT {MEMORY_COLUMNS}, $2 FROM memories WHERE seq = $1"
+        );
+        self.execute(sqlx::query(sql(text)).bind(row).bind(superseded_at))?;
+        let assignments: Vec<String> =
+            MEMORY_COLUMNS.split(", ").enumerate().map(|(i, c)| format!("{c} = ${}", i + 1)).collect();
+        let text = format!("UPDATE memories SET {} WHERE seq = $25", assignments.join(", "));
+        self.execute(bind_memory(sqlx::query(sql(text)), m).bind(row))?;
+        self.log(ChangeOp::Updated, Some(row), m, true)
+    }
+
+    fn set_tier(&mut self, row: i64, from: Tier, to: Tier) -> Result<Option<Memory>> {
+        let n = self.execute(
+            sqlx::query("UPDATE memories SET tier = $3 WHERE seq = $1 AND tier = $2")
+                .bind(row)
+                .bind(from.as_str())
+                .bind(to.as_str()),
+        )?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let moved = self.find_by_row(row)?.ok_or_else(|| Error::internal("a moved memory vanished"))?;
+        self.log(ChangeOp::Moved, Some(row), &moved, true)?;
+        Ok(Some(moved))
+    }
+
+    fn set_embedding(&mut self, row: i64, m: &Memory) -> Result<bool> {
+        let n = self.execute(
+            sqlx::query(
+                "UPDATE memories SET embedding = $2, embedding_model = $3 WHERE seq = $1 AND content_hash = $4",
+            )
+            .bind(row)
+            .bind(m.embedding.clone())
+            .bind(m.embedding_model.clone())
+            .bind(m.content_hash.clone()),
+        )?;
+        if n > 0 {
+            self.log(ChangeOp::Embedded, Some(row), m, true)?;
+        }
+        Ok(n > 0)
+    }
+
+    fn remove(&mut self, row: i64, m: &Memory, op: ChangeOp) -> Result<usize> {
+        self.execute(sqlx::query("DELETE FROM memories WHERE seq = $1").bind(row))?;
+        let history = self.remove_history(&m.id)?;
+        if op == ChangeOp::Erased {
+            self.forget_key(&m.id)?;
+        }
+        self.log(op, Some(row), m, false)?;
+        Ok(history)
+    }
+
+    fn archive(&mut self, row: i64, m: &Memory) -> Result<()> {
+        self.execute(sqlx::query("DELETE FROM memories WHERE seq = $1").bind(row))?;
+        self.log(ChangeOp::Frozen, Some(row), m, false)
+    }
+
+    fn discard_cold(&mut self, m: &Memory, op: ChangeOp) -> Result<usize> {
+        let history = self.remove_history(&m.id)?;
+        if op == ChangeOp::Erased {
+            self.forget_key(&m.id)?;
+        }
+        self.log(op, None, m, false)?;
+        Ok(history)
+    }
+
+    fn catalog_file(&mut self, path: &str, memories: &[Memory], bytes: u64) -> Result<()> {
+        let Some(first) = memories.first() else { return Ok(()) };
+        let min = memories.iter().map(|m| m.created_at).min().unwrap_or(0);
+        let max = memories.iter().map(|m| m.created_at).max().unwrap_or(0);
+        self.execute(
+            sqlx::query(
+                r#"INSERT INTO cold_files (path, tenant, system_id, min_created, max_created, "rows", bytes, created_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
+            )
+            .bind(path.to_string())
+            .bind(first.tenant.clone())
+            .bind(first.system_id.clone())
+            .bind(min)
+            .bind(max)
+            .bind(memories.len() as i64)
+            .bind(bytes as i64)
+            .bind(now_micros()),
+        )?;
+        let ids: Vec<Uuid> = memories.iter().map(|m| m.id).collect();
+        let tenants: Vec<String> = memories.iter().map(|m| m.tenant.clone()).collect();
+        let systems: Vec<String> = memories.iter().map(|m| m.system_id.clone()).collect();
+        let keys: Vec<String> = memories.iter().map(|m| m.memory_id.clone()).collect();
+        // A catalog entry replaces any with the same id or key (as the embedded store's INSERT OR REPLACE).
+        self.execute(
+            sqlx::query(
+                "DELETE FROM cold_memories c USING unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS k(id, t, s, m) \
+                 WHERE c.id = k.id OR (c.tenant = k.t AND c.system_id = k.s AND c.memory_id = k.m)",
+            )
+            .bind(ids.clone())
+            .bind(tenants.clone())
+            .bind(systems.clone())
+            .bind(keys.clone()),
+        )?;
+        self.execute(
+            sqlx::query(
+                "INSERT INTO cold_memories (id, tenant, system_id, memory_id, kind, user_id, created_at, expires_at, file) \
+                 SELECT *, $9 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                 $7::bigint[], $8::bigint[])",
+            )
+            .bind(ids)
+            .bind(tenants)
+            .bind(systems)
+            .bind(keys)
+            .bind(memories.iter().map(|m| m.kind.clone()).collect::<Vec<_>>())
+            .bind(memories.iter().map(|m| m.user_id.clone()).collect::<Vec<_>>())
+            .bind(memories.iter().map(|m| m.created_at).collect::<Vec<_>>())
+            .bind(memories.iter().map(|m| m.expires_at).collect::<Vec<_>>())
+            .bind(path.to_string()),
+        )?;
+        Ok(())
+    }
+
+    fn uncatalog_file(&mut self, path: &str) -> Result<bool> {
+        self.execute(sqlx::query("DELETE FROM cold_memories WHERE file = $1").bind(path.to_string()))?;
+        Ok(self.execute(sqlx::query("DELETE FROM cold_files WHERE path = $1").bind(path.to_string()))? == 1)
+    }
+
+    fn add_schema(&mut self, schema: &KindSchema) -> Result<()> {
+        self.execute(
+            sqlx::query(
+                "INSERT INTO kind_schemas (kind, version, description, schema, created_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(schema.kind.clone())
+            .bind(schema.version as i32)
+            .bind(schema.description.clone())
+            .bind(schema.schema.clone())
+            .bind(now_micros()),
+        )?;
+        Ok(())
+    }
+
+    fn set_retention(&mut self, tenant: &str, policies: &[RetentionPolicy]) -> Result<()> {
+        self.execute(sqlx::query("DELETE FROM retention_policies WHERE tenant = $1").bind(tenant.to_string()))?;
+        for p in policies {
+            self.execute(
+                sqlx::query(
+                    "INSERT INTO retention_policies (tenant, kind, system_id, ttl_seconds) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (tenant, kind, system_id) DO UPDATE SET ttl_seconds = excluded.ttl_seconds",
+                )
+                .bind(tenant.to_string())
+                .bind(p.kind.clone())
+                .bind(p.system_id.clone().unwrap_or_default())
+                .bind(i64::try_from(p.ttl_seconds).unwrap_or(i64::MAX)),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn upsert_entity(&mut self, tenant: &str, e: &NewEntity, now: i64) -> Result<Uuid> {
+        let store = self.store;
+        let id: Uuid = store.block(
+            sqlx::query_scalar(
+                "INSERT INTO kg_entities (id, tenant, name, entity_type, observations, properties, metadata, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (tenant, name, entity_type) DO UPDATE SET \
+                 observations = excluded.observations, properties = excluded.properties, metadata = excluded.metadata, \
+                 updated_at = excluded.updated_at RETURNING id",
+            )
+            .bind(Uuid::now_v7())
+            .bind(tenant.to_string())
+            .bind(e.name.clone())
+            .bind(e.entity_type.clone())
+            .bind(serde_json::to_value(&e.observations).unwrap_or_default())
+            .bind(Value::Object(e.properties.clone()))
+            .bind(Value::Object(e.metadata.clone()))
+            .bind(now)
+            .fetch_one(&mut *self.tx),
+        )?;
+        self.graph_change(ChangeOp::EntityUpserted, tenant, id, &e.entity_type)?;
+        Ok(id)
+    }
+
+    fn upsert_relation(&mut self, tenant: &str, r: &NewRelation, now: i64) -> Result<Uuid> {
+        let store = self.store;
+        let id: Uuid = store.block(
+            sqlx::query_scalar(
+                "INSERT INTO kg_relations (id, tenant, from_entity, to_entity, relation_type, properties, metadata, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant, from_entity, to_entity, relation_type) DO UPDATE SET \
+                 properties = excluded.properties, metadata = excluded.metadata RETURNING id",
+            )
+            .bind(Uuid::now_v7())
+            .bind(tenant.to_string())
+            .bind(r.from_entity.clone())
+            .bind(r.to_entity.clone())
+            .bind(r.relation_type.clone())
+            .bind(Value::Object(r.properties.clone()))
+            .bind(Value::Object(r.metadata.clone()))
+            .bind(now)
+            .fetch_one(&mut *self.tx),
+        )?;
+        self.graph_change(ChangeOp::RelationUpserted, tenant, id, &r.relation_type)?;
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn urls_lose_their_password_in_logs() {
+        assert_eq!(redact("postgres://memhub:s3cret@db:5432/memhub"), "postgres://memhub@db:5432/memhub");
+        assert_eq!(redact("postgres://db/memhub"), "postgres://db/memhub");
+    }
+}
