@@ -16,10 +16,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use memhub_engine::store::{ChangedRow, ColdEntry, ColdGroup, MetaRow, RowText, TenantTotals};
+use memhub_engine::store::{
+    graph_change, memory_change, ChangedRow, ColdEntry, ColdGroup, MetaRow, RowText, TenantTotals,
+};
 use memhub_engine::{MemoryStore, StoreTx};
 use memhub_types::memory::IngestionMethod;
 use memhub_types::time::now_micros;
@@ -330,8 +331,9 @@ impl MemoryStore for PostgresStore {
     fn write(&self, work: &mut dyn FnMut(&mut dyn StoreTx) -> Result<()>) -> Result<Vec<Change>> {
         let tx = self.block(self.pool.begin())?;
         let mut open = PgTx { store: self, tx, changes: Vec::new() };
-        let outcome =
-            open.execute(sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK)).and_then(|_| work(&mut open));
+        let outcome = open
+            .execute(sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK))
+            .and_then(|_| work(&mut open));
         let PgTx { tx, changes, .. } = open;
         match outcome {
             Ok(()) => {
@@ -740,22 +742,7 @@ impl PgTx<'_> {
     }
 
     fn log(&mut self, op: ChangeOp, row: Option<i64>, m: &Memory, keep: bool) -> Result<()> {
-        // An erasure's event keeps ids only: the client's key may say what was erased.
-        let memory_id = (op != ChangeOp::Erased).then(|| m.memory_id.clone());
-        self.append(Change {
-            seq: 0,
-            op,
-            tenant: m.tenant.clone(),
-            id: m.id,
-            memory_id,
-            system_id: Some(m.system_id.clone()),
-            kind: Some(m.kind.clone()),
-            user_id: m.user_id.clone(),
-            version: Some(m.version),
-            at: now_micros(),
-            row,
-            memory: keep.then(|| Arc::new(m.clone())),
-        })
+        self.append(memory_change(op, row, m, keep))
     }
 
     fn append(&mut self, mut change: Change) -> Result<()> {
@@ -782,20 +769,7 @@ impl PgTx<'_> {
     }
 
     fn graph_change(&mut self, op: ChangeOp, tenant: &str, id: Uuid, kind: &str) -> Result<()> {
-        self.append(Change {
-            seq: 0,
-            op,
-            tenant: tenant.into(),
-            id,
-            memory_id: None,
-            system_id: None,
-            kind: Some(kind.into()),
-            user_id: None,
-            version: None,
-            at: now_micros(),
-            row: None,
-            memory: None,
-        })
+        self.append(graph_change(op, tenant, id, kind))
     }
 
     fn execute(&mut self, q: Query<'_>) -> Result<u64> {

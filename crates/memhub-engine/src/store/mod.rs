@@ -18,10 +18,52 @@ mod sqlite;
 
 use std::collections::{BTreeMap, HashSet};
 
+use std::sync::Arc;
+
+use memhub_types::time::now_micros;
 use memhub_types::{Change, ChangeOp, KindSchema, Memory, NewEntity, NewRelation, Result, RetentionPolicy, Tier};
 use uuid::Uuid;
 
 pub use sqlite::SqliteStore;
+
+/// The change a mutation of memory `m` (at `row`, if it is in the store) logs, not
+/// yet numbered (`seq` 0): every backend logs this, so the feed reads the same
+/// everywhere. `keep` carries the memory along for the indexes. An erasure's
+/// change keeps ids only: the client's key may say what was erased.
+pub fn memory_change(op: ChangeOp, row: Option<i64>, m: &Memory, keep: bool) -> Change {
+    Change {
+        seq: 0,
+        op,
+        tenant: m.tenant.clone(),
+        id: m.id,
+        memory_id: (op != ChangeOp::Erased).then(|| m.memory_id.clone()),
+        system_id: Some(m.system_id.clone()),
+        kind: Some(m.kind.clone()),
+        user_id: m.user_id.clone(),
+        version: Some(m.version),
+        at: now_micros(),
+        row,
+        memory: keep.then(|| Arc::new(m.clone())),
+    }
+}
+
+/// The change an entity or relation upsert logs (`kind`: its type), not yet numbered.
+pub fn graph_change(op: ChangeOp, tenant: &str, id: Uuid, kind: &str) -> Change {
+    Change {
+        seq: 0,
+        op,
+        tenant: tenant.into(),
+        id,
+        memory_id: None,
+        system_id: None,
+        kind: Some(kind.into()),
+        user_id: None,
+        version: None,
+        at: now_micros(),
+        row: None,
+        memory: None,
+    }
+}
 
 /// Whether to open a store for writing (the embedded store takes its data dir's
 /// lock) or for reading only.

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use memhub_types::memory::IngestionMethod;
 use memhub_types::time::now_micros;
@@ -17,7 +17,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transactio
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{ChangedRow, ColdEntry, ColdGroup, MemoryStore, MetaRow, OpenMode, RowText, StoreTx, TenantTotals};
+use super::{
+    graph_change, memory_change, ChangedRow, ColdEntry, ColdGroup, MemoryStore, MetaRow, OpenMode, RowText, StoreTx,
+    TenantTotals,
+};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS memories (
@@ -818,23 +821,7 @@ struct SqliteTx<'a> {
 impl SqliteTx<'_> {
     /// Append a change about memory `m` (at `row`, if it has one) to the log.
     fn log(&mut self, op: ChangeOp, row: Option<i64>, m: &Memory, keep: bool) -> Result<()> {
-        // An erasure's event keeps ids only: the client's key may say what was erased.
-        let memory_id = (op != ChangeOp::Erased).then(|| m.memory_id.clone());
-        let change = Change {
-            seq: 0,
-            op,
-            tenant: m.tenant.clone(),
-            id: m.id,
-            memory_id,
-            system_id: Some(m.system_id.clone()),
-            kind: Some(m.kind.clone()),
-            user_id: m.user_id.clone(),
-            version: Some(m.version),
-            at: now_micros(),
-            row,
-            memory: keep.then(|| Arc::new(m.clone())),
-        };
-        self.append(change)
+        self.append(memory_change(op, row, m, keep))
     }
 
     fn append(&mut self, mut change: Change) -> Result<()> {
@@ -864,20 +851,7 @@ impl SqliteTx<'_> {
     }
 
     fn graph_change(&mut self, op: ChangeOp, tenant: &str, id: Uuid, kind: &str) -> Result<()> {
-        self.append(Change {
-            seq: 0,
-            op,
-            tenant: tenant.into(),
-            id,
-            memory_id: None,
-            system_id: None,
-            kind: Some(kind.into()),
-            user_id: None,
-            version: None,
-            at: now_micros(),
-            row: None,
-            memory: None,
-        })
+        self.append(graph_change(op, tenant, id, kind))
     }
 
     /// Write `m` as a new row (`None`: the store numbers it) or over row `row`
