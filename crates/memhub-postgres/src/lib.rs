@@ -207,12 +207,20 @@ pub fn create_database(admin_url: &str, name: &str) -> Result<String> {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
         return Err(Error::field(ErrorCode::InvalidField, "name", "must match [a-z0-9_]+"));
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Error::internal)?;
-    runtime.block_on(async {
-        use sqlx::Connection;
-        let mut admin = sqlx::PgConnection::connect(admin_url).await.map_err(db)?;
-        sqlx::query(sql(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.map_err(db)?;
-        admin.close().await.map_err(db)
+    // On a thread of its own, so a caller inside an async runtime may call it too.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Error::internal)?;
+            runtime.block_on(async {
+                use sqlx::Connection;
+                let mut admin = sqlx::PgConnection::connect(admin_url).await.map_err(db)?;
+                sqlx::query(sql(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.map_err(db)?;
+                admin.close().await.map_err(db)
+            })
+        })
+        .join()
+        .map_err(|_| Error::internal("creating a database panicked"))?
     })?;
     let (base, query) = match admin_url.split_once('?') {
         Some((b, q)) => (b, format!("?{q}")),
@@ -224,6 +232,19 @@ pub fn create_database(admin_url: &str, name: &str) -> Result<String> {
         None => return Err(Error::field(ErrorCode::InvalidField, "admin_url", "must name a database")),
     };
     Ok(format!("{server}/{name}{query}"))
+}
+
+/// Run `f` to completion on `runtime` from any thread: from inside another runtime
+/// (a server opening its store in its async main) on a helper thread.
+fn block_on_anywhere<F>(runtime: &tokio::runtime::Runtime, f: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => std::thread::scope(|s| s.spawn(|| runtime.block_on(f)).join().expect("the helper thread panicked")),
+        Err(_) => runtime.block_on(f),
+    }
 }
 
 /// The PostgreSQL store.
@@ -250,20 +271,20 @@ impl PostgresStore {
             .build()
             .map_err(Error::internal)?;
         let url = redact(&config.url);
-        let pool = runtime
-            .block_on(
-                PgPoolOptions::new()
-                    .max_connections(config.pool_size.max(1))
-                    .acquire_timeout(Duration::from_secs(config.acquire_timeout_seconds.max(1)))
-                    .connect(&config.url),
-            )
-            .map_err(|e| match db(e) {
-                e if e.code == ErrorCode::StorageError => {
-                    Error::new(ErrorCode::StorageUnavailable, format!("cannot open {url}: {}", e.message()))
-                }
-                e => e,
-            })?;
-        runtime.block_on(migrator().run(&pool)).map_err(|e| {
+        let pool = block_on_anywhere(
+            &runtime,
+            PgPoolOptions::new()
+                .max_connections(config.pool_size.max(1))
+                .acquire_timeout(Duration::from_secs(config.acquire_timeout_seconds.max(1)))
+                .connect(&config.url),
+        )
+        .map_err(|e| match db(e) {
+            e if e.code == ErrorCode::StorageError => {
+                Error::new(ErrorCode::StorageUnavailable, format!("cannot open {url}: {}", e.message()))
+            }
+            e => e,
+        })?;
+        block_on_anywhere(&runtime, migrator().run(&pool)).map_err(|e| {
             Error::storage(format!(
                 "cannot migrate {url}: {e} (a database migrated by a newer memhub is refused; upgrade this binary)"
             ))

@@ -42,6 +42,40 @@ pub struct Config {
     pub ingest: memhub_ingest::IngestConfig,
     /// Outgoing webhooks (`[webhooks]`).
     pub webhooks: memhub_webhooks::WebhookConfig,
+    /// Where the memories live (`[storage]`).
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: the source of truth of the memories.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub backend: StorageBackend,
+    /// `[storage.postgres]`, for `backend = "postgres"`.
+    pub postgres: memhub_postgres::PostgresConfig,
+}
+
+/// Which store keeps the memories.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// `memhub.db` in the data dir (embedded, one process).
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database (`storage.postgres.url`). Keys, the audit log, the ingest
+    /// ledger and webhooks still live in the data dir for now.
+    Postgres,
+}
+
+impl std::str::FromStr for StorageBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sqlite" => Ok(StorageBackend::Sqlite),
+            "postgres" => Ok(StorageBackend::Postgres),
+            other => Err(format!("{other:?} is not a storage backend: use sqlite or postgres")),
+        }
+    }
 }
 
 /// Which server-side embedder to run.
@@ -112,6 +146,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             embedder: EmbedderConfig::default(),
             webhooks: memhub_webhooks::WebhookConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -169,6 +204,12 @@ impl Config {
         }
         if let Some(v) = get("MEMHUB_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env_value("MEMHUB_STORAGE_BACKEND", &get)? {
+            self.storage.backend = v;
+        }
+        if let Some(v) = get("MEMHUB_POSTGRES_URL") {
+            self.storage.postgres.url = v;
         }
         if let Some(v) = env_value("MEMHUB_MAX_BODY_BYTES", &get)? {
             self.max_body_bytes = v;

@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use memhub_embed::{MiniLmEncoder, OpenAiEmbedder};
 use memhub_engine::{EmbeddingWorker, Engine, OpenMode};
 use memhub_server::auth::AuthMode;
-use memhub_server::config::EmbedderKind;
+use memhub_server::config::{EmbedderKind, StorageBackend};
 use memhub_server::{AppState, Config};
 use memhub_types::{Embedder, Memory, MemoryFilter, SearchRequest, DEFAULT_TENANT};
 
@@ -275,7 +275,16 @@ fn build_embedder(config: &Config) -> Result<Option<Arc<dyn Embedder>>, String> 
 
 fn open_engine(config: &Config, mode: OpenMode) -> Result<Arc<Engine>, String> {
     let embedder = build_embedder(config)?;
-    Engine::open_with(&config.data_dir, config.engine.clone(), mode, embedder).map(Arc::new).map_err(|e| e.to_string())
+    let engine = match config.storage.backend {
+        StorageBackend::Sqlite => Engine::open_with(&config.data_dir, config.engine.clone(), mode, embedder),
+        // The database is the truth; the data dir keeps this replica's derived indexes.
+        StorageBackend::Postgres => {
+            memhub_postgres::PostgresStore::connect(&config.storage.postgres).and_then(|store| {
+                Engine::open_on(Box::new(store), &config.data_dir.join("index"), config.engine.clone(), embedder)
+            })
+        }
+    };
+    engine.map(Arc::new).map_err(|e| e.to_string())
 }
 
 fn progress(len: Option<u64>, what: &str) -> ProgressBar {
