@@ -69,12 +69,11 @@ pub enum StorageBackend {
 
 impl std::str::FromStr for StorageBackend {
     type Err = String;
+
+    /// The names the config file uses (serde's), so flags, environment and file agree.
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "sqlite" => Ok(StorageBackend::Sqlite),
-            "postgres" => Ok(StorageBackend::Postgres),
-            other => Err(format!("{other:?} is not a storage backend: use sqlite or postgres")),
-        }
+        use serde::de::value::{Error, StrDeserializer};
+        Self::deserialize(StrDeserializer::<Error>::new(s)).map_err(|e| e.to_string())
     }
 }
 
