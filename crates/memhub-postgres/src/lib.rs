@@ -145,6 +145,16 @@ fn memory_from_row(r: &PgRow) -> std::result::Result<Memory, sqlx::Error> {
     })
 }
 
+/// `SELECT seq, <memory columns> FROM memories WHERE {clause}`.
+fn select_memories(clause: &str) -> AssertSqlSafe<String> {
+    sql(format!("SELECT seq, {MEMORY_COLUMNS} FROM memories WHERE {clause}"))
+}
+
+/// A row of [`select_memories`]: its `seq` and the memory.
+fn row_and_memory(r: &PgRow) -> std::result::Result<(i64, Memory), sqlx::Error> {
+    Ok((r.try_get("seq")?, memory_from_row(r)?))
+}
+
 fn change_from_row(r: &PgRow) -> std::result::Result<Option<Change>, sqlx::Error> {
     let Some(op) = ChangeOp::parse(&r.try_get::<String, _>("op")?) else { return Ok(None) };
     Ok(Some(Change {
@@ -234,15 +244,13 @@ pub fn create_database(admin_url: &str, name: &str) -> Result<String> {
     Ok(format!("{server}/{name}{query}"))
 }
 
-/// Run `f` to completion on `runtime` from any thread: from inside another runtime
-/// (a server opening its store in its async main) on a helper thread.
-fn block_on_anywhere<F>(runtime: &tokio::runtime::Runtime, f: F) -> F::Output
-where
-    F: Future + Send,
-    F::Output: Send,
-{
+/// Run `f` to completion on the store's `runtime`. Callers are plain or blocking
+/// threads; from inside an async runtime (a server opening its store in its async
+/// main, a handler on a worker) the thread first hands its other tasks off, which
+/// needs a multi-thread runtime.
+fn block_on<F: Future>(runtime: &tokio::runtime::Runtime, f: F) -> F::Output {
     match tokio::runtime::Handle::try_current() {
-        Ok(_) => std::thread::scope(|s| s.spawn(|| runtime.block_on(f)).join().expect("the helper thread panicked")),
+        Ok(_) => tokio::task::block_in_place(|| runtime.block_on(f)),
         Err(_) => runtime.block_on(f),
     }
 }
@@ -271,7 +279,7 @@ impl PostgresStore {
             .build()
             .map_err(Error::internal)?;
         let url = redact(&config.url);
-        let pool = block_on_anywhere(
+        let pool = block_on(
             &runtime,
             PgPoolOptions::new()
                 .max_connections(config.pool_size.max(1))
@@ -284,7 +292,7 @@ impl PostgresStore {
             }
             e => e,
         })?;
-        block_on_anywhere(&runtime, migrator().run(&pool)).map_err(|e| {
+        block_on(&runtime, migrator().run(&pool)).map_err(|e| {
             Error::storage(format!(
                 "cannot migrate {url}: {e} (a database migrated by a newer memhub is refused; upgrade this binary)"
             ))
@@ -298,13 +306,8 @@ impl PostgresStore {
         Ok(store)
     }
 
-    /// Run `f` on the store's runtime. Callers are plain or blocking threads; from
-    /// inside an async task the worker first hands its other tasks off.
     fn run<F: Future>(&self, f: F) -> F::Output {
-        match tokio::runtime::Handle::try_current() {
-            Ok(_) => tokio::task::block_in_place(|| self.runtime.block_on(f)),
-            Err(_) => self.runtime.block_on(f),
-        }
+        block_on(&self.runtime, f)
     }
 
     fn block<T>(&self, f: impl Future<Output = std::result::Result<T, sqlx::Error>>) -> Result<T> {
@@ -320,12 +323,8 @@ impl PostgresStore {
     }
 
     fn memories_where(&self, clause: &str, bind: impl FnOnce(Query<'_>) -> Query<'_>) -> Result<Vec<(i64, Memory)>> {
-        let text = format!("SELECT seq, {MEMORY_COLUMNS} FROM memories WHERE {clause}");
-        let rows = self.block(bind(sqlx::query(sql(text))).fetch_all(&self.pool))?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("seq")?, memory_from_row(r)?)))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(db)
+        let rows = self.block(bind(sqlx::query(select_memories(clause))).fetch_all(&self.pool))?;
+        rows.iter().map(row_and_memory).collect::<std::result::Result<_, _>>().map_err(db)
     }
 }
 
@@ -756,10 +755,9 @@ struct PgTx<'a> {
 
 impl PgTx<'_> {
     fn one_memory(&mut self, clause: &str, bind: impl FnOnce(Query<'_>) -> Query<'_>) -> Result<Option<(i64, Memory)>> {
-        let text = format!("SELECT seq, {MEMORY_COLUMNS} FROM memories WHERE {clause}");
         let store = self.store;
-        let row = store.block(bind(sqlx::query(sql(text))).fetch_optional(&mut *self.tx))?;
-        row.map(|r| Ok((r.try_get("seq")?, memory_from_row(&r)?))).transpose().map_err(db)
+        let row = store.block(bind(sqlx::query(select_memories(clause))).fetch_optional(&mut *self.tx))?;
+        row.as_ref().map(row_and_memory).transpose().map_err(db)
     }
 
     fn log(&mut self, op: ChangeOp, row: Option<i64>, m: &Memory, keep: bool) -> Result<()> {
