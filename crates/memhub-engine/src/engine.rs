@@ -327,20 +327,7 @@ impl Engine {
     pub(crate) fn store(&self) -> &dyn MemoryStore {
         self.store.as_ref()
     }
-}
 
-/// The cold tier commits through the engine, so its moves feed the change stream.
-impl Committer for Engine {
-    fn store(&self) -> &dyn MemoryStore {
-        Engine::store(self)
-    }
-
-    fn commit<T>(&self, work: impl FnMut(&mut dyn StoreTx) -> Result<T>) -> Result<T> {
-        Engine::commit(self, work)
-    }
-}
-
-impl Engine {
     /// The derived indexes (for benchmarks and diagnostics).
     pub fn indexes(&self) -> &Indexes {
         &self.indexes
@@ -406,6 +393,17 @@ impl Engine {
     pub fn checkpoint(&self) -> Result<()> {
         self.indexes.flush()?;
         self.store.checkpoint()
+    }
+}
+
+/// The cold tier commits through the engine, so its moves feed the change stream.
+impl Committer for Engine {
+    fn store(&self) -> &dyn MemoryStore {
+        Engine::store(self)
+    }
+
+    fn commit<T>(&self, work: impl FnMut(&mut dyn StoreTx) -> Result<T>) -> Result<T> {
+        Engine::commit(self, work)
     }
 }
 
