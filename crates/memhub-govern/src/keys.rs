@@ -1,7 +1,9 @@
-//! API keys: `mh_<id>_<secret>`. Only an argon2id hash of the secret is stored (in
-//! `keys.db`, next to the store, so the `memhub keys` command can change keys while
-//! a server runs). A verified key's SHA-256 is cached so argon2 runs once per key and
-//! process, while revocation and expiry are read from the database on every request.
+//! API keys: `mh_<id>_<secret>`. Only an argon2id hash of the secret is stored, in
+//! a [`KeyTable`]: `keys.db` next to the embedded store (so the `memhub keys`
+//! command can change keys while a server runs), or the PostgreSQL database that
+//! replicas share. A verified key's SHA-256 is cached so argon2 runs once per key
+//! and process, while revocation and expiry are read from the table on every
+//! request: a key revoked through any replica is refused by all at once.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -80,17 +82,60 @@ pub struct CreatedKey {
     pub key: KeyInfo,
 }
 
-struct Row {
-    info: KeyInfo,
-    hash: String,
-    expires_at: Option<i64>,
-    revoked: bool,
+/// A key as a [`KeyTable`] keeps it: the hash of its secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRow {
+    pub id: String,
+    /// The argon2id hash (PHC string).
+    pub hash: String,
+    pub name: Option<String>,
+    pub role: Role,
+    pub tenant: String,
+    pub user_id: Option<String>,
+    pub systems: Option<Vec<String>>,
+    pub kinds: Option<Vec<String>>,
+    pub can_read: bool,
+    pub superadmin: bool,
+    /// Microseconds since the epoch.
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
 }
 
-/// The key table.
-pub struct KeyStore {
+impl KeyRow {
+    fn info(&self) -> KeyInfo {
+        KeyInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            role: self.role,
+            tenant: self.tenant.clone(),
+            user_id: self.user_id.clone(),
+            systems: self.systems.clone(),
+            kinds: self.kinds.clone(),
+            can_read: self.can_read,
+            superadmin: self.superadmin,
+            created_at: format_micros(self.created_at),
+            expires_at: self.expires_at.map(format_micros),
+            revoked_at: self.revoked_at.map(format_micros),
+        }
+    }
+}
+
+/// Where keys are kept. Thread-safe; every call reads or writes the table itself
+/// (no caching here: revocation must be seen at once).
+pub trait KeyTable: Send + Sync {
+    fn insert(&self, key: &KeyRow) -> Result<()>;
+    fn get(&self, id: &str) -> Result<Option<KeyRow>>;
+    /// Keys of `tenant` (or all), newest first.
+    fn list(&self, tenant: Option<&str>) -> Result<Vec<KeyRow>>;
+    /// Set `revoked_at` to `at` unless it is set already.
+    fn revoke(&self, id: &str, at: i64) -> Result<()>;
+    fn any(&self) -> Result<bool>;
+}
+
+/// The embedded key table, `keys.db`.
+pub struct SqliteKeys {
     conn: Mutex<Connection>,
-    verified: Mutex<HashMap<[u8; 32], String>>,
 }
 
 fn storage(e: rusqlite::Error) -> Error {
@@ -103,43 +148,116 @@ fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     Ok(b)
 }
 
-fn list_json(v: &Option<Vec<String>>) -> Option<String> {
+/// A list of names as the tables keep it (JSON text).
+pub fn list_json(v: &Option<Vec<String>>) -> Option<String> {
     v.as_ref().map(|l| serde_json::to_string(l).expect("strings serialize"))
+}
+
+/// The other way: a list the tables keep as JSON text (unreadable: none).
+pub fn list_of_json(s: Option<String>) -> Option<Vec<String>> {
+    s.and_then(|s| serde_json::from_str(&s).ok())
 }
 
 fn invalid() -> Error {
     Error::new(ErrorCode::InvalidCredentials, "invalid API key")
 }
 
-const COLUMNS: &str =
+/// The key table's columns, in the order every backend selects them.
+pub const COLUMNS: &str =
     "id, hash, name, role, tenant, user_id, systems, kinds, can_read, superadmin, created_at, expires_at, revoked_at";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    let list = |i: usize| -> rusqlite::Result<Option<Vec<String>>> {
-        Ok(r.get::<_, Option<String>>(i)?.and_then(|s| serde_json::from_str(&s).ok()))
-    };
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
     let role: String = r.get(3)?;
-    let expires_at: Option<i64> = r.get(11)?;
-    let revoked_at: Option<i64> = r.get(12)?;
-    Ok(Row {
-        info: KeyInfo {
-            id: r.get(0)?,
-            name: r.get(2)?,
-            role: role.parse().unwrap_or(Role::User),
-            tenant: r.get(4)?,
-            user_id: r.get(5)?,
-            systems: list(6)?,
-            kinds: list(7)?,
-            can_read: r.get(8)?,
-            superadmin: r.get(9)?,
-            created_at: format_micros(r.get(10)?),
-            expires_at: expires_at.map(format_micros),
-            revoked_at: revoked_at.map(format_micros),
-        },
+    Ok(KeyRow {
+        id: r.get(0)?,
         hash: r.get(1)?,
-        expires_at,
-        revoked: revoked_at.is_some(),
+        name: r.get(2)?,
+        role: role.parse().unwrap_or(Role::User),
+        tenant: r.get(4)?,
+        user_id: r.get(5)?,
+        systems: list_of_json(r.get(6)?),
+        kinds: list_of_json(r.get(7)?),
+        can_read: r.get(8)?,
+        superadmin: r.get(9)?,
+        created_at: r.get(10)?,
+        expires_at: r.get(11)?,
+        revoked_at: r.get(12)?,
     })
+}
+
+impl SqliteKeys {
+    /// Open (creating) `data_dir/keys.db`.
+    pub fn open(data_dir: &Path) -> Result<SqliteKeys> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| Error::storage(format!("cannot create {}: {e}", data_dir.display())))?;
+        let conn = Connection::open(data_dir.join("keys.db")).map_err(storage)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(storage)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(storage)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(storage)?;
+        conn.execute_batch(SCHEMA).map_err(storage)?;
+        Ok(SqliteKeys { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl KeyTable for SqliteKeys {
+    fn insert(&self, k: &KeyRow) -> Result<()> {
+        self.conn()
+            .execute(
+                &format!(
+                    "INSERT INTO api_keys ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                ),
+                params![
+                    k.id,
+                    k.hash,
+                    k.name,
+                    k.role.as_str(),
+                    k.tenant,
+                    k.user_id,
+                    list_json(&k.systems),
+                    list_json(&k.kinds),
+                    k.can_read,
+                    k.superadmin,
+                    k.created_at,
+                    k.expires_at,
+                    k.revoked_at
+                ],
+            )
+            .map(drop)
+            .map_err(storage)
+    }
+
+    fn get(&self, id: &str) -> Result<Option<KeyRow>> {
+        self.conn()
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1"))
+            .and_then(|mut st| st.query_row(params![id], row).optional())
+            .map_err(storage)
+    }
+
+    fn list(&self, tenant: Option<&str>) -> Result<Vec<KeyRow>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM api_keys WHERE (?1 IS NULL OR tenant = ?1) ORDER BY created_at DESC, id"
+            ))
+            .map_err(storage)?;
+        let rows = st.query_map(params![tenant], row).map_err(storage)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
+    }
+
+    fn revoke(&self, id: &str, at: i64) -> Result<()> {
+        self.conn()
+            .execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1", params![id, at])
+            .map(drop)
+            .map_err(storage)
+    }
+
+    fn any(&self) -> Result<bool> {
+        self.conn().query_row("SELECT EXISTS (SELECT 1 FROM api_keys)", [], |r| r.get(0)).map_err(storage)
+    }
 }
 
 /// The id part of a presented key (`mh_<12 hex>`), if it has the shape of one.
@@ -149,21 +267,21 @@ pub fn key_id(secret: &str) -> Option<&str> {
     (id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()) && !tail.is_empty()).then(|| &secret[..15])
 }
 
+/// API keys: making, listing, revoking and checking them, over a [`KeyTable`].
+pub struct KeyStore {
+    table: Box<dyn KeyTable>,
+    verified: Mutex<HashMap<[u8; 32], String>>,
+}
+
 impl KeyStore {
-    /// Open (creating) `data_dir/keys.db`.
+    /// The embedded table, `data_dir/keys.db` (created).
     pub fn open(data_dir: &Path) -> Result<KeyStore> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| Error::storage(format!("cannot create {}: {e}", data_dir.display())))?;
-        let conn = Connection::open(data_dir.join("keys.db")).map_err(storage)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(storage)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(storage)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(storage)?;
-        conn.execute_batch(SCHEMA).map_err(storage)?;
-        Ok(KeyStore { conn: Mutex::new(conn), verified: Mutex::new(HashMap::new()) })
+        Ok(Self::on(Box::new(SqliteKeys::open(data_dir)?)))
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Keys kept in `table`.
+    pub fn on(table: Box<dyn KeyTable>) -> KeyStore {
+        KeyStore { table, verified: Mutex::new(HashMap::new()) }
     }
 
     /// Make a key; the returned secret is the only copy.
@@ -190,70 +308,44 @@ impl KeyStore {
             .hash_password_with_salt(secret.as_bytes(), &random_bytes::<16>()?)
             .map_err(|e| Error::internal(format!("cannot hash the key: {e}")))?
             .to_string();
-        let now = now_micros();
-        self.conn()
-            .execute(
-                &format!(
-                    "INSERT INTO api_keys ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL)"
-                ),
-                params![
-                    id,
-                    hash,
-                    k.name,
-                    k.role.as_str(),
-                    k.tenant,
-                    k.user_id,
-                    list_json(&k.systems),
-                    list_json(&k.kinds),
-                    k.can_read,
-                    k.superadmin,
-                    now,
-                    k.expires_at
-                ],
-            )
-            .map_err(storage)?;
-        let key = self.get(&id)?.ok_or_else(|| Error::internal("the new key vanished"))?.info;
-        Ok(CreatedKey { secret, key })
-    }
-
-    fn get(&self, id: &str) -> Result<Option<Row>> {
-        self.conn()
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM api_keys WHERE id = ?1"))
-            .and_then(|mut st| st.query_row(params![id], row).optional())
-            .map_err(storage)
+        let row = KeyRow {
+            id,
+            hash,
+            name: k.name,
+            role: k.role,
+            tenant: k.tenant,
+            user_id: k.user_id,
+            systems: k.systems,
+            kinds: k.kinds,
+            can_read: k.can_read,
+            superadmin: k.superadmin,
+            created_at: now_micros(),
+            expires_at: k.expires_at,
+            revoked_at: None,
+        };
+        self.table.insert(&row)?;
+        Ok(CreatedKey { secret, key: row.info() })
     }
 
     /// Keys of `tenant` (or all), newest first.
     pub fn list(&self, tenant: Option<&str>) -> Result<Vec<KeyInfo>> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare(&format!(
-                "SELECT {COLUMNS} FROM api_keys WHERE (?1 IS NULL OR tenant = ?1) ORDER BY created_at DESC, id"
-            ))
-            .map_err(storage)?;
-        let rows = st.query_map(params![tenant], row).map_err(storage)?;
-        rows.map(|r| r.map(|r| r.info)).collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
+        Ok(self.table.list(tenant)?.iter().map(KeyRow::info).collect())
     }
 
     /// Revoke a key (of `tenant`, when given). Revoking twice is not an error.
     pub fn revoke(&self, id: &str, tenant: Option<&str>) -> Result<KeyInfo> {
-        let found = self.get(id)?.filter(|r| tenant.is_none_or(|t| r.info.tenant == t));
+        let found = self.table.get(id)?.filter(|r| tenant.is_none_or(|t| r.tenant == t));
         if found.is_none() {
             return Err(Error::new(ErrorCode::NotFound, format!("no key {id:?}")));
         }
-        self.conn()
-            .execute(
-                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
-                params![id, now_micros()],
-            )
-            .map_err(storage)?;
+        self.table.revoke(id, now_micros())?;
         self.verified.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, v| v != id);
-        Ok(self.get(id)?.ok_or_else(|| Error::internal("the key vanished"))?.info)
+        Ok(self.table.get(id)?.ok_or_else(|| Error::internal("the key vanished"))?.info())
     }
 
     /// Whether any key exists (then authentication is required by default).
     pub fn any(&self) -> Result<bool> {
-        self.conn().query_row("SELECT EXISTS (SELECT 1 FROM api_keys)", [], |r| r.get(0)).map_err(storage)
+        self.table.any()
     }
 
     /// The principal of a presented key. Slow (argon2) the first time a key is seen.
@@ -275,7 +367,7 @@ impl KeyStore {
         if !cached && !may_hash {
             return None;
         }
-        let found = match self.get(id) {
+        let found = match self.table.get(id) {
             Ok(Some(found)) => found,
             Ok(None) => return Some(Err(invalid())),
             Err(e) => return Some(Err(e)),
@@ -291,22 +383,21 @@ impl KeyStore {
             verified.insert(digest, id.to_string());
         }
         // Status is checked only once the secret is proven, so a guesser learns nothing.
-        if found.revoked {
+        if found.revoked_at.is_some() {
             return Some(Err(Error::new(ErrorCode::CredentialsRevoked, format!("API key {id} was revoked"))));
         }
         if found.expires_at.is_some_and(|t| t <= now_micros()) {
             return Some(Err(Error::new(ErrorCode::CredentialsExpired, format!("API key {id} has expired"))));
         }
-        let k = found.info;
         Some(Ok(Principal {
-            id: format!("key:{}", k.id),
-            role: k.role,
-            tenant: k.tenant,
-            user_id: k.user_id,
-            systems: k.systems,
-            kinds: k.kinds,
-            can_read: k.can_read,
-            superadmin: k.superadmin,
+            id: format!("key:{}", found.id),
+            role: found.role,
+            tenant: found.tenant,
+            user_id: found.user_id,
+            systems: found.systems,
+            kinds: found.kinds,
+            can_read: found.can_read,
+            superadmin: found.superadmin,
         }))
     }
 }

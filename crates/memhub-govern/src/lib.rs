@@ -9,5 +9,5 @@ pub mod principal;
 
 pub use audit::{AuditEvent, AuditLog, AuditQuery, AuditRecord, Outcome, VerifyReport};
 pub use jwt::{JwtConfig, JwtVerifier};
-pub use keys::{CreatedKey, KeyInfo, KeyStore, NewKey};
+pub use keys::{CreatedKey, KeyInfo, KeyRow, KeyStore, KeyTable, NewKey, SqliteKeys};
 pub use principal::{Permission, Principal, Role};
