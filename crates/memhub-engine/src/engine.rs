@@ -106,6 +106,8 @@ pub struct Engine {
     embed_queue: EmbeddingQueue,
     /// The cold tier, when `tiers.cold` names a bucket.
     pub(crate) cold: Option<ColdTier>,
+    /// What the last leader check found (see [`Engine::leads`]).
+    leading: std::sync::atomic::AtomicBool,
     /// Threads that run a hybrid search's vector retriever beside its keyword one.
     /// Kept alive: spawning a thread per search cost ~0.3 ms of the vector side's start.
     search_helpers: rayon::ThreadPool,
@@ -183,10 +185,7 @@ impl Engine {
         }
         config.tiers.validate()?;
         let cold = config.tiers.cold.as_ref().map(ColdTier::open).transpose()?;
-        let mut registry = SchemaRegistry::with_builtins();
-        for schema in store.schemas()? {
-            registry.add(schema)?;
-        }
+        let registry = schemas::registry_of(store.as_ref())?;
         let writable = !store.read_only();
         let indexes = Arc::new(Indexes::open(
             index_dir,
@@ -209,8 +208,12 @@ impl Engine {
             .thread_name(|i| format!("memhub-search-{i}"))
             .build()
             .map_err(Error::internal)?;
-        let (published, _) = tokio::sync::watch::channel(indexes.read().applied_change);
-        let recent = recent::RecentChanges::new(if writable { Some(store.last_change()?) } else { None });
+        // The indexes hold every change through this one; later ones (another
+        // replica's, on a shared store) come through the log follower.
+        let applied = indexes.read().applied_change;
+        let (published, _) = tokio::sync::watch::channel(applied);
+        let recent = recent::RecentChanges::new(writable.then_some(applied));
+        let shared = store.shared();
         let engine = Engine {
             store,
             commit_order: std::sync::Mutex::new(()),
@@ -224,6 +227,8 @@ impl Engine {
             embedder,
             embed_queue: EmbeddingQueue::default(),
             cold,
+            // The embedded store has one process, which leads; a shared one elects.
+            leading: std::sync::atomic::AtomicBool::new(!shared),
             search_helpers,
         };
         engine.load_retention()?;
@@ -253,34 +258,146 @@ impl Engine {
     pub(crate) fn commit<T>(&self, mut work: impl FnMut(&mut dyn StoreTx) -> Result<T>) -> Result<T> {
         let _in_order = self.commit_order.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = None;
-        let changes = self.store.write(&mut |tx| {
+        self.write_in_order(&mut |tx| {
             out = Some(work(tx)?);
             Ok(())
         })?;
-        self.publish(&changes);
         out.ok_or_else(|| Error::internal("the store committed without running the write"))
     }
 
-    /// The consumers of the change stream. The store has the changes already, so a
-    /// failure here is logged, not returned: a restart catches the indexes up.
+    /// The one write path ([`commit`](Self::commit) and group commit; the caller
+    /// holds the commit-order lock): run `work` in one store transaction, then hand
+    /// its changes to every consumer.
+    fn write_in_order(&self, work: &mut dyn FnMut(&mut dyn StoreTx) -> Result<()>) -> Result<Vec<Change>> {
+        let changes = self.store.write(work)?;
+        match changes.first() {
+            // Another replica committed since this one last looked: its changes come
+            // first, read from the log, so every consumer still sees commit order.
+            Some(first) if self.store.shared() && first.seq != self.applied() + 1 => {
+                if let Err(e) = self.publish_log(&changes) {
+                    // Committed all the same; the log follower publishes it on its next round.
+                    tracing::warn!(error = %e, "reading the change log after a write failed; the follower catches up");
+                }
+            }
+            _ => self.publish(&changes),
+        }
+        self.queue_for_embedding(&changes);
+        telemetry::changes(&changes);
+        Ok(changes)
+    }
+
+    /// The consumers of the change stream, in this process: the indexes, the window
+    /// of recent changes, and whoever waits on [`watch_changes`](Self::watch_changes).
+    /// The store has the changes already, so a failure here is logged, not
+    /// returned: a restart catches the indexes up.
     fn publish(&self, changes: &[Change]) {
         let Some(last) = changes.last() else { return };
         if let Err(e) = self.indexes.apply(changes) {
             tracing::error!(error = %e, "index update failed; restart to catch up");
         }
-        if self.embedder.is_some() {
-            let model = Some(self.config.embedding_model.as_str());
-            for c in changes {
-                let needs_vector = matches!(c.op, ChangeOp::Created | ChangeOp::Updated | ChangeOp::Thawed)
-                    && c.memory.as_ref().is_some_and(|m| m.embedding_model.as_deref() != model);
-                if let (true, Some(row)) = (needs_vector, c.row) {
-                    self.embed_queue.push(row);
-                }
-            }
-        }
-        telemetry::changes(changes);
         self.recent.push(changes);
         self.published.send_replace(last.seq);
+    }
+
+    /// Queue this process's new memories that lack a vector of the server's model.
+    /// Only the replica that wrote a memory embeds it (a restart queues what is left).
+    fn queue_for_embedding(&self, changes: &[Change]) {
+        if self.embedder.is_none() {
+            return;
+        }
+        let model = Some(self.config.embedding_model.as_str());
+        for c in changes {
+            let needs_vector = matches!(c.op, ChangeOp::Created | ChangeOp::Updated | ChangeOp::Thawed)
+                && c.memory.as_ref().is_some_and(|m| m.embedding_model.as_deref() != model);
+            if let (true, Some(row)) = (needs_vector, c.row) {
+                self.embed_queue.push(row);
+            }
+        }
+    }
+
+    /// Publish every change in the store's log after the last one published, in
+    /// order, through the end of the log (at least through `own`, changes this
+    /// process just committed, which carry their memories already). The others
+    /// were made by other processes sharing the store: their memories are read
+    /// back by row. Called with the commit-order lock held. Returns how many.
+    fn publish_log(&self, own: &[Change]) -> Result<usize> {
+        const BATCH: usize = 1_000;
+        let through = own.last().map_or(0, |c| c.seq);
+        let mut published = 0;
+        loop {
+            let mut batch = self.store.changes_after(self.applied(), BATCH)?;
+            let Some(last) = batch.last().map(|c| c.seq) else { break };
+            self.attach_memories(&mut batch, own)?;
+            self.publish(&batch);
+            published += batch.len();
+            if batch.len() < BATCH && last >= through {
+                break;
+            }
+        }
+        Ok(published)
+    }
+
+    /// Give each change that leaves its memory in the store the memory, as consumers
+    /// in this process expect: from `own` when this process made it, else read by
+    /// row. A row gone since was removed by a later change; its change stays
+    /// without a memory and the indexes drop the row (the later change would).
+    fn attach_memories(&self, batch: &mut [Change], own: &[Change]) -> Result<()> {
+        let mut rows = Vec::new();
+        for c in batch.iter_mut() {
+            match own.binary_search_by_key(&c.seq, |o| o.seq) {
+                Ok(i) => *c = own[i].clone(),
+                Err(_) if c.op.leaves_memory_in_store() => rows.extend(c.row),
+                Err(_) => {}
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let found: HashMap<i64, Arc<Memory>> =
+            self.store.memories_by_row(&rows)?.into_iter().map(|(row, m)| (row, Arc::new(m))).collect();
+        for c in batch.iter_mut().filter(|c| c.memory.is_none() && c.op.leaves_memory_in_store()) {
+            c.memory = c.row.and_then(|row| found.get(&row).cloned());
+        }
+        Ok(())
+    }
+
+    /// Publish the changes other processes committed to a shared store since this
+    /// one last looked (replicas over one database; the [`LogFollower`](crate::LogFollower) calls it
+    /// whenever the store signals a commit). Returns how many were published.
+    pub fn follow_log(&self) -> Result<usize> {
+        let _in_order = self.commit_order.lock().unwrap_or_else(|p| p.into_inner());
+        self.publish_log(&[])
+    }
+
+    /// Block until the store may have a change this engine has not published, or
+    /// `timeout` passes.
+    pub fn wait_for_log(&self, timeout: std::time::Duration) {
+        self.store.wait_for_changes(self.applied(), timeout);
+    }
+
+    /// The sequence number of the last change this engine has published: every
+    /// change through it is in its indexes and visible to its searches.
+    pub fn applied(&self) -> i64 {
+        *self.published.borrow()
+    }
+
+    /// Whether this process runs the jobs that must run once per store (pull worker,
+    /// tier aging, retention purge): always on the embedded store; on a shared one,
+    /// while it holds the store's leader lock (this call tries to take it).
+    pub fn leads(&self) -> bool {
+        let leads = self.store.leads();
+        self.leading.store(leads, std::sync::atomic::Ordering::Relaxed);
+        leads
+    }
+
+    /// What the last [`leads`](Self::leads) found, without asking the store.
+    pub fn leading(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether other processes write this engine's store too (see [`LogFollower`](crate::LogFollower)).
+    pub fn shared_store(&self) -> bool {
+        self.store.shared()
     }
 
     /// Wakes when changes are published; holds the last one's sequence number.

@@ -14,6 +14,7 @@
 mod cold;
 mod embedding;
 mod engine;
+pub mod follow;
 pub mod index;
 mod prepare;
 pub mod store;
@@ -22,6 +23,7 @@ mod tiers;
 
 pub use embedding::EmbeddingWorker;
 pub use engine::{Access, Engine, ImportReport, Page, Removed, Stats, Stored, DEFAULT_SEMANTIC_RATIO};
+pub use follow::LogFollower;
 pub use prepare::{content_hash, limits};
 pub use store::{MemoryStore, OpenMode, SqliteStore, StoreTx};
 pub use tiers::{TierAges, TierConfig, TierReport, TierStats};

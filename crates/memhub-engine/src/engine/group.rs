@@ -96,10 +96,9 @@ impl Engine {
     /// changes, and tell each write its fate.
     fn commit_group(&self, mut group: Vec<Queued>) {
         telemetry::write_group(group.len());
-        let result = self.store.write(&mut |tx| group.iter_mut().try_for_each(|q| (q.work)(tx)));
+        let result = self.write_in_order(&mut |tx| group.iter_mut().try_for_each(|q| (q.work)(tx)));
         match result {
-            Ok(changes) => {
-                self.publish(&changes);
+            Ok(_) => {
                 for q in &group {
                     *lock(&q.fate) = Some(Ok(()));
                 }

@@ -34,4 +34,24 @@ impl Engine {
         }
         Ok((schema, is_new))
     }
+
+    /// Load again what the store keeps beside the log and another replica may have
+    /// changed: the registered schemas and the retention policies.
+    pub(crate) fn reload_settings(&self) -> Result<()> {
+        // Read under the write lock: a registration here (which holds it while it
+        // commits) is either in what is read or waits for the swap.
+        let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
+        *registry = registry_of(self.store())?;
+        drop(registry);
+        self.load_retention()
+    }
+}
+
+/// The built-in schemas and those registered in `store`.
+pub(super) fn registry_of(store: &dyn MemoryStore) -> Result<SchemaRegistry> {
+    let mut registry = SchemaRegistry::with_builtins();
+    for schema in store.schemas()? {
+        registry.add(schema)?;
+    }
+    Ok(registry)
 }

@@ -203,11 +203,10 @@ impl Indexes {
                 }
                 (ChangeOp::Moved, Some(m)) => Effect::Placement(m, self.vector_of(m)),
                 (ChangeOp::Embedded, Some(m)) => Effect::Vector(self.vector_of(m)),
-                (op, _) if !op.leaves_memory_in_store() => Effect::Gone,
-                (op, None) => {
-                    return Err(memhub_types::Error::internal(format!("a {op} change came without its memory")))
-                }
-                _ => continue,
+                // Every other change took the memory out of the store. So did one that
+                // comes without its memory: read back from a shared store's log after a
+                // later change removed the row (rows are never reused).
+                _ => Effect::Gone,
             };
             effects.push((doc_id(row)?, effect));
         }

@@ -12,6 +12,11 @@
 //!   them in commit order; they are the only way changes reach the derived indexes,
 //!   the embedding queue, the metrics and the change feed.
 //!
+//! - Sequence numbers follow commit order: once a reader has seen change N, no
+//!   change below N commits later. A replica that tails the log by `seq > last`
+//!   therefore never skips one (a backend with concurrent writers enforces it; see
+//!   the PostgreSQL store's write lock).
+//!
 //! [`SqliteStore`] is the embedded backend (one SQLite file, WAL, `synchronous=FULL`).
 
 mod sqlite;
@@ -149,6 +154,24 @@ pub trait MemoryStore: Send + Sync {
     fn store_id(&self) -> Result<String>;
     /// Bytes the store takes on disk (0 when it cannot tell).
     fn disk_bytes(&self) -> u64;
+    /// Whether other processes write this store too (replicas over one database):
+    /// the engine then follows the change log for the changes it did not make.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// Whether this process should run the jobs that must run once per store (the
+    /// pull worker, tier aging, the retention purge). The embedded store has one
+    /// process: always. A shared store elects one process at a time and answers
+    /// `false` elsewhere until that one goes away; each call may try to take over.
+    fn leads(&self) -> bool {
+        true
+    }
+    /// Block until a change after `seen` may have committed, or `timeout` passes. A
+    /// wake-up, not a promise: the caller reads the log to see what is there.
+    fn wait_for_changes(&self, seen: i64, timeout: std::time::Duration) {
+        let _ = seen;
+        std::thread::sleep(timeout);
+    }
 
     /// Run `work` in one transaction and commit it durably before returning. On
     /// error nothing of it is written. Returns the changes the work made, with their
