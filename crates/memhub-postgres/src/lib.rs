@@ -13,9 +13,22 @@
 //! after a higher one is visible: a replica that tails the log by `seq > last` never
 //! skips a change that committed late. Writers on every replica are serialised by
 //! that lock; group commit makes each turn carry many writes.
+//!
+//! **Replicas wake on commit.** A write's transaction ends with a `NOTIFY` on
+//! [`CHANNEL`] carrying its last sequence number (PostgreSQL delivers it at commit,
+//! not before); every store listens, and an engine that follows the log waits on
+//! it ([`MemoryStore::wait_for_changes`]) instead of polling. A notification lost
+//! while the listener reconnects costs at most the follower's poll interval.
+
+mod keys;
+mod ledger;
+
+pub use keys::PostgresKeys;
+pub use ledger::PostgresLedger;
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use memhub_engine::store::{
@@ -30,13 +43,21 @@ use memhub_types::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, SqlSafeStr};
 use uuid::Uuid;
 
 /// The advisory lock every write transaction holds until it commits (see the crate
 /// doc). The number is arbitrary but fixed: `'memh'` in ASCII.
 pub const WRITE_LOCK: i64 = 0x6d65_6d68;
+
+/// The session advisory lock the replica that runs the once-per-store jobs holds
+/// (`'memj'`): released by PostgreSQL when its connection ends, so a dead leader's
+/// lock frees itself and another replica takes it on its next try.
+pub const LEADER_LOCK: i64 = 0x6d65_6d6a;
+
+/// The channel every write notifies at commit, with its last sequence number.
+pub const CHANNEL: &str = "memhub_changes";
 
 /// `[storage.postgres]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,13 +81,14 @@ impl Default for PostgresConfig {
 /// The schema, as versioned migrations run at open. A database migrated by a newer
 /// memhub (a version this list lacks) is refused.
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "store".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_store.sql").into_sql_str(),
-        false,
-    )])
+    let migration = |version, name: &str, sql: &'static str| {
+        Migration::new(version, name.to_string().into(), MigrationType::Simple, sql.into_sql_str(), false)
+    };
+    Migrator::with_migrations(vec![
+        migration(1, "store", include_str!("../migrations/0001_store.sql")),
+        migration(2, "keys", include_str!("../migrations/0002_keys.sql")),
+        migration(3, "ingest", include_str!("../migrations/0003_ingest.sql")),
+    ])
 }
 
 /// The columns of `memories` (and `memory_history`) that [`memory_from_row`] reads.
@@ -255,16 +277,19 @@ fn block_on<F: Future>(runtime: &tokio::runtime::Runtime, f: F) -> F::Output {
     }
 }
 
-/// The PostgreSQL store.
-pub struct PostgresStore {
+/// A migrated connection pool on a small runtime of its own: what the store and
+/// the key table each open.
+struct Db {
     runtime: tokio::runtime::Runtime,
     pool: PgPool,
+    /// For logs and errors: without the password.
     url: String,
+    /// For connections outside the pool (never logged).
+    connect_url: String,
 }
 
-impl PostgresStore {
-    /// Connect, run the migrations, and make the store's identity once.
-    pub fn connect(config: &PostgresConfig) -> Result<PostgresStore> {
+impl Db {
+    fn connect(config: &PostgresConfig, threads: usize, pool_size: u32) -> Result<Db> {
         if config.url.is_empty() {
             return Err(Error::field(
                 ErrorCode::InvalidField,
@@ -273,7 +298,7 @@ impl PostgresStore {
             ));
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(threads)
             .thread_name("memhub-postgres")
             .enable_all()
             .build()
@@ -282,7 +307,7 @@ impl PostgresStore {
         let pool = block_on(
             &runtime,
             PgPoolOptions::new()
-                .max_connections(config.pool_size.max(1))
+                .max_connections(pool_size.max(1))
                 .acquire_timeout(Duration::from_secs(config.acquire_timeout_seconds.max(1)))
                 .connect(&config.url),
         )
@@ -297,13 +322,7 @@ impl PostgresStore {
                 "cannot migrate {url}: {e} (a database migrated by a newer memhub is refused; upgrade this binary)"
             ))
         })?;
-        let store = PostgresStore { runtime, pool, url };
-        store.block(
-            sqlx::query("INSERT INTO store_meta (key, value) VALUES ('store_id', $1) ON CONFLICT (key) DO NOTHING")
-                .bind(Uuid::now_v7().to_string())
-                .execute(&store.pool),
-        )?;
-        Ok(store)
+        Ok(Db { runtime, pool, url, connect_url: config.url.clone() })
     }
 
     fn run<F: Future>(&self, f: F) -> F::Output {
@@ -313,17 +332,112 @@ impl PostgresStore {
     fn block<T>(&self, f: impl Future<Output = std::result::Result<T, sqlx::Error>>) -> Result<T> {
         self.run(f).map_err(db)
     }
+}
+
+/// The PostgreSQL store.
+pub struct PostgresStore {
+    db: Db,
+    commits: Arc<Commits>,
+    /// Set once the listener task runs (started by the first wait).
+    listening: OnceLock<()>,
+    /// The connection holding [`LEADER_LOCK`], while this replica leads.
+    leader: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
+}
+
+/// What the commit notifications said, and who waits for the next one.
+#[derive(Default)]
+struct Commits {
+    heard: Mutex<Heard>,
+    wake: Condvar,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Heard {
+    /// The newest sequence number announced.
+    newest: i64,
+    /// Bumped when the listener's connection dropped: notifications may be lost.
+    lapses: u64,
+}
+
+impl Commits {
+    /// `None`: the listener lost its connection, so every waiter goes and reads the log.
+    fn announce(&self, seq: Option<i64>) {
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        match seq {
+            Some(seq) => heard.newest = heard.newest.max(seq),
+            None => heard.lapses += 1,
+        }
+        self.wake.notify_all();
+    }
+
+    fn wait(&self, seen: i64, timeout: Duration) {
+        let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        let lapses = heard.lapses;
+        let _ = self.wake.wait_timeout_while(heard, timeout, |h| h.newest <= seen && h.lapses == lapses);
+    }
+}
+
+/// Listen on [`CHANNEL`] for as long as the store lives, reconnecting after a failure.
+async fn listen(url: String, commits: Arc<Commits>) {
+    loop {
+        match PgListener::connect(&url).await {
+            Ok(mut listener) => match listener.listen(CHANNEL).await {
+                Ok(()) => loop {
+                    match listener.try_recv().await {
+                        Ok(Some(n)) => commits.announce(n.payload().parse().ok()),
+                        // The connection dropped (the next call reconnects): what was
+                        // sent meanwhile is lost, so waiters go and look.
+                        Ok(None) => commits.announce(None),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the commit listener failed; reconnecting");
+                            break;
+                        }
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot LISTEN for commits; retrying"),
+            },
+            Err(e) => tracing::debug!(error = %e, "the commit listener cannot connect; retrying"),
+        }
+        commits.announce(None);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+impl PostgresStore {
+    /// Connect, run the migrations, and make the store's identity once.
+    pub fn connect(config: &PostgresConfig) -> Result<PostgresStore> {
+        let db = Db::connect(config, 2, config.pool_size)?;
+        db.block(
+            sqlx::query("INSERT INTO store_meta (key, value) VALUES ('store_id', $1) ON CONFLICT (key) DO NOTHING")
+                .bind(Uuid::now_v7().to_string())
+                .execute(&db.pool),
+        )?;
+        Ok(PostgresStore {
+            db,
+            commits: Arc::default(),
+            listening: OnceLock::new(),
+            leader: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    fn run<F: Future>(&self, f: F) -> F::Output {
+        self.db.run(f)
+    }
+
+    fn block<T>(&self, f: impl Future<Output = std::result::Result<T, sqlx::Error>>) -> Result<T> {
+        self.db.block(f)
+    }
 
     fn meta(&self, key: &str) -> Result<Option<String>> {
         self.block(
             sqlx::query_scalar("SELECT value FROM store_meta WHERE key = $1")
                 .bind(key.to_string())
-                .fetch_optional(&self.pool),
+                .fetch_optional(&self.db.pool),
         )
     }
 
     fn memories_where(&self, clause: &str, bind: impl FnOnce(Query<'_>) -> Query<'_>) -> Result<Vec<(i64, Memory)>> {
-        let rows = self.block(bind(sqlx::query(select_memories(clause))).fetch_all(&self.pool))?;
+        let rows = self.block(bind(sqlx::query(select_memories(clause))).fetch_all(&self.db.pool))?;
         rows.iter().map(row_and_memory).collect::<std::result::Result<_, _>>().map_err(db)
     }
 }
@@ -332,7 +446,7 @@ type Query<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
 
 impl MemoryStore for PostgresStore {
     fn describe(&self) -> String {
-        self.url.clone()
+        self.db.url.clone()
     }
 
     fn read_only(&self) -> bool {
@@ -344,16 +458,77 @@ impl MemoryStore for PostgresStore {
     }
 
     fn disk_bytes(&self) -> u64 {
-        self.block(sqlx::query_scalar::<_, i64>("SELECT pg_database_size(current_database())").fetch_one(&self.pool))
+        self.block(sqlx::query_scalar::<_, i64>("SELECT pg_database_size(current_database())").fetch_one(&self.db.pool))
             .map_or(0, |b| b.max(0) as u64)
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn leads(&self) -> bool {
+        use sqlx::Connection;
+        self.run(async {
+            let mut held = self.leader.lock().await;
+            if let Some(conn) = held.as_mut() {
+                if tokio::time::timeout(Duration::from_secs(2), conn.ping()).await.is_ok_and(|r| r.is_ok()) {
+                    return true;
+                }
+                // The connection (and with it the lock) is gone, or may be: let go.
+                tracing::warn!("lost the connection holding the leader lock; no longer leading");
+                if let Some(conn) = held.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+                }
+            }
+            let attempt = async {
+                let mut conn = sqlx::PgConnection::connect(&self.db.connect_url).await?;
+                let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(LEADER_LOCK)
+                    .fetch_one(&mut conn)
+                    .await?;
+                if won {
+                    *held = Some(conn);
+                } else {
+                    conn.close().await?;
+                }
+                Ok::<bool, sqlx::Error>(won)
+            };
+            match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                Ok(Ok(won)) => {
+                    if won {
+                        tracing::info!("took the leader lock: this replica runs the once-per-store jobs");
+                    }
+                    won
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot try the leader lock");
+                    false
+                }
+                Err(_) => false,
+            }
+        })
+    }
+
+    fn wait_for_changes(&self, seen: i64, timeout: Duration) {
+        self.listening.get_or_init(|| {
+            self.db.runtime.spawn(listen(self.db.connect_url.clone(), self.commits.clone()));
+        });
+        self.commits.wait(seen, timeout);
+    }
+
     fn write(&self, work: &mut dyn FnMut(&mut dyn StoreTx) -> Result<()>) -> Result<Vec<Change>> {
-        let tx = self.block(self.pool.begin())?;
+        let tx = self.block(self.db.pool.begin())?;
         let mut open = PgTx { store: self, tx, changes: Vec::new() };
         let outcome = open
             .execute(sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK))
-            .and_then(|_| work(&mut open));
+            .and_then(|_| work(&mut open))
+            .and_then(|()| match open.changes.last().map(|c| c.seq) {
+                // Delivered to the listeners when (and only if) the transaction commits.
+                Some(last) => {
+                    open.execute(sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(last.to_string())).map(drop)
+                }
+                None => Ok(()),
+            });
         let PgTx { tx, changes, .. } = open;
         match outcome {
             Ok(()) => {
@@ -376,7 +551,7 @@ impl MemoryStore for PostgresStore {
     fn compact(&self) -> Result<()> {
         // VACUUM cannot run in a transaction; a pooled connection runs it on its own.
         for table in ["memories", "memory_history", "changes", "cold_memories"] {
-            self.block(sqlx::query(sql(format!("VACUUM {table}"))).execute(&self.pool))?;
+            self.block(sqlx::query(sql(format!("VACUUM {table}"))).execute(&self.db.pool))?;
         }
         Ok(())
     }
@@ -418,7 +593,7 @@ impl MemoryStore for PostgresStore {
     fn history(&self, tenant: &str, id: &Uuid) -> Result<Vec<Memory>> {
         let text =
             format!("SELECT {MEMORY_COLUMNS} FROM memory_history WHERE id = $1 AND tenant = $2 ORDER BY version DESC");
-        let rows = self.block(sqlx::query(sql(text)).bind(*id).bind(tenant.to_string()).fetch_all(&self.pool))?;
+        let rows = self.block(sqlx::query(sql(text)).bind(*id).bind(tenant.to_string()).fetch_all(&self.db.pool))?;
         rows.iter().map(memory_from_row).collect::<std::result::Result<_, _>>().map_err(db)
     }
 
@@ -428,7 +603,7 @@ impl MemoryStore for PostgresStore {
         let tenant = tenant.map(str::to_owned);
         self.run(async {
             use futures::TryStreamExt;
-            let mut rows = sqlx::query(sql(text)).bind(tenant).fetch(&self.pool);
+            let mut rows = sqlx::query(sql(text)).bind(tenant).fetch(&self.db.pool);
             let mut n = 0;
             while let Some(r) = rows.try_next().await.map_err(db)? {
                 f(memory_from_row(&r).map_err(db)?)?;
@@ -446,7 +621,7 @@ impl MemoryStore for PostgresStore {
                  (SELECT COUNT(*) FROM kg_relations WHERE tenant = $1)",
             )
             .bind(tenant.to_string())
-            .fetch_one(&self.pool),
+            .fetch_one(&self.db.pool),
         )?;
         Ok(TenantTotals { history_versions, entities, relations })
     }
@@ -461,7 +636,7 @@ impl MemoryStore for PostgresStore {
                  tier FROM memories",
             )
             .bind(model)
-            .fetch(&self.pool);
+            .fetch(&self.db.pool);
             while let Some(r) = rows.try_next().await.map_err(db)? {
                 let meta = (|| {
                     Ok::<_, sqlx::Error>(MetaRow {
@@ -507,7 +682,7 @@ impl MemoryStore for PostgresStore {
             if let Some(s) = since {
                 q = q.bind(s);
             }
-            let mut rows = q.fetch(&self.pool);
+            let mut rows = q.fetch(&self.db.pool);
             while let Some(r) = rows.try_next().await.map_err(db)? {
                 let row: i64 = r.try_get("r").map_err(db)?;
                 let content: Option<String> = r.try_get("content").map_err(db)?;
@@ -526,13 +701,13 @@ impl MemoryStore for PostgresStore {
                 "SELECT GREATEST(COALESCE((SELECT MAX(seq) FROM changes), 0), \
                  COALESCE((SELECT value::bigint FROM store_meta WHERE key = 'pruned_through'), 0))",
             )
-            .fetch_one(&self.pool),
+            .fetch_one(&self.db.pool),
         )
     }
 
     fn changes_after(&self, after: i64, limit: usize) -> Result<Vec<Change>> {
         let text = format!("SELECT {CHANGE_COLUMNS} FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2");
-        let rows = self.block(sqlx::query(sql(text)).bind(after).bind(limit as i64).fetch_all(&self.pool))?;
+        let rows = self.block(sqlx::query(sql(text)).bind(after).bind(limit as i64).fetch_all(&self.db.pool))?;
         let found: Vec<Option<Change>> =
             rows.iter().map(change_from_row).collect::<std::result::Result<_, _>>().map_err(db)?;
         Ok(found.into_iter().flatten().collect())
@@ -544,7 +719,7 @@ impl MemoryStore for PostgresStore {
 
     fn prune_changes(&self, before: i64) -> Result<usize> {
         self.run(async {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.db.pool.begin().await?;
             sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK).execute(&mut *tx).await?;
             let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM changes WHERE at < $1")
                 .bind(before)
@@ -569,7 +744,7 @@ impl MemoryStore for PostgresStore {
     fn schemas(&self) -> Result<Vec<KindSchema>> {
         let rows: Vec<(String, i32, String, Value)> = self.block(
             sqlx::query_as("SELECT kind, version, description, schema FROM kind_schemas ORDER BY kind, version")
-                .fetch_all(&self.pool),
+                .fetch_all(&self.db.pool),
         )?;
         Ok(rows
             .into_iter()
@@ -588,7 +763,7 @@ impl MemoryStore for PostgresStore {
             sqlx::query_as(
                 "SELECT tenant, kind, system_id, ttl_seconds FROM retention_policies ORDER BY tenant, kind, system_id",
             )
-            .fetch_all(&self.pool),
+            .fetch_all(&self.db.pool),
         )?;
         Ok(rows
             .into_iter()
@@ -616,7 +791,7 @@ impl MemoryStore for PostgresStore {
             .bind(tenants)
             .bind(systems)
             .bind(ids)
-            .fetch_all(&self.pool),
+            .fetch_all(&self.db.pool),
         )
     }
 
@@ -636,7 +811,7 @@ impl MemoryStore for PostgresStore {
             .bind(memory_id.to_string())
             .bind(system_id.map(str::to_owned))
             .bind(limit as i64)
-            .fetch_all(&self.pool),
+            .fetch_all(&self.db.pool),
         )
     }
 
@@ -645,7 +820,7 @@ impl MemoryStore for PostgresStore {
             sqlx::query_scalar("SELECT file FROM cold_memories WHERE id = $1 AND tenant = $2")
                 .bind(*id)
                 .bind(tenant.to_string())
-                .fetch_optional(&self.pool),
+                .fetch_optional(&self.db.pool),
         )
     }
 
@@ -653,7 +828,7 @@ impl MemoryStore for PostgresStore {
         let rows: Vec<(Uuid, String)> = self.block(
             sqlx::query_as("SELECT id, file FROM cold_memories WHERE id = ANY($1)")
                 .bind(ids.to_vec())
-                .fetch_all(&self.pool),
+                .fetch_all(&self.db.pool),
         )?;
         let mut out: BTreeMap<String, HashSet<Uuid>> = BTreeMap::new();
         for (id, file) in rows {
@@ -665,7 +840,7 @@ impl MemoryStore for PostgresStore {
     fn cold_entries(&self) -> Result<Vec<ColdEntry>> {
         let rows: Vec<(Uuid, String, String, String, i64, Option<i64>)> = self.block(
             sqlx::query_as("SELECT id, tenant, system_id, kind, created_at, expires_at FROM cold_memories")
-                .fetch_all(&self.pool),
+                .fetch_all(&self.db.pool),
         )?;
         Ok(rows
             .into_iter()
@@ -697,7 +872,7 @@ impl MemoryStore for PostgresStore {
             .bind(system_id.map(str::to_owned))
             .bind(since)
             .bind(until)
-            .fetch_all(&self.pool),
+            .fetch_all(&self.db.pool),
         )
     }
 
@@ -705,13 +880,14 @@ impl MemoryStore for PostgresStore {
         let found: Vec<(String, i64)> = self.block(
             sqlx::query_as(r#"SELECT path, "rows" FROM cold_files WHERE "rows" < $1 ORDER BY path"#)
                 .bind(rows as i64)
-                .fetch_all(&self.pool),
+                .fetch_all(&self.db.pool),
         )?;
         Ok(found.into_iter().map(|(p, n)| (p, n as usize)).collect())
     }
 
     fn cold_paths(&self) -> Result<HashSet<String>> {
-        let paths: Vec<String> = self.block(sqlx::query_scalar("SELECT path FROM cold_files").fetch_all(&self.pool))?;
+        let paths: Vec<String> =
+            self.block(sqlx::query_scalar("SELECT path FROM cold_files").fetch_all(&self.db.pool))?;
         Ok(paths.into_iter().collect())
     }
 
@@ -720,7 +896,7 @@ impl MemoryStore for PostgresStore {
             sqlx::query_as(
                 r#"SELECT COALESCE(SUM("rows"), 0)::bigint, COALESCE(SUM(bytes), 0)::bigint FROM cold_files"#,
             )
-            .fetch_one(&self.pool),
+            .fetch_one(&self.db.pool),
         )?;
         Ok((rows as u64, bytes as u64))
     }
@@ -731,12 +907,12 @@ impl MemoryStore for PostgresStore {
                 "SELECT system_id, kind, user_id, COUNT(*) FROM cold_memories WHERE tenant = $1 GROUP BY 1, 2, 3",
             )
             .bind(tenant.to_string())
-            .fetch_all(&self.pool),
+            .fetch_all(&self.db.pool),
         )?;
         let bytes: i64 = self.block(
             sqlx::query_scalar("SELECT COALESCE(SUM(bytes), 0)::bigint FROM cold_files WHERE tenant = $1")
                 .bind(tenant.to_string())
-                .fetch_one(&self.pool),
+                .fetch_one(&self.db.pool),
         )?;
         let groups = rows
             .into_iter()

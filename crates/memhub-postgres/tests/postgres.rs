@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use memhub_engine::{MemoryStore, StoreTx};
+use memhub_engine::{Access, Engine, EngineConfig, LogFollower, MemoryStore, StoreTx};
 use memhub_postgres::{create_database, PostgresConfig, PostgresStore};
 use memhub_types::memory::IngestionMethod;
-use memhub_types::{ChangeOp, ErrorCode, Memory, Tier};
+use memhub_types::{ChangeFilter, ChangeOp, ErrorCode, Memory, NewMemory, Scope, SearchRequest, Tier};
 use uuid::Uuid;
 
 fn admin_url() -> String {
@@ -201,4 +201,167 @@ fn an_unreachable_database_is_storage_unavailable() {
     assert_eq!(err.code, ErrorCode::StorageUnavailable, "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(10), "bounded by the pool timeout");
     assert!(!err.message().contains("secret"));
+}
+
+// --- replicas: engines over one database -----------------------------------------
+
+/// An engine over the database at `url`, its derived indexes in `dir` (a replica).
+fn replica(url: &str, dir: &std::path::Path) -> Arc<Engine> {
+    Arc::new(Engine::open_on(Box::new(connect(url)), dir, EngineConfig::default(), None).unwrap())
+}
+
+fn note(key: &str, content: &str) -> NewMemory {
+    NewMemory {
+        system_id: Some("test".into()),
+        memory_id: Some(key.into()),
+        kind: Some("note".into()),
+        content: content.into(),
+        ..Default::default()
+    }
+}
+
+/// Wait until `engine` has published every change in the log (bounded).
+fn caught_up(engine: &Engine) {
+    let started = std::time::Instant::now();
+    while engine.applied() < engine.last_change().unwrap() {
+        assert!(started.elapsed() < Duration::from_secs(20), "the replica never caught up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn found(engine: &Engine, query: &str) -> Vec<String> {
+    let req = SearchRequest { query: query.into(), semantic_ratio: Some(0.0), limit: Some(100), ..Default::default() };
+    engine.search(&"default".into(), &req).unwrap().results.into_iter().map(|h| h.memory.memory_id).collect()
+}
+
+#[test]
+fn a_commit_wakes_a_waiting_store_at_once() {
+    let url = fresh("wake");
+    let (writer, waiter) = (connect(&url), Arc::new(connect(&url)));
+    // Start listening, then wait for a change after the (empty) log's end.
+    waiter.wait_for_changes(0, Duration::from_millis(50));
+    let waiting = {
+        let waiter = waiter.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            waiter.wait_for_changes(0, Duration::from_secs(60));
+            started.elapsed()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let m = memory("wake");
+    writer.write(&mut |tx: &mut dyn StoreTx| tx.insert(&m, ChangeOp::Created).map(drop)).unwrap();
+    let waited = waiting.join().unwrap();
+    assert!(waited < Duration::from_secs(30), "woken by the commit's notification, not the timeout: {waited:?}");
+}
+
+#[test]
+fn a_replica_takes_the_writes_of_another_into_its_indexes_and_feed() {
+    let url = fresh("follow");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (replica(&url, dir_a.path()), replica(&url, dir_b.path()));
+    let _follow = (LogFollower::start(a.clone()), LogFollower::start(b.clone()));
+    let scope: Scope = "default".into();
+
+    let first = a.store_memory(&scope, note("k1", "the blue heron nests"), IngestionMethod::Rest).unwrap();
+    caught_up(&b);
+    assert_eq!(found(&b, "heron"), ["k1"], "a write on A is searchable on B");
+    assert_eq!(b.get(&scope, &first.memory.id).unwrap().content, "the blue heron nests");
+
+    // B updates it; A sees the new text and not the old one.
+    b.store_memory(&scope, note("k1", "the grey egret nests"), IngestionMethod::Rest).unwrap();
+    caught_up(&a);
+    assert_eq!(found(&a, "egret"), ["k1"]);
+    assert!(found(&a, "heron").is_empty(), "the old version left A's text index");
+
+    // A write on A after B's: A publishes B's change first (commit order).
+    a.store_memory(&scope, note("k2", "a red kite circles"), IngestionMethod::Rest).unwrap();
+    a.delete(&Access::tenant("default"), &first.memory.id).unwrap();
+    caught_up(&b);
+    assert_eq!(found(&b, "kite"), ["k2"]);
+    assert!(found(&b, "egret").is_empty(), "a delete on A leaves B's indexes");
+
+    // Both feeds tell the whole log, in order.
+    let log: Vec<(i64, ChangeOp)> =
+        connect(&url).changes_after(0, 100).unwrap().into_iter().map(|c| (c.seq, c.op)).collect();
+    for engine in [&a, &b] {
+        let page = engine.changes(&scope, 0, &ChangeFilter::default(), Some(100)).unwrap();
+        assert_eq!(page.changes.iter().map(|c| (c.seq, c.op)).collect::<Vec<_>>(), log);
+    }
+}
+
+/// A word of letters only (the tokenizer keeps it whole) unique to writer `w`'s `i`th memory.
+fn word(w: usize, i: usize) -> String {
+    let letter = |d: usize| char::from(b'a' + d as u8);
+    format!("tok{}{}{}", letter(w), letter(i / 10), letter(i % 10))
+}
+
+/// Writers on two replicas at once (batches, single stores, updates, deletes), each
+/// replica following the other. Afterwards each replica's indexes hold exactly the
+/// live memories and its feed holds every change of the log, in order: none skipped
+/// even though the two replicas' commits interleave.
+#[test]
+fn concurrent_writers_on_two_replicas_leave_both_complete() {
+    let url = fresh("concurrent");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let replicas = [replica(&url, dir_a.path()), replica(&url, dir_b.path())];
+    let _follow = replicas.clone().map(LogFollower::start);
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let engine = replicas[w % 2].clone();
+            std::thread::spawn(move || {
+                let scope: Scope = "default".into();
+                for i in 0..30 {
+                    let (key, token) = (format!("w{w}-{i}"), word(w, i));
+                    let first = note(&key, &format!("{token} first"));
+                    let stored = engine.store_memory(&scope, first, IngestionMethod::Rest).unwrap();
+                    if i % 3 == 0 {
+                        let batch = (0..5).map(|j| note(&format!("{key}-b{j}"), &format!("batch{token}{j}"))).collect();
+                        engine.store_batch(&scope, batch, IngestionMethod::Rest).unwrap();
+                    }
+                    match i % 4 {
+                        1 => drop(engine.store_memory(
+                            &scope,
+                            note(&key, &format!("{token} second")),
+                            IngestionMethod::Rest,
+                        )),
+                        2 => drop(engine.delete(&Access::tenant("default"), &stored.memory.id).unwrap()),
+                        _ => {}
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let store = connect(&url);
+    let mut live = BTreeSet::new();
+    store
+        .each_meta("all-MiniLM-L6-v2", &mut |row| {
+            live.insert(row.row);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(live.len(), 4 * (30 - 7) + 4 * 10 * 5, "the writers' live memories");
+    let log: Vec<i64> = store.changes_after(0, 100_000).unwrap().iter().map(|c| c.seq).collect();
+    for engine in &replicas {
+        caught_up(engine);
+        let indexed: BTreeSet<i64> = engine.indexes().read().filters.docs().map(|(id, _)| i64::from(id)).collect();
+        assert_eq!(indexed, live, "the filter table holds exactly the live memories");
+        let mut fed = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = engine.changes(&"default".into(), after, &ChangeFilter::default(), Some(1000)).unwrap();
+            if page.changes.is_empty() {
+                break;
+            }
+            fed.extend(page.changes.iter().map(|c| c.seq));
+            after = page.next_after;
+        }
+        assert_eq!(fed, log, "the feed holds every change, in order");
+        assert_eq!(found(engine, &word(1, 5)), ["w1-5"], "an updated memory is found once");
+        assert_eq!(found(engine, "second").len(), 4 * 8, "by its new text");
+        assert!(found(engine, &word(2, 6)).is_empty(), "a deleted memory is not found");
+    }
 }
