@@ -74,7 +74,12 @@ as_pg "$PG_HOME/bin/initdb" -D "$PG_DIR/data" -U memhub --auth=trust -E UTF8 >"$
 as_pg "$PG_HOME/bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w \
   -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null
 export MEMHUB_TEST_POSTGRES_URL="postgres://memhub@127.0.0.1:$PG_PORT/postgres"
+# For tests that run (and stop) a cluster of their own.
+export MEMHUB_TEST_PG_BIN="$PG_HOME/bin"
 
 cargo test --workspace --locked --features memhub/duckdb "$@"
-# The change-stream suite once more, on PostgreSQL (same build: same flags).
-MEMHUB_TEST_BACKEND=postgres cargo test --workspace --locked --features memhub/duckdb --test changes "$@"
+# The contract suites once more, on PostgreSQL (same build: same flags): the change
+# stream, governance and tiers against the engine; the wire contract, the authz
+# matrix, the REST API, tiers and ingestion against servers.
+MEMHUB_TEST_BACKEND=postgres cargo test --workspace --locked --features memhub/duckdb \
+  --test changes --test governance --test tiers --test wire_contract --test authz --test rest_api --test ingest "$@"

@@ -97,13 +97,24 @@ pub struct PullWorker {
 }
 
 impl PullWorker {
-    /// A worker for `config.bucket` keeping its ledger and temporary files in `data_dir`.
+    /// A worker for `config.bucket` keeping its temporary files in `data_dir` and its
+    /// ledger in `ingest.db` there.
     pub fn open(engine: Arc<Engine>, config: IngestConfig, data_dir: &Path) -> Result<Option<PullWorker>, String> {
+        Self::open_with(engine, config, data_dir, || Ledger::open(&data_dir.join("ingest.db")))
+    }
+
+    /// Like [`open`](Self::open), with the ledger `ledger` opens (only when a bucket is configured).
+    pub fn open_with(
+        engine: Arc<Engine>,
+        config: IngestConfig,
+        data_dir: &Path,
+        ledger: impl FnOnce() -> Result<Ledger, String>,
+    ) -> Result<Option<PullWorker>, String> {
         let Some(bucket_config) = &config.bucket else { return Ok(None) };
         let bucket = Bucket::open(bucket_config).map_err(|e| e.to_string())?;
         let work_dir = data_dir.join("ingest-tmp");
         std::fs::create_dir_all(&work_dir).map_err(|e| format!("{}: {e}", work_dir.display()))?;
-        let ledger = Arc::new(Ledger::open(&data_dir.join("ingest.db"))?);
+        let ledger = Arc::new(ledger()?);
         Ok(Some(PullWorker {
             engine,
             bucket,
@@ -125,6 +136,11 @@ impl PullWorker {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(self.config.interval_seconds.max(1)));
             loop {
                 tick.tick().await;
+                // Replicas over one database: only the elected one polls.
+                let engine = self.engine.clone();
+                if !tokio::task::spawn_blocking(move || engine.leads()).await.unwrap_or(false) {
+                    continue;
+                }
                 let report = self.poll().await;
                 if report.failed > 0 || !report.refused.is_empty() {
                     tracing::warn!(?report, "ingest poll had failures; see GET /v1/ingest/status");

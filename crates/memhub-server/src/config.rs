@@ -47,12 +47,21 @@ pub struct Config {
 }
 
 /// `[storage]`: the source of truth of the memories.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     pub backend: StorageBackend,
     /// `[storage.postgres]`, for `backend = "postgres"`.
     pub postgres: memhub_postgres::PostgresConfig,
+    /// How long a request that names a change (`X-Memhub-Seq`, `min_seq`) waits for
+    /// this replica to apply it before it is refused with 503 `replica_behind`.
+    pub read_wait_ms: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { backend: StorageBackend::default(), postgres: Default::default(), read_wait_ms: 5_000 }
+    }
 }
 
 /// Which store keeps the memories.
@@ -62,8 +71,9 @@ pub enum StorageBackend {
     /// `memhub.db` in the data dir (embedded, one process).
     #[default]
     Sqlite,
-    /// A PostgreSQL database (`storage.postgres.url`). Keys, the audit log, the ingest
-    /// ledger and webhooks still live in the data dir for now.
+    /// A PostgreSQL database (`storage.postgres.url`), which replicas share, with
+    /// the API keys and the ingest ledger. The audit log and webhooks still live in the
+    /// data dir for now.
     Postgres,
 }
 
@@ -209,6 +219,9 @@ impl Config {
         }
         if let Some(v) = get("MEMHUB_POSTGRES_URL") {
             self.storage.postgres.url = v;
+        }
+        if let Some(v) = env_value("MEMHUB_READ_WAIT_MS", &get)? {
+            self.storage.read_wait_ms = v;
         }
         if let Some(v) = env_value("MEMHUB_MAX_BODY_BYTES", &get)? {
             self.max_body_bytes = v;

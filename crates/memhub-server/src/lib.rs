@@ -9,6 +9,7 @@ pub mod events;
 pub mod http;
 pub mod mcp;
 pub mod openapi;
+pub mod replica;
 pub mod rest;
 pub mod telemetry;
 pub mod tools;
@@ -45,6 +46,18 @@ pub struct AppState {
     pub webhooks: Arc<memhub_webhooks::Webhooks>,
 }
 
+/// The API keys of the configured backend: `keys.db` in the data dir, or the
+/// database that replicas share.
+pub fn open_keys(config: &Config) -> Result<memhub_govern::KeyStore, Error> {
+    match config.storage.backend {
+        config::StorageBackend::Sqlite => memhub_govern::KeyStore::open(&config.data_dir),
+        config::StorageBackend::Postgres => {
+            let table = memhub_postgres::PostgresKeys::connect(&config.storage.postgres)?;
+            Ok(memhub_govern::KeyStore::on(Box::new(table)))
+        }
+    }
+}
+
 /// The audit log's file in a data dir.
 pub fn audit_path(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.join("audit.db")
@@ -54,7 +67,7 @@ impl AppState {
     /// Open the key store and the audit log next to the store, load the JWT keys,
     /// decide the auth mode, and refuse an open server on a public address.
     pub fn new(engine: Arc<Engine>, config: Config) -> Result<Self, Error> {
-        let keys = Arc::new(memhub_govern::KeyStore::open(&config.data_dir)?);
+        let keys = Arc::new(open_keys(&config)?);
         let audit = Arc::new(if config.audit {
             memhub_govern::AuditLog::open(&audit_path(&config.data_dir))?
         } else {
@@ -78,9 +91,16 @@ impl AppState {
         let hosts = config.allowed_hosts();
         let guard = Arc::new(auth::Guard::new(required, keys, jwt, audit.clone(), &config.auth, &hosts));
         let mcp = mcp::http_service(engine.clone(), audit, &hosts, config.max_body_bytes);
-        let ingest = memhub_ingest::PullWorker::open(engine.clone(), config.ingest.clone(), &config.data_dir)
-            .map_err(|e| Error::new(ErrorCode::InvalidField, format!("ingest: {e}")))?
-            .map(Arc::new);
+        let ledger = || match config.storage.backend {
+            config::StorageBackend::Sqlite => memhub_ingest::ledger::Ledger::open(&config.data_dir.join("ingest.db")),
+            config::StorageBackend::Postgres => memhub_postgres::PostgresLedger::connect(&config.storage.postgres)
+                .map(|table| memhub_ingest::ledger::Ledger::on(Box::new(table)))
+                .map_err(|e| e.to_string()),
+        };
+        let ingest =
+            memhub_ingest::PullWorker::open_with(engine.clone(), config.ingest.clone(), &config.data_dir, ledger)
+                .map_err(|e| Error::new(ErrorCode::InvalidField, format!("ingest: {e}")))?
+                .map(Arc::new);
         let closing = Arc::new(tokio::sync::watch::channel(false).0);
         let webhooks = Arc::new(memhub_webhooks::Webhooks::open(
             &config.data_dir,
@@ -105,7 +125,7 @@ pub fn router(state: AppState) -> Router {
         .route("/retrieve", post(retrieve))
         .route("/search", post(search))
         .route("/stats", get(stats))
-        .route("/health", get(health))
+        .route("/health", get(replica::health))
         .route("/{id}", get(get_memory).patch(patch_memory).delete(delete_memory));
     Router::new()
         .route("/v1/memories", post(create_memory).get(list_memories))
@@ -138,12 +158,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
         .route("/v1/webhooks/{id}/deliveries/{delivery}/redeliver", post(webhooks::redeliver))
         .route("/status", get(status))
-        .route("/health", get(health))
+        .route("/health", get(replica::health))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(telemetry::metrics_endpoint))
         // After every route: it applies to the routes added so far.
         .method_not_allowed_fallback(http::method_not_allowed)
+        // Inside the guard: only an authenticated request may hold a connection waiting.
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), replica::read_your_writes))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
         .route_layer(axum::middleware::from_fn(telemetry::track))
         .fallback(http::not_found)
@@ -155,6 +177,9 @@ pub fn router(state: AppState) -> Router {
         ]))
         .with_state(state)
 }
+
+/// How often a replica over a shared store checks (or takes) the leader lock.
+pub const LEADER_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Run `job` every `interval` seconds (0: never); a failure is logged and retried
 /// at the next tick.
@@ -172,7 +197,9 @@ fn spawn_job<T: Send + 'static>(
         loop {
             tick.tick().await;
             let engine = engine.clone();
-            if let Err(e) = http::blocking(move || job(&engine)).await {
+            // Replicas over one database: only the elected one runs it.
+            let run = move || if engine.leads() { job(&engine).map(drop) } else { Ok(()) };
+            if let Err(e) = http::blocking(run).await {
                 tracing::error!(job = name, error = %e, "background job failed; retrying next round");
             }
         }
@@ -194,6 +221,18 @@ pub async fn serve(
         shutdown.await;
         closing.send_replace(true);
     };
+    // Replicas over one database: keep trying for (or keep) the leader lock, so a
+    // dead leader's jobs move to another replica within seconds, not a job interval.
+    let election = engine.shared_store().then(|| {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            loop {
+                let engine = engine.clone();
+                let _ = tokio::task::spawn_blocking(move || engine.leads()).await;
+                tokio::time::sleep(LEADER_CHECK).await;
+            }
+        })
+    });
     let purge = spawn_job("purge", engine.clone(), state.config.purge_interval_seconds, Engine::purge_expired);
     let pull = state.ingest.clone().map(|w| w.spawn());
     let aging = spawn_job("tiers", engine.clone(), engine.config().tiers.interval_seconds, Engine::age_tiers);
@@ -207,6 +246,9 @@ pub async fn serve(
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     purge.abort();
     aging.abort();
+    if let Some(e) = election {
+        e.abort();
+    }
     deliveries.abort();
     if let Some(p) = pull {
         p.abort();

@@ -24,7 +24,7 @@ use crate::rest;
         rest::register_schema,
         rest::stats,
         rest::retrieve,
-        rest::health,
+        crate::replica::health,
         crate::events::events,
     ),
     components(schemas(

@@ -407,12 +407,6 @@ pub async fn retrieve(
     Ok(Json(out))
 }
 
-/// `GET /health`.
-#[utoipa::path(get, path = "/health", responses((status = 200, description = "{status: ok, service: memhub, version}")))]
-pub async fn health() -> Json<Value> {
-    Json(json!({"status": "ok", "service": "memhub", "version": env!("CARGO_PKG_VERSION")}))
-}
-
 /// `GET /healthz`.
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))

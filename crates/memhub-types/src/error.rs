@@ -69,6 +69,9 @@ pub enum ErrorCode {
     /// The database (a PostgreSQL backend) cannot be reached, or no connection came
     /// free within the pool timeout; retry once it is back.
     StorageUnavailable,
+    /// This replica has not yet applied the change the request asked to see
+    /// (`X-Memhub-Seq` / `min_seq`) within the wait bound; retry, here or elsewhere.
+    ReplicaBehind,
 }
 
 impl ErrorCode {
@@ -103,6 +106,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ObjectStoreUnavailable => "object_store_unavailable",
             ErrorCode::StorageUnavailable => "storage_unavailable",
+            ErrorCode::ReplicaBehind => "replica_behind",
         }
     }
 
@@ -119,7 +123,10 @@ impl ErrorCode {
             ErrorCode::MemoryNotFound | ErrorCode::NotFound => 404,
             ErrorCode::AmbiguousMemoryId | ErrorCode::SchemaVersionExists => 409,
             ErrorCode::PayloadTooLarge | ErrorCode::ContentTooLong | ErrorCode::BatchTooLarge => 413,
-            ErrorCode::DataDirLocked | ErrorCode::ObjectStoreUnavailable | ErrorCode::StorageUnavailable => 503,
+            ErrorCode::DataDirLocked
+            | ErrorCode::ObjectStoreUnavailable
+            | ErrorCode::StorageUnavailable
+            | ErrorCode::ReplicaBehind => 503,
             ErrorCode::MissingCredentials
             | ErrorCode::InvalidCredentials
             | ErrorCode::CredentialsExpired

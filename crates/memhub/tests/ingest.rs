@@ -5,43 +5,8 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::Path;
-
-use common::{Http, Server};
+use common::{akosha_upload, conversation, gzip, put, Http, Server};
 use serde_json::{json, Value};
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(bytes).unwrap();
-    gz.finish().unwrap()
-}
-
-fn put(bucket: &Path, key: &str, bytes: &[u8]) {
-    let p = bucket.join(key);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, bytes).unwrap();
-}
-
-/// An Akosha upload: a manifest and `memories.json` compressed as `format` says.
-fn akosha_upload(bucket: &Path, system: &str, upload: &str, conversations: &[Value], format: Option<&str>) {
-    let body = serde_json::to_vec(&json!({ "conversations": conversations })).unwrap();
-    let data = match format {
-        Some("gzip") => gzip(&body),
-        Some("zstd") => zstd::encode_all(&body[..], 3).unwrap(),
-        _ => body,
-    };
-    let dir = format!("systems/{system}/{upload}");
-    put(bucket, &format!("{dir}/memories.json"), &data);
-    let manifest = json!({"uploaded_at": "2026-11-21T10:15:00Z", "conversation_count": conversations.len(), "version": "1.0",
-        "compressed": format.is_some(), "compression_format": format, "files": ["memories.json"]});
-    put(bucket, &format!("{dir}/manifest.json"), &serde_json::to_vec(&manifest).unwrap());
-}
-
-fn conversation(id: &str, content: &str) -> Value {
-    json!({"id": id, "content": content, "embedding": null, "timestamp": "2026-11-20T09:00:00",
-           "source": "claude-code", "metadata": {"project": "falcon", "user_id": "ann"}})
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_are_ingested_once_and_only_changed_rows_are_rewritten() {

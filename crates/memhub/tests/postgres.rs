@@ -72,3 +72,429 @@ async fn a_postgres_backend_without_a_url_refuses_to_start_with_a_clear_error() 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("storage.postgres.url"), "{stderr}");
 }
+
+/// A POST answered with `(status, json, X-Memhub-Seq)`.
+async fn post_seq(http: &Http, path: &str, body: &Value, headers: &[(&str, String)]) -> (u16, Value, Option<i64>) {
+    let mut req = reqwest::Client::new().post(http.url(path)).json(body);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let resp = req.send().await.unwrap();
+    let seq = resp.headers().get("x-memhub-seq").and_then(|v| v.to_str().ok()?.parse().ok());
+    (resp.status().as_u16(), resp.json().await.unwrap(), seq)
+}
+
+fn note(key: &str, content: &str) -> Value {
+    json!({"system_id": "pg", "memory_id": key, "kind": "note", "content": content})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_over_one_database_read_each_others_writes() {
+    let url = fresh_database();
+    let env = [
+        ("MEMHUB_STORAGE_BACKEND", "postgres"),
+        ("MEMHUB_POSTGRES_URL", url.as_str()),
+        ("MEMHUB_READ_WAIT_MS", "2000"),
+    ];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (Server::start_in(dir_a.path(), &env), Server::start_in(dir_b.path(), &env));
+    let (http_a, http_b) = (Http::new(&a), Http::new(&b));
+
+    // With the write's sequence number, B answers at once with the write in it.
+    let (status, stored, seq) =
+        post_seq(&http_a, "/v1/memories", &note("heron", "the heron nests by the weir"), &[]).await;
+    assert_eq!(status, 201, "{stored}");
+    let seq = seq.expect("a write's response names its change");
+    let query = json!({"query": "heron weir", "semantic_ratio": 0.0});
+    let (status, found, applied) = post_seq(&http_b, "/v1/search", &query, &[("X-Memhub-Seq", seq.to_string())]).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["results"][0]["memory_id"], "heron", "{found}");
+    assert!(applied.unwrap() >= seq, "B says it has applied the write");
+    let id = stored["memory"]["id"].as_str().unwrap();
+    let (status, got) = http_b.get(&format!("/v1/memories/{id}?min_seq={seq}")).await;
+    assert_eq!((status, got["content"].clone()), (200, json!("the heron nests by the weir")), "{got}");
+    // min_seq is the replica's, not the handler's: a strict query (the audit log's) still parses.
+    let (status, audit) = http_b.get(&format!("/v1/audit?limit=1&min_seq={seq}")).await;
+    assert_eq!(status, 200, "{audit}");
+
+    // Without it, B still has the write within the follower's lag (a commit wakes it).
+    let (status, _, _) = post_seq(&http_a, "/v1/memories", &note("kite", "a red kite over the ridge"), &[]).await;
+    assert_eq!(status, 201);
+    let started = std::time::Instant::now();
+    loop {
+        let (_, found) = http_b.post("/v1/search", &json!({"query": "kite ridge", "semantic_ratio": 0.0})).await;
+        if found["results"][0]["memory_id"] == "kite" {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "B never saw A's write: {found}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // A write on B, read on A by its number; a delete on A, gone on B by its number.
+    let (_, _, seq) = post_seq(&http_b, "/v1/memories", &note("egret", "an egret wades the shallows"), &[]).await;
+    let (_, found, _) = post_seq(
+        &http_a,
+        "/v1/search",
+        &json!({"query": "egret", "semantic_ratio": 0.0}),
+        &[("X-Memhub-Seq", seq.unwrap().to_string())],
+    )
+    .await;
+    assert_eq!(found["results"][0]["memory_id"], "egret", "{found}");
+    let resp = reqwest::Client::new().delete(http_a.url(&format!("/v1/memories/{id}"))).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let seq: i64 = resp.headers()["x-memhub-seq"].to_str().unwrap().parse().unwrap();
+    let (status, gone) = http_b.get_with(&format!("/v1/memories/{id}"), &[("X-Memhub-Seq", &seq.to_string())]).await;
+    assert_eq!(status, 404, "{gone}");
+
+    // Bad and impossible numbers are refused, naming the header.
+    let (status, err) = http_b.get_with("/v1/stats", &[("X-Memhub-Seq", "soon")]).await;
+    assert_eq!((status, err["error"]["field"].clone()), (400, json!("X-Memhub-Seq")), "{err}");
+    let (status, err) = http_b.get_with("/v1/stats", &[("X-Memhub-Seq", "999999")]).await;
+    assert_eq!((status, err["error"]["code"].clone()), (400, json!("invalid_field")), "{err}");
+
+    // Both replicas are ready and say how far behind they are.
+    for http in [&http_a, &http_b] {
+        let (status, health) = http.get("/health").await;
+        assert_eq!((status, health["ready"].clone()), (200, json!(true)), "{health}");
+        assert!(health["behind"].as_i64().unwrap() < 1000, "{health}");
+        assert!(health["applied_seq"].as_i64().unwrap() >= seq, "{health}");
+    }
+}
+
+/// Replica A is killed mid-ingest: what it acknowledged is in the database and
+/// searchable on B; A restarts on its old data dir and catches up from its
+/// persisted text index (not from scratch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_ingest_loses_no_acknowledged_write_and_catches_up_without_a_rebuild() {
+    let url = fresh_database();
+    let env = [("MEMHUB_STORAGE_BACKEND", "postgres"), ("MEMHUB_POSTGRES_URL", url.as_str())];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Server::start_in(dir_a.path(), &env);
+    let b = Server::start_in(dir_b.path(), &env);
+    let (http_a, http_b) = (Http::new(&a), Http::new(&b));
+    // A first batch, taken into A's persisted text index.
+    let batch = |n: usize| -> Value {
+        json!({"memories": (0..50).map(|i| note(&format!("b{n}-{i}"), &format!("word{n}x{i} ingest"))).collect::<Vec<_>>()})
+    };
+    let (status, out) = http_a.post("/v1/memories/batch", &batch(0)).await;
+    assert_eq!((status, out["stored"].clone()), (200, json!(50)), "{out}");
+    let started = std::time::Instant::now();
+    while http_a.get("/v1/stats").await.1["index"]["pending_text"] != 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "A's text index never took the batch");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Batches keep coming while A is killed.
+    let writer = {
+        let http = http_a.clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in 1.. {
+                match http.try_post("/v1/memories/batch", &batch(n)).await {
+                    Ok((200, out)) if out["stored"] == 50 => acked.push(n),
+                    _ => return acked,
+                }
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    a.kill9();
+    let acked = writer.await.unwrap();
+    assert!(!acked.is_empty(), "some batches were acknowledged before the kill");
+    let (_, stats) = http_b.get("/v1/stats").await;
+    let total = stats["memories"].as_u64().unwrap();
+    assert!(total >= 50 * (1 + acked.len() as u64), "{stats}");
+    for n in acked.iter().copied().chain([0]) {
+        let (_, found) =
+            http_b.post("/v1/search", &json!({"query": format!("word{n}x7"), "semantic_ratio": 0.0})).await;
+        assert_eq!(found["results"][0]["memory_id"], format!("b{n}-7"), "batch {n} is searchable on B: {found}");
+    }
+
+    // A comes back on its data dir: it catches up from what it had, not from scratch.
+    let a = Server::start_in(dir_a.path(), &env);
+    let http_a = Http::new(&a);
+    let (_, stats) = http_a.get("/v1/stats").await;
+    assert_eq!(stats["memories"].as_u64().unwrap(), total, "{stats}");
+    // (The text index commits as it drains; the vector graph is saved every minute,
+    // and these memories have no vectors.)
+    let caught_text = stats["index"]["caught_up_text"].as_u64().unwrap();
+    assert!(caught_text < total, "the text index resumed from its checkpoint, not rebuilt: {stats}");
+    let last = acked.last().copied().unwrap_or(0);
+    let (_, found) = http_a.post("/v1/search", &json!({"query": format!("word{last}x3"), "semantic_ratio": 0.0})).await;
+    assert_eq!(found["results"][0]["memory_id"], format!("b{last}-3"), "{found}");
+}
+
+async fn leader(http: &Http) -> bool {
+    http.get("/health").await.1["leader"] == true
+}
+
+async fn purged(http: &Http) -> f64 {
+    let scrape = reqwest::get(http.url("/metrics")).await.unwrap().text().await.unwrap();
+    common::metric_sample(&scrape, "memhub_changes_total{op=\"purged\"}").unwrap_or(0.0)
+}
+
+/// Wait (bounded) until `check` holds.
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Jobs that must run once per store run on the elected replica only; when it is
+/// killed, another takes the leader lock within seconds and runs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_leader_is_killed_another_replica_takes_over_its_jobs() {
+    let url = fresh_database();
+    let env = [
+        ("MEMHUB_STORAGE_BACKEND", "postgres"),
+        ("MEMHUB_POSTGRES_URL", url.as_str()),
+        ("MEMHUB_PURGE_INTERVAL_SECONDS", "1"),
+    ];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Server::start_in(dir_a.path(), &env);
+    let http_a = Http::new(&a);
+    eventually("A leads", || leader(&http_a)).await;
+    let b = Server::start_in(dir_b.path(), &env);
+    let http_b = Http::new(&b);
+    let expiring = |key: &str| {
+        let soon = memhub_types::time::format_micros(memhub_types::time::now_micros() + 1_000_000);
+        json!({"system_id": "pg", "memory_id": key, "kind": "note", "content": "short-lived", "expires_at": soon})
+    };
+    let (status, out) = http_b.post("/v1/memories", &expiring("first")).await;
+    assert_eq!(status, 201, "{out}");
+    eventually("A purges what expired", || async { purged(&http_a).await >= 1.0 }).await;
+    assert!(!leader(&http_b).await, "one leader at a time");
+    assert_eq!(purged(&http_b).await, 0.0, "B ran no purge while A led");
+
+    a.kill9();
+    eventually("B takes over", || leader(&http_b)).await;
+    let (status, out) = http_b.post("/v1/memories", &expiring("second")).await;
+    assert_eq!(status, 201, "{out}");
+    eventually("B purges what expired", || async { purged(&http_b).await >= 1.0 }).await;
+}
+
+/// `memhub keys create ARGS` against the database in `env`: the secret.
+fn create_key_in(data_dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> String {
+    let out = std::process::Command::new(common::memhub_bin())
+        .args(["keys", "create", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Keys live in the database: a key made once works on every replica, and one
+/// revoked through A is refused by B on its next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_on_one_replica_is_refused_by_the_other_at_once() {
+    let url = fresh_database();
+    let env = [("MEMHUB_STORAGE_BACKEND", "postgres"), ("MEMHUB_POSTGRES_URL", url.as_str())];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let admin = create_key_in(dir_a.path(), &env, &["--role", "admin", "--tenant", "default"]);
+    let user = create_key_in(dir_a.path(), &env, &["--role", "user", "--tenant", "default", "--user", "ann"]);
+    assert!(!dir_a.path().join("keys.db").exists(), "keys are not kept in the data dir");
+    let (a, b) = (Server::start_in(dir_a.path(), &env), Server::start_in(dir_b.path(), &env));
+    let (http_a, http_b) = (Http::new(&a), Http::new(&b));
+    let bearer = |k: &str| format!("Bearer {k}");
+
+    let (status, _) = http_b.get("/v1/stats").await;
+    assert_eq!(status, 401, "a key exists, so B requires one too");
+    let (status, stats) = http_b.get_with("/v1/stats", &[("Authorization", &bearer(&user))]).await;
+    assert_eq!(status, 200, "B knows a key made for the database: {stats}");
+
+    let (_, listed) = http_a.get_with("/v1/keys", &[("Authorization", &bearer(&admin))]).await;
+    let user_id = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["role"] == "user")
+        .and_then(|k| k["id"].as_str())
+        .expect("the user key is listed")
+        .to_string();
+    let resp = reqwest::Client::new()
+        .delete(http_a.url(&format!("/v1/keys/{user_id}")))
+        .header("Authorization", bearer(&admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let (status, err) = http_b.get_with("/v1/stats", &[("Authorization", &bearer(&user))]).await;
+    assert_eq!((status, err["error"]["code"].clone()), (401, json!("credentials_revoked")), "{err}");
+}
+
+/// A PostgreSQL cluster of this test's own (it is stopped and started again), from
+/// the binaries `scripts/test.sh` names in `MEMHUB_TEST_PG_BIN`. PostgreSQL refuses
+/// to run as root, so as root it runs as `nobody`.
+struct Cluster {
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Cluster {
+    fn as_pg(&self, tool: &str) -> std::process::Command {
+        let root = running_as_root();
+        let mut cmd = if root {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"]).arg(self.bin.join(tool));
+            c
+        } else {
+            std::process::Command::new(self.bin.join(tool))
+        };
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        cmd
+    }
+
+    fn init() -> Cluster {
+        let bin = std::path::PathBuf::from(std::env::var("MEMHUB_TEST_PG_BIN").expect("run scripts/test.sh"));
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cluster = Cluster { bin, dir, port };
+        if running_as_root() {
+            let ok = std::process::Command::new("chown").args(["nobody:nogroup"]).arg(cluster.dir.path()).status();
+            assert!(ok.unwrap().success());
+        }
+        let data = cluster.dir.path().join("data");
+        let ok = cluster.as_pg("initdb").arg("-D").arg(&data).args(["-U", "memhub", "--auth=trust"]).status();
+        assert!(ok.unwrap().success(), "initdb");
+        cluster.start();
+        cluster
+    }
+
+    fn start(&self) {
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.path().display());
+        let ok = self
+            .as_pg("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-w", "-o", &options, "start"])
+            .status();
+        assert!(ok.unwrap().success(), "pg_ctl start");
+    }
+
+    fn stop(&self) {
+        let ok =
+            self.as_pg("pg_ctl").arg("-D").arg(self.dir.path().join("data")).args(["-m", "immediate", "stop"]).status();
+        assert!(ok.unwrap().success(), "pg_ctl stop");
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://memhub@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ =
+            self.as_pg("pg_ctl").arg("-D").arg(self.dir.path().join("data")).args(["-m", "immediate", "stop"]).status();
+    }
+}
+
+fn running_as_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// The database goes away: requests are refused with 503 `storage_unavailable`
+/// within the pool timeout (no hang, no crash); it comes back: the same server
+/// process serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_answers_503_while_its_database_is_down_and_resumes_when_it_is_back() {
+    let cluster = Cluster::init();
+    let url = cluster.url();
+    let env = [("MEMHUB_STORAGE_BACKEND", "postgres"), ("MEMHUB_POSTGRES_URL", url.as_str())];
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = std::fs::File::create(dir.path().join("memhub.toml")).unwrap();
+    std::io::Write::write_all(&mut config, b"[storage.postgres]\nacquire_timeout_seconds = 1\n").unwrap();
+    let config_path = dir.path().join("memhub.toml");
+    let data = dir.path().join("data");
+    let server = Server::start_in(&data, &[env[0], env[1], ("MEMHUB_CONFIG", config_path.to_str().unwrap())]);
+    let http = Http::new(&server);
+    let (status, _) = http.post("/v1/memories", &note("before", "written before the outage")).await;
+    assert_eq!(status, 201);
+
+    cluster.stop();
+    let started = std::time::Instant::now();
+    let (status, err) = http.post("/v1/memories", &note("during", "written during the outage")).await;
+    assert_eq!((status, err["error"]["code"].clone()), (503, json!("storage_unavailable")), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "bounded by the pool timeout");
+    let (status, health) = http.get("/health").await;
+    assert_eq!((status, health["ready"].clone()), (503, json!(false)), "{health}");
+
+    cluster.start();
+    eventually("the server writes again", || async {
+        http.post("/v1/memories", &note("after", "written after the outage")).await.0 == 201
+    })
+    .await;
+    let (status, found) = http.post("/v1/search", &json!({"query": "outage", "semantic_ratio": 0.0})).await;
+    assert_eq!(status, 200, "{found}");
+    let keys: Vec<&str> = found["results"].as_array().unwrap().iter().filter_map(|h| h["memory_id"].as_str()).collect();
+    assert!(keys.contains(&"before") && keys.contains(&"after") && !keys.contains(&"during"), "{found}");
+}
+
+/// The pull worker runs on the leader, and its ledger is in the database: when the
+/// leader is killed, the replica that takes over does not ingest what it ingested,
+/// and ingests what comes next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pull_worker_moves_to_the_next_leader_without_ingesting_an_upload_twice() {
+    let url = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = dir.path().join("bucket");
+    std::fs::create_dir_all(&bucket).unwrap();
+    let config = dir.path().join("memhub.toml");
+    std::fs::write(
+        &config,
+        format!("[ingest]\ninterval_seconds = 1\n[ingest.bucket]\nurl = \"file://{}\"\n", bucket.display()),
+    )
+    .unwrap();
+    let env = [
+        ("MEMHUB_STORAGE_BACKEND", "postgres"),
+        ("MEMHUB_POSTGRES_URL", url.as_str()),
+        ("MEMHUB_CONFIG", config.to_str().unwrap()),
+    ];
+    let mut a = Server::start_in(&dir.path().join("a"), &env);
+    let http_a = Http::new(&a);
+    eventually("A leads", || leader(&http_a)).await;
+    let b = Server::start_in(&dir.path().join("b"), &env);
+    let http_b = Http::new(&b);
+
+    let first: Vec<Value> =
+        (0..3).map(|i| common::conversation(&format!("a{i}"), &format!("heron survey {i}"))).collect();
+    common::akosha_upload(&bucket, "mac.local", "u1", &first, Some("gzip"));
+    let done = |status: &Value, key: &str| -> Option<Value> {
+        status["uploads"]
+            .as_array()?
+            .iter()
+            .find(|u| u["key"].as_str().is_some_and(|k| k.contains(key)) && u["state"] == "done")
+            .cloned()
+    };
+    eventually("A ingests the first upload", || async {
+        done(&http_a.get("/v1/ingest/status").await.1, "u1").is_some()
+    })
+    .await;
+    let (_, status) = http_b.get("/v1/ingest/status").await;
+    assert!(status["last_poll_at"].is_null(), "B does not poll while A leads: {status}");
+    let ingested = done(&status, "u1").expect("B reads the same ledger");
+
+    a.kill9();
+    eventually("B takes over and polls", || async {
+        !http_b.get("/v1/ingest/status").await.1["last_poll_at"].is_null()
+    })
+    .await;
+    let second: Vec<Value> =
+        (0..2).map(|i| common::conversation(&format!("b{i}"), &format!("egret count {i}"))).collect();
+    common::akosha_upload(&bucket, "mac.local", "u2", &second, Some("gzip"));
+    eventually("B ingests the next upload", || async {
+        done(&http_b.get("/v1/ingest/status").await.1, "u2").is_some()
+    })
+    .await;
+    let (_, status) = http_b.get("/v1/ingest/status").await;
+    assert_eq!(done(&status, "u1"), Some(ingested), "the first upload was not ingested again: {status}");
+    let (_, found) =
+        http_b.post("/v1/search", &json!({"query": "heron survey", "semantic_ratio": 0.0, "limit": 10})).await;
+    assert_eq!(found["results"].as_array().unwrap().len(), 3, "{found}");
+}

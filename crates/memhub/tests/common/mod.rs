@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[allow(unused_imports)]
 pub use memhub_embed::test_model_dir as model_dir;
@@ -38,12 +38,37 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// The environment that puts a server of `data_dir` on the backend under test:
+/// nothing for the embedded store; with `MEMHUB_TEST_BACKEND=postgres`, a database
+/// of its own on the cluster at `MEMHUB_TEST_POSTGRES_URL` (made the first time,
+/// its URL kept in `data_dir/postgres-url`, so a restart finds it again).
+pub fn backend_env(data_dir: &Path) -> Vec<(&'static str, String)> {
+    if !std::env::var("MEMHUB_TEST_BACKEND").is_ok_and(|b| b == "postgres") {
+        return Vec::new();
+    }
+    std::fs::create_dir_all(data_dir).unwrap();
+    let kept = data_dir.join("postgres-url");
+    let url = std::fs::read_to_string(&kept).unwrap_or_else(|_| {
+        let admin = std::env::var("MEMHUB_TEST_POSTGRES_URL")
+            .expect("MEMHUB_TEST_BACKEND=postgres needs MEMHUB_TEST_POSTGRES_URL: run scripts/test.sh");
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("memhub_suite_{}_{}_{n}", std::process::id(), nanos % 1_000_000_000);
+        let url = memhub_postgres::create_database(&admin, &name).unwrap();
+        std::fs::write(&kept, &url).unwrap();
+        url
+    });
+    vec![("MEMHUB_STORAGE_BACKEND", "postgres".into()), ("MEMHUB_POSTGRES_URL", url)]
+}
+
 /// Create an API key in `data_dir` with `memhub keys create ARGS` and return its secret.
 pub fn create_key(data_dir: &Path, args: &[&str]) -> String {
     let out = Command::new(memhub_bin())
         .args(["keys", "create", "--data-dir"])
         .arg(data_dir)
         .args(args)
+        .envs(backend_env(data_dir))
         .output()
         .expect("run memhub keys create");
     assert!(out.status.success(), "keys create {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -90,7 +115,9 @@ impl Server {
             // Tests that want the local encoder name its directory explicitly.
             .env("MEMHUB_MODEL_DIR", data_dir.join("no-model"))
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            .envs(backend_env(data_dir));
+        // The test's own settings win (a test of the PostgreSQL backend names its database).
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -370,4 +397,40 @@ impl SseStream {
         }
         out
     }
+}
+
+/// `bytes`, gzip-compressed.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+/// Write `bytes` at `key` in a directory bucket.
+pub fn put(bucket: &Path, key: &str, bytes: &[u8]) {
+    let p = bucket.join(key);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, bytes).unwrap();
+}
+
+/// An Akosha upload: a manifest and `memories.json` compressed as `format` says.
+pub fn akosha_upload(bucket: &Path, system: &str, upload: &str, conversations: &[Value], format: Option<&str>) {
+    let body = serde_json::to_vec(&json!({ "conversations": conversations })).unwrap();
+    let data = match format {
+        Some("gzip") => gzip(&body),
+        Some("zstd") => zstd::encode_all(&body[..], 3).unwrap(),
+        _ => body,
+    };
+    let dir = format!("systems/{system}/{upload}");
+    put(bucket, &format!("{dir}/memories.json"), &data);
+    let manifest = json!({"uploaded_at": "2026-11-21T10:15:00Z", "conversation_count": conversations.len(), "version": "1.0",
+        "compressed": format.is_some(), "compression_format": format, "files": ["memories.json"]});
+    put(bucket, &format!("{dir}/manifest.json"), &serde_json::to_vec(&manifest).unwrap());
+}
+
+/// One Akosha conversation of user ann in project falcon.
+pub fn conversation(id: &str, content: &str) -> Value {
+    json!({"id": id, "content": content, "embedding": null, "timestamp": "2026-11-20T09:00:00",
+           "source": "claude-code", "metadata": {"project": "falcon", "user_id": "ann"}})
 }
