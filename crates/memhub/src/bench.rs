@@ -162,6 +162,27 @@ pub enum Which {
         #[arg(long)]
         db: std::path::PathBuf,
     },
+    /// The embedded store against the PostgreSQL backend, in fresh server processes
+    /// and alternating rounds: batched ingest, single stores from `clients`
+    /// connections, keyword search latency; then on PostgreSQL a second replica: its
+    /// start from an empty data dir, its search latency, how fast it applies the
+    /// first one's writes, and search throughput on one replica against two.
+    Backends {
+        /// A PostgreSQL database to create the benchmark's databases from (e.g.
+        /// `postgres://memhub@127.0.0.1:5432/postgres`); each round gets a fresh one.
+        #[arg(long, env = "MEMHUB_BENCH_POSTGRES_URL")]
+        postgres_url: String,
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+        #[arg(long, default_value_t = 5_000)]
+        singles: usize,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        #[arg(long, default_value_t = 500)]
+        queries: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 /// The indexed text of a LoCoMo turn.
@@ -176,7 +197,7 @@ pub enum LocomoText {
 }
 
 /// A small deterministic generator (xorshift64*), so runs are comparable.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -229,11 +250,11 @@ fn memory_json(rng: &mut Rng, i: usize, dim: usize) -> Value {
 }
 
 /// Three decimals, for reports.
-fn round(x: f64) -> f64 {
+pub(crate) fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -251,10 +272,10 @@ fn proc_status_kib(pid: &str, field: &str) -> Option<u64> {
     status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }
 
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Child,
     port: u16,
-    base: String,
+    pub(crate) base: String,
     dir: tempfile::TempDir,
     dim: usize,
     env: Vec<(String, String)>,
@@ -268,7 +289,7 @@ impl ServerProcess {
 
     /// Like [`start`](Self::start), with extra environment and a set-up step on the
     /// data dir before the server opens it.
-    fn start_with(
+    pub(crate) fn start_with(
         config: &Config,
         env: Vec<(String, String)>,
         prepare: impl FnOnce(&std::path::Path) -> Result<(), String>,
@@ -363,6 +384,8 @@ pub fn run(which: Which, config: &Config) -> Result<(), String> {
         Which::Locomo { data, text } => locomo(config, &data, text),
         Which::Tiers { count, queries, noise, cold_only } => tiers(config, count, queries, noise, cold_only),
         Which::Pull { db } => rt.block_on(pull(config, &db)),
+        Which::Backends { postgres_url, count, singles, clients, queries, rounds } => rt
+            .block_on(crate::bench_backends::backends(config, &postgres_url, count, singles, clients, queries, rounds)),
     }
 }
 
@@ -553,7 +576,7 @@ async fn ingest(config: &Config, count: usize, batch: usize, concurrency: usize,
 }
 
 /// Send `bodies` to `url` with `concurrency` in flight; returns each request's milliseconds.
-async fn load(
+pub(crate) async fn load(
     client: &reqwest::Client,
     url: &str,
     token: Option<&str>,
@@ -593,13 +616,13 @@ async fn load(
 }
 
 /// Request bodies of single memories `first..first + n` (`POST /v1/memories`).
-fn single_bodies(first: usize, n: usize, dim: usize) -> Vec<Vec<u8>> {
+pub(crate) fn single_bodies(first: usize, n: usize, dim: usize) -> Vec<Vec<u8>> {
     let mut rng = Rng(0x5EED ^ first as u64);
     (first..first + n).map(|i| serde_json::to_vec(&memory_json(&mut rng, i, dim)).expect("serializes")).collect()
 }
 
 /// Request bodies of batches of `batch` memories `first..first + n` (`POST /v1/memories/batch`).
-fn batch_bodies(first: usize, n: usize, batch: usize, dim: usize) -> Vec<Vec<u8>> {
+pub(crate) fn batch_bodies(first: usize, n: usize, batch: usize, dim: usize) -> Vec<Vec<u8>> {
     let mut rng = Rng(0xBA7C ^ first as u64);
     (first..first + n)
         .collect::<Vec<_>>()
@@ -621,7 +644,7 @@ async fn timed_load(url: &str, bodies: Vec<Vec<u8>>, concurrency: usize) -> Resu
 }
 
 /// Environment of a benchmark server: no rate limit (the load comes from one address).
-fn bench_env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+pub(crate) fn bench_env(extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut env = vec![("MEMHUB_RATE_PER_SECOND".to_string(), "0".to_string())];
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     env
@@ -991,7 +1014,7 @@ fn load_encoder(config: &Config) -> Result<memhub_embed::MiniLmEncoder, String> 
         .map_err(|e| format!("{e}; install the model with scripts/fetch-model.sh or set MEMHUB_MODEL_DIR"))
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
 }
@@ -1290,13 +1313,13 @@ fn search_probe(
 
 /// A Zipf-distributed vocabulary of made-up words: real text has a few very common
 /// words and a long tail, which is what makes BM25 postings long or short.
-struct Vocabulary {
+pub(crate) struct Vocabulary {
     words: Vec<String>,
     cumulative: Vec<f64>,
 }
 
 impl Vocabulary {
-    fn new(size: usize) -> Self {
+    pub(crate) fn new(size: usize) -> Self {
         const SYLLABLES: [&str; 16] =
             ["ka", "lo", "mi", "ne", "ru", "ta", "vo", "shi", "den", "par", "qu", "zel", "bri", "fo", "gan", "tor"];
         let words = (0..size)
@@ -1328,7 +1351,7 @@ impl Vocabulary {
         &self.words[i]
     }
 
-    fn text(&self, rng: &mut Rng, n: usize) -> String {
+    pub(crate) fn text(&self, rng: &mut Rng, n: usize) -> String {
         (0..n).map(|_| self.word(rng)).collect::<Vec<_>>().join(" ")
     }
 }

@@ -2,6 +2,7 @@
 //! the engine to the transports; all behaviour lives in the library crates.
 
 mod bench;
+mod bench_backends;
 mod sync;
 
 use std::io::{BufRead, BufWriter, Write};
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use memhub_embed::{MiniLmEncoder, OpenAiEmbedder};
-use memhub_engine::{EmbeddingWorker, Engine, OpenMode};
+use memhub_engine::{EmbeddingWorker, Engine, LogFollower, OpenMode};
 use memhub_server::auth::AuthMode;
 use memhub_server::config::{EmbedderKind, StorageBackend};
 use memhub_server::{AppState, Config};
@@ -321,8 +322,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 let local = listener.local_addr().map_err(|e| e.to_string())?;
                 tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "memhub listening (MCP at /mcp, REST at /v1)");
                 let worker = EmbeddingWorker::start(engine.clone());
+                // Replicas over one database: take the others' writes too.
+                let follower = LogFollower::start(engine.clone());
                 let served = memhub_server::serve(listener, state, shutdown_signal()).await;
-                tokio::task::spawn_blocking(move || worker.stop()).await.map_err(|e| e.to_string())?;
+                tokio::task::spawn_blocking(move || (worker.stop(), follower.stop())).await.map_err(|e| e.to_string())?;
                 served.map_err(|e| e.to_string())
             })
         }
@@ -334,6 +337,7 @@ fn run(cli: Cli) -> Result<(), String> {
             rt.block_on(async move {
                 let engine = open_engine(&config, OpenMode::ReadWrite)?;
                 let worker = EmbeddingWorker::start(engine.clone());
+                let follower = LogFollower::start(engine.clone());
                 let audit = Arc::new(
                     memhub_govern::AuditLog::open(&memhub_server::audit_path(&config.data_dir))
                         .map_err(|e| e.to_string())?,
@@ -343,7 +347,9 @@ fn run(cli: Cli) -> Result<(), String> {
                     .await
                     .map_err(|e| e.to_string());
                 audit.close();
-                tokio::task::spawn_blocking(move || worker.stop()).await.map_err(|e| e.to_string())?;
+                tokio::task::spawn_blocking(move || (worker.stop(), follower.stop()))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 engine.checkpoint().map_err(|e| e.to_string())?;
                 result
             })
@@ -457,7 +463,7 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn keys(op: KeysOp, config: &Config) -> Result<(), String> {
-    let store = memhub_govern::KeyStore::open(&config.data_dir).map_err(|e| e.to_string())?;
+    let store = memhub_server::open_keys(config).map_err(|e| e.to_string())?;
     match op {
         KeysOp::Create { role, tenant, user, systems, kinds, expires, name, read, superadmin } => {
             let spec = memhub_govern::NewKey {
