@@ -1,7 +1,10 @@
 //! Tiers: aging hot -> warm -> cold, search and gets across tiers, writes to cold
-//! keys, and purge/erasure reaching the cold tier's Parquet files.
+//! keys, and purge/erasure reaching the cold tier's Parquet files. Runs on both
+//! backends (`MEMHUB_TEST_BACKEND=postgres`).
 
 use std::path::{Path, PathBuf};
+
+mod support;
 
 use memhub_engine::{Access, Engine, EngineConfig, OpenMode, TierConfig};
 use memhub_objects::BucketConfig;
@@ -24,7 +27,7 @@ fn config(bucket: &Path) -> EngineConfig {
 }
 
 fn open(dir: &Path) -> Engine {
-    Engine::open(&dir.join("data"), config(&dir.join("bucket")), OpenMode::ReadWrite).unwrap()
+    support::open(&dir.join("data"), config(&dir.join("bucket")), None)
 }
 
 fn memory(system: &str, id: &str, content: &str, age_days: i64, v: [f32; 4]) -> NewMemory {
@@ -285,7 +288,7 @@ fn orphaned_objects_are_swept_and_tier_boundaries_follow_the_kind() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(&dir.path().join("bucket"));
     cfg.tiers.kinds.insert("context".into(), memhub_engine::TierAges { hot_days: Some(0.5), warm_days: None });
-    let engine = Engine::open(&dir.path().join("data"), cfg, OpenMode::ReadWrite).unwrap();
+    let engine = support::open(&dir.path().join("data"), cfg, None);
     let s = scope();
     let mut chat = memory("slack", "c1", "standup chat", 1, [1.0, 0.0, 0.0, 0.0]);
     chat.kind = Some("context".into());
@@ -363,7 +366,7 @@ fn aging_runs_merge_the_small_files_they_leave_in_a_partition() {
     let bucket = dir.path().join("bucket");
     let mut cfg = config(&bucket);
     cfg.tiers.file_rows = 10;
-    let engine = Engine::open(&dir.path().join("data"), cfg, OpenMode::ReadWrite).unwrap();
+    let engine = support::open(&dir.path().join("data"), cfg, None);
     let s = scope();
     let mut reports = Vec::new();
     for i in 0..3 {

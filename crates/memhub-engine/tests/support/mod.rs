@@ -2,6 +2,9 @@
 //! `MEMHUB_TEST_BACKEND=postgres` on a PostgreSQL database of the cluster at
 //! `MEMHUB_TEST_POSTGRES_URL` (`scripts/test.sh` starts one). One suite, two backends.
 
+// Each suite uses what it needs of this.
+#![allow(dead_code)]
+
 use std::path::Path;
 use std::sync::Arc;
 
