@@ -342,3 +342,28 @@ fn terms_in_most_of_a_large_corpus_count_only_beside_rarer_ones() {
     assert_eq!(engine.indexes().sizes().pending_text, 0);
     check("persisted");
 }
+
+/// Stats read the graphs' memory while the maintainer adds to them. usearch's own
+/// figure walks node slots an add may be filling; asked mid-add it read a null node
+/// and crashed the process (seen under `bench backends`). A crash fails this test.
+#[test]
+fn stats_during_vector_inserts_are_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = std::sync::Arc::new(Engine::open(dir.path(), config(), OpenMode::ReadWrite).unwrap());
+    let writer = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            for batch in 0..40 {
+                store(&engine, (0..500).map(|i| memory(batch * 500 + i, "vectors arriving")).collect());
+            }
+        })
+    };
+    let mut reads = 0usize;
+    while !writer.is_finished() {
+        let sizes = engine.indexes().sizes();
+        assert!(sizes.vector_memory_bytes >= sizes.hot_graph_bytes);
+        reads += 1;
+    }
+    writer.join().unwrap();
+    assert!(reads > 0);
+}

@@ -9,6 +9,7 @@
 //! store instead of rebuilding.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 
 use memhub_types::{Error, ErrorCode, Result, Tier};
@@ -188,6 +189,11 @@ pub struct VectorIndex {
     /// grow capacity; adds and searches share the read lock (usearch supports
     /// concurrent add and search).
     graphs: [RwLock<Index>; 2],
+    /// Each graph's `memory_usage()`, taken by the writer after each change batch.
+    /// usearch walks every node slot to answer it, and a slot an add is filling
+    /// may be null: asked during an add (a stats request while the maintainer
+    /// inserts), it read through a null node and crashed the server.
+    graph_bytes: [AtomicUsize; 2],
     arena: RwLock<Arena>,
     path: Option<PathBuf>,
     dim: usize,
@@ -261,6 +267,7 @@ impl VectorIndex {
             None => (fresh()?, None),
         };
         let v = VectorIndex {
+            graph_bytes: [AtomicUsize::new(hot.memory_usage()), AtomicUsize::new(warm.memory_usage())],
             graphs: [RwLock::new(hot), RwLock::new(warm)],
             arena: RwLock::new(Arena { dim, ..Arena::default() }),
             path: writable.then(|| path.to_path_buf()),
@@ -380,8 +387,17 @@ impl VectorIndex {
         };
         let hot: Vec<(DocId, &[f32])> = of_tier(Tier::Hot).map(|(id, v)| (id, &**v)).collect();
         let warm: Vec<(DocId, Vec<i8>)> = of_tier(Tier::Warm).map(|(id, v)| (id, quantise_i8(v))).collect();
-        self.add_all(Tier::Hot, &hot, threads)?;
-        self.add_all(Tier::Warm, &warm, threads)
+        let added = self.add_all(Tier::Hot, &hot, threads).and_then(|()| self.add_all(Tier::Warm, &warm, threads));
+        // No add runs now (this is the only writer): the walk is safe.
+        self.measure_graphs();
+        added
+    }
+
+    /// Take each graph's memory figure; only while no add runs (the writer, between batches).
+    fn measure_graphs(&self) {
+        for (i, (_, graph)) in self.each_graph().enumerate() {
+            self.graph_bytes[i].store(graph.memory_usage(), Ordering::Relaxed);
+        }
     }
 
     fn add_all<T: usearch::VectorType + Sync, V: AsRef<[T]> + Sync>(
@@ -426,6 +442,7 @@ impl VectorIndex {
         for (slot, (_, kind)) in self.graphs.iter().zip(GRAPH_KINDS) {
             *slot.write().unwrap_or_else(|p| p.into_inner()) = Self::create(self.dim, self.params, kind)?;
         }
+        self.measure_graphs();
         *self.arena.write().unwrap_or_else(|p| p.into_inner()) = Arena { dim: self.dim, ..Arena::default() };
         Ok(())
     }
@@ -456,13 +473,14 @@ impl VectorIndex {
     }
 
     /// Bytes the graphs (vectors and links) and the exact-scan copy take in memory.
+    /// Safe while adds run: the graphs' share is the figure of the last change batch.
     pub fn memory_bytes(&self) -> usize {
-        self.each_graph().map(|(_, g)| g.memory_usage()).sum::<usize>() + self.arena().bytes()
+        self.graph_bytes.iter().map(|b| b.load(Ordering::Relaxed)).sum::<usize>() + self.arena().bytes()
     }
 
-    /// Bytes of one tier's graph in memory.
+    /// Bytes of one tier's graph in memory (as of the last change batch).
     pub fn tier_memory_bytes(&self, tier: Tier) -> usize {
-        self.graph(tier).memory_usage()
+        self.graph_bytes[usize::from(tier == Tier::Warm)].load(Ordering::Relaxed)
     }
 
     pub fn disk_bytes(&self) -> u64 {
