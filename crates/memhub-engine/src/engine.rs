@@ -117,6 +117,11 @@ pub struct Engine {
 /// transaction is rolled back and the write retried after a thaw.
 const COLD_KEY_MOVED: &str = "a memory with this key was moving to the cold tier; retry the write";
 
+/// Reads of a shared store's log a committed write tries (about 12 s in all) to
+/// publish itself after other replicas' changes before it gives up on being
+/// visible here when acknowledged.
+const PUBLISH_TRIES: u32 = 6;
+
 /// Changes one read of the log looks at, at most: a narrow reader of a busy log
 /// gets a short (or empty) page and a cursor that moved, not a scan of all of it.
 const CHANGES_SCANNED: usize = 10_000;
@@ -274,9 +279,17 @@ impl Engine {
             // Another replica committed since this one last looked: its changes come
             // first, read from the log, so every consumer still sees commit order.
             Some(first) if self.store.shared() && first.seq != self.applied() + 1 => {
-                if let Err(e) = self.publish_log(&changes) {
-                    // Committed all the same; the log follower publishes it on its next round.
-                    tracing::warn!(error = %e, "reading the change log after a write failed; the follower catches up");
+                // The write is durable; it must also be visible here before it is
+                // acknowledged (its response names the change applied). Retry a while.
+                let mut tries = 0;
+                while let Err(e) = self.publish_log(&changes) {
+                    tries += 1;
+                    if tries == PUBLISH_TRIES {
+                        tracing::error!(error = %e, "cannot read the change log after a write; the follower catches up");
+                        break;
+                    }
+                    tracing::warn!(error = %e, "reading the change log after a write failed; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(200 << tries.min(5)));
                 }
             }
             _ => self.publish(&changes),

@@ -277,15 +277,35 @@ fn block_on<F: Future>(runtime: &tokio::runtime::Runtime, f: F) -> F::Output {
     }
 }
 
+/// A runtime that may be dropped anywhere: tokio panics when a runtime is dropped
+/// on a thread of another runtime (a server's async main, on error or at
+/// shutdown), so this one shuts down in the background instead.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnRuntime {
+    fn get(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// A migrated connection pool on a small runtime of its own: what the store and
 /// the key table each open.
 struct Db {
-    runtime: tokio::runtime::Runtime,
+    // Dropped last (fields drop in order): the pool's connections close on it.
     pool: PgPool,
     /// For logs and errors: without the password.
     url: String,
     /// For connections outside the pool (never logged).
     connect_url: String,
+    runtime: OwnRuntime,
 }
 
 impl Db {
@@ -297,36 +317,38 @@ impl Db {
                 "storage.backend = \"postgres\" needs storage.postgres.url (MEMHUB_POSTGRES_URL)",
             ));
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("memhub-postgres")
-            .enable_all()
-            .build()
-            .map_err(Error::internal)?;
+        let runtime = OwnRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("memhub-postgres")
+                .enable_all()
+                .build()
+                .map_err(Error::internal)?,
+        ));
         let url = redact(&config.url);
         let pool = block_on(
-            &runtime,
+            runtime.get(),
             PgPoolOptions::new()
                 .max_connections(pool_size.max(1))
                 .acquire_timeout(Duration::from_secs(config.acquire_timeout_seconds.max(1)))
                 .connect(&config.url),
         )
-        .map_err(|e| match db(e) {
-            e if e.code == ErrorCode::StorageError => {
-                Error::new(ErrorCode::StorageUnavailable, format!("cannot open {url}: {}", e.message()))
-            }
-            e => e,
+        .map_err(|e| {
+            // Any failure to connect means the database is out of reach (say which).
+            let e = db(e);
+            let code = if e.code == ErrorCode::StorageError { ErrorCode::StorageUnavailable } else { e.code };
+            Error::new(code, format!("cannot open {url}: {}", e.message()))
         })?;
-        block_on(&runtime, migrator().run(&pool)).map_err(|e| {
+        block_on(runtime.get(), migrator().run(&pool)).map_err(|e| {
             Error::storage(format!(
                 "cannot migrate {url}: {e} (a database migrated by a newer memhub is refused; upgrade this binary)"
             ))
         })?;
-        Ok(Db { runtime, pool, url, connect_url: config.url.clone() })
+        Ok(Db { pool, url, connect_url: config.url.clone(), runtime })
     }
 
     fn run<F: Future>(&self, f: F) -> F::Output {
-        block_on(&self.runtime, f)
+        block_on(self.runtime.get(), f)
     }
 
     fn block<T>(&self, f: impl Future<Output = std::result::Result<T, sqlx::Error>>) -> Result<T> {
@@ -471,7 +493,9 @@ impl MemoryStore for PostgresStore {
         self.run(async {
             let mut held = self.leader.lock().await;
             if let Some(conn) = held.as_mut() {
-                if tokio::time::timeout(Duration::from_secs(2), conn.ping()).await.is_ok_and(|r| r.is_ok()) {
+                // Patient: letting go frees the lock for another replica while this
+                // one's job may still run, so a slow answer is not a lost connection.
+                if tokio::time::timeout(Duration::from_secs(10), conn.ping()).await.is_ok_and(|r| r.is_ok()) {
                     return true;
                 }
                 // The connection (and with it the lock) is gone, or may be: let go.
@@ -482,6 +506,13 @@ impl MemoryStore for PostgresStore {
             }
             let attempt = async {
                 let mut conn = sqlx::PgConnection::connect(&self.db.connect_url).await?;
+                // A leader cut off by the network must lose its session (and the lock)
+                // in seconds, not after the kernel's two-hour keepalive default.
+                sqlx::raw_sql(
+                    "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3",
+                )
+                .execute(&mut conn)
+                .await?;
                 let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                     .bind(LEADER_LOCK)
                     .fetch_one(&mut conn)
@@ -511,7 +542,7 @@ impl MemoryStore for PostgresStore {
 
     fn wait_for_changes(&self, seen: i64, timeout: Duration) {
         self.listening.get_or_init(|| {
-            self.db.runtime.spawn(listen(self.db.connect_url.clone(), self.commits.clone()));
+            self.db.runtime.get().spawn(listen(self.db.connect_url.clone(), self.commits.clone()));
         });
         self.commits.wait(seen, timeout);
     }

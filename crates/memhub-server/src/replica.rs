@@ -67,18 +67,23 @@ fn wanted(req: &mut Request) -> Result<Option<i64>, Error> {
         None => None,
     };
     let Some(query) = req.uri().query().filter(|q| q.contains(MIN_SEQ)) else { return Ok(seq) };
-    let mut rest = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        if k == MIN_SEQ {
-            seq = seq.max(Some(parse(MIN_SEQ, &v)?));
-        } else {
-            rest.append_pair(&k, &v);
+    // Take out the `min_seq` pairs and leave every other byte of the URI as it came.
+    let mut rest = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some((MIN_SEQ, value)) => seq = seq.max(Some(parse(MIN_SEQ, value)?)),
+            // `min_seq` without a value: refused, naming it.
+            _ if pair == MIN_SEQ => seq = seq.max(Some(parse(MIN_SEQ, "")?)),
+            _ => rest.push(pair),
         }
     }
-    let rest = rest.finish();
     let path = req.uri().path();
-    let uri = if rest.is_empty() { path.to_string() } else { format!("{path}?{rest}") };
-    *req.uri_mut() = uri.parse().map_err(|e| Error::field(ErrorCode::InvalidField, MIN_SEQ, format!("{e}")))?;
+    let path_and_query = if rest.is_empty() { path.to_string() } else { format!("{path}?{}", rest.join("&")) };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query =
+        Some(path_and_query.parse().map_err(|e| Error::field(ErrorCode::InvalidField, MIN_SEQ, format!("{e}")))?);
+    *req.uri_mut() = axum::http::Uri::from_parts(parts)
+        .map_err(|e| Error::field(ErrorCode::InvalidField, MIN_SEQ, format!("{e}")))?;
     Ok(seq)
 }
 

@@ -498,3 +498,29 @@ async fn the_pull_worker_moves_to_the_next_leader_without_ingesting_an_upload_tw
         http_b.post("/v1/search", &json!({"query": "heron survey", "semantic_ratio": 0.0, "limit": 10})).await;
     assert_eq!(found["results"].as_array().unwrap().len(), 3, "{found}");
 }
+
+/// A database that cannot be reached at start is a clear error, not a panic; a
+/// server over PostgreSQL stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_at_start_is_an_error_and_sigterm_stops_cleanly() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::memhub_bin())
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("MEMHUB_STORAGE_BACKEND", "postgres")
+        .env("MEMHUB_POSTGRES_URL", format!("postgres://memhub:hunter2@127.0.0.1:{closed}/memhub"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot open") && !stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "the password is not logged: {stderr}");
+
+    let url = fresh_database();
+    let mut server =
+        Server::start_in(dir.path(), &[("MEMHUB_STORAGE_BACKEND", "postgres"), ("MEMHUB_POSTGRES_URL", &url)]);
+    let (status, _) = Http::new(&server).post("/v1/memories", &note("k", "stored before a clean stop")).await;
+    assert_eq!(status, 201);
+    assert_eq!(server.terminate(), Some(0), "SIGTERM: a clean exit");
+}

@@ -38,10 +38,16 @@ impl Engine {
     /// Load again what the store keeps beside the log and another replica may have
     /// changed: the registered schemas and the retention policies.
     pub(crate) fn reload_settings(&self) -> Result<()> {
-        // Read under the write lock: a registration here (which holds it while it
-        // commits) is either in what is read or waits for the swap.
+        // Read outside the lock (a slow database must not hold up validation); a
+        // schema registered here meanwhile is kept: schemas are only ever added.
+        let mut fresh = registry_of(self.store())?;
         let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
-        *registry = registry_of(self.store())?;
+        for schema in registry.list() {
+            if fresh.latest(&schema.kind).is_none_or(|latest| latest.version < schema.version) {
+                fresh.add(schema)?;
+            }
+        }
+        *registry = fresh;
         drop(registry);
         self.load_retention()
     }
