@@ -76,6 +76,25 @@ async fn applied(client: &reqwest::Client, base: &str) -> Result<(i64, i64), Str
     Ok((health["applied_seq"].as_i64().unwrap_or(0), health["log_seq"].as_i64().unwrap_or(0)))
 }
 
+/// Wait until the server's indexes hold every change (nothing pending).
+async fn drained(client: &reqwest::Client, base: &str) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        // A failed poll (a pooled connection the server closed) is tried again.
+        let stats: Value = match client.get(format!("{base}/v1/stats")).send().await {
+            Ok(resp) => resp.json().await.unwrap_or_default(),
+            Err(_) => Value::Null,
+        };
+        if stats["index"]["pending_text"] == 0 && stats["index"]["pending_vectors"] == 0 {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            return Err(format!("the indexes did not drain: {}", stats["index"]));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `bench backends`.
 pub async fn backends(
     config: &Config,
@@ -110,8 +129,8 @@ pub async fn backends(
             let single_ms =
                 load(&client, &format!("{}/v1/memories", server.base), None, single.clone(), clients).await?;
             let single_per_second = singles as f64 / t.elapsed().as_secs_f64();
-            // Let the indexes drain so both backends search the same persisted state.
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            // Both backends search the same state: every change in the persisted indexes.
+            drained(&client, &server.base).await?;
             let search_url = format!("{}/v1/search", server.base);
             let ms = load(&client, &search_url, None, search.clone(), 1).await?;
             let side = Side {
@@ -180,6 +199,7 @@ async fn replica(
     let t = Instant::now();
     let second = ServerProcess::start_with(config, env, |_| Ok(()))?;
     let fresh_ready_seconds = t.elapsed().as_secs_f64();
+    drained(client, &second.base).await?;
     let ms = load(client, &format!("{}/v1/search", second.base), None, search.to_vec(), 1).await?;
     // Catch-up: the first replica ingests more while the second follows.
     let (start, _) = applied(client, &second.base).await?;
