@@ -379,7 +379,21 @@ impl Engine {
     /// whenever the store signals a commit). Returns how many were published.
     pub fn follow_log(&self) -> Result<usize> {
         let _in_order = self.commit_order.lock().unwrap_or_else(|p| p.into_inner());
-        self.publish_log(&[])
+        // Taken before the read: every change through it has committed (numbers
+        // commit in order), so the read below sees all of them.
+        let last = self.store.last_change()?;
+        let published = self.publish_log(&[])?;
+        if published == 0 {
+            // Nothing readable through `last`, yet the log reaches it: entries this
+            // binary cannot read (an operation a newer replica logs, in a rolling
+            // upgrade), which the store skips. Without this the cursor would stop
+            // before them for good; moving to `last` skips nothing readable.
+            if last > self.applied() {
+                tracing::warn!(from = self.applied(), to = last, "skipped change-log entries this version cannot read");
+                self.published.send_replace(last);
+            }
+        }
+        Ok(published)
     }
 
     /// Block until the store may have a change this engine has not published, or

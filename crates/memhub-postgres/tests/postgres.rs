@@ -365,3 +365,33 @@ fn concurrent_writers_on_two_replicas_leave_both_complete() {
         assert!(found(engine, &word(2, 6)).is_empty(), "a deleted memory is not found");
     }
 }
+
+/// A log entry this binary cannot read (an operation a newer replica logs during a
+/// rolling upgrade) must not stop a follower's cursor before it for good.
+#[test]
+fn a_follower_moves_past_log_entries_it_cannot_read() {
+    let url = fresh("unknown_op");
+    let dir = tempfile::tempdir().unwrap();
+    let engine = replica(&url, dir.path());
+    let _follow = LogFollower::start(engine.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO changes (seq, op, tenant, id, at) \
+             VALUES (nextval('changes_seq'), 'from_the_future', 'default', gen_random_uuid(), 1)",
+        )
+        .execute(&mut c)
+        .await
+        .unwrap();
+        sqlx::query("SELECT pg_notify('memhub_changes', '1')").execute(&mut c).await.unwrap();
+    });
+    caught_up(&engine);
+    // And the next write takes the direct path again, found at once.
+    engine
+        .store_memory(&"default".into(), note("after", "written after the unreadable entry"), IngestionMethod::Rest)
+        .unwrap();
+    assert_eq!(found(&engine, "unreadable"), ["after"]);
+    assert_eq!(engine.applied(), engine.last_change().unwrap());
+}
