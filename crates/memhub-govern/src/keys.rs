@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
 use base64::Engine as _;
-use memhub_types::time::{format_micros, now_micros};
+use memhub_types::time::{now_micros, serde_micros};
 use memhub_types::{Error, ErrorCode, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -57,7 +57,8 @@ pub struct NewKey {
     pub superadmin: bool,
 }
 
-/// A key as listed: everything but its secret.
+/// A key as listed: everything but its secret. Times are µs since the epoch,
+/// ISO-8601 on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeyInfo {
     pub id: String,
@@ -69,9 +70,12 @@ pub struct KeyInfo {
     pub kinds: Option<Vec<String>>,
     pub can_read: bool,
     pub superadmin: bool,
-    pub created_at: String,
-    pub expires_at: Option<String>,
-    pub revoked_at: Option<String>,
+    #[serde(with = "serde_micros")]
+    pub created_at: i64,
+    #[serde(with = "serde_micros::option")]
+    pub expires_at: Option<i64>,
+    #[serde(with = "serde_micros::option")]
+    pub revoked_at: Option<i64>,
 }
 
 /// A key just made: the secret is shown once and never stored.
@@ -82,43 +86,13 @@ pub struct CreatedKey {
     pub key: KeyInfo,
 }
 
-/// A key as a [`KeyTable`] keeps it: the hash of its secret, never the secret.
+/// A key as a [`KeyTable`] keeps it: what is listed, and the hash of its secret
+/// (never the secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRow {
-    pub id: String,
+    pub key: KeyInfo,
     /// The argon2id hash (PHC string).
     pub hash: String,
-    pub name: Option<String>,
-    pub role: Role,
-    pub tenant: String,
-    pub user_id: Option<String>,
-    pub systems: Option<Vec<String>>,
-    pub kinds: Option<Vec<String>>,
-    pub can_read: bool,
-    pub superadmin: bool,
-    /// Microseconds since the epoch.
-    pub created_at: i64,
-    pub expires_at: Option<i64>,
-    pub revoked_at: Option<i64>,
-}
-
-impl KeyRow {
-    fn info(&self) -> KeyInfo {
-        KeyInfo {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            role: self.role,
-            tenant: self.tenant.clone(),
-            user_id: self.user_id.clone(),
-            systems: self.systems.clone(),
-            kinds: self.kinds.clone(),
-            can_read: self.can_read,
-            superadmin: self.superadmin,
-            created_at: format_micros(self.created_at),
-            expires_at: self.expires_at.map(format_micros),
-            revoked_at: self.revoked_at.map(format_micros),
-        }
-    }
 }
 
 /// Where keys are kept. Thread-safe; every call reads or writes the table itself
@@ -169,19 +143,21 @@ pub const COLUMNS: &str =
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRow> {
     let role: String = r.get(3)?;
     Ok(KeyRow {
-        id: r.get(0)?,
+        key: KeyInfo {
+            id: r.get(0)?,
+            name: r.get(2)?,
+            role: role.parse().unwrap_or(Role::User),
+            tenant: r.get(4)?,
+            user_id: r.get(5)?,
+            systems: list_of_json(r.get(6)?),
+            kinds: list_of_json(r.get(7)?),
+            can_read: r.get(8)?,
+            superadmin: r.get(9)?,
+            created_at: r.get(10)?,
+            expires_at: r.get(11)?,
+            revoked_at: r.get(12)?,
+        },
         hash: r.get(1)?,
-        name: r.get(2)?,
-        role: role.parse().unwrap_or(Role::User),
-        tenant: r.get(4)?,
-        user_id: r.get(5)?,
-        systems: list_of_json(r.get(6)?),
-        kinds: list_of_json(r.get(7)?),
-        can_read: r.get(8)?,
-        superadmin: r.get(9)?,
-        created_at: r.get(10)?,
-        expires_at: r.get(11)?,
-        revoked_at: r.get(12)?,
     })
 }
 
@@ -204,7 +180,8 @@ impl SqliteKeys {
 }
 
 impl KeyTable for SqliteKeys {
-    fn insert(&self, k: &KeyRow) -> Result<()> {
+    fn insert(&self, row: &KeyRow) -> Result<()> {
+        let k = &row.key;
         self.conn()
             .execute(
                 &format!(
@@ -212,7 +189,7 @@ impl KeyTable for SqliteKeys {
                 ),
                 params![
                     k.id,
-                    k.hash,
+                    row.hash,
                     k.name,
                     k.role.as_str(),
                     k.tenant,
@@ -309,38 +286,40 @@ impl KeyStore {
             .map_err(|e| Error::internal(format!("cannot hash the key: {e}")))?
             .to_string();
         let row = KeyRow {
-            id,
+            key: KeyInfo {
+                id,
+                name: k.name,
+                role: k.role,
+                tenant: k.tenant,
+                user_id: k.user_id,
+                systems: k.systems,
+                kinds: k.kinds,
+                can_read: k.can_read,
+                superadmin: k.superadmin,
+                created_at: now_micros(),
+                expires_at: k.expires_at,
+                revoked_at: None,
+            },
             hash,
-            name: k.name,
-            role: k.role,
-            tenant: k.tenant,
-            user_id: k.user_id,
-            systems: k.systems,
-            kinds: k.kinds,
-            can_read: k.can_read,
-            superadmin: k.superadmin,
-            created_at: now_micros(),
-            expires_at: k.expires_at,
-            revoked_at: None,
         };
         self.table.insert(&row)?;
-        Ok(CreatedKey { secret, key: row.info() })
+        Ok(CreatedKey { secret, key: row.key })
     }
 
     /// Keys of `tenant` (or all), newest first.
     pub fn list(&self, tenant: Option<&str>) -> Result<Vec<KeyInfo>> {
-        Ok(self.table.list(tenant)?.iter().map(KeyRow::info).collect())
+        Ok(self.table.list(tenant)?.into_iter().map(|r| r.key).collect())
     }
 
     /// Revoke a key (of `tenant`, when given). Revoking twice is not an error.
     pub fn revoke(&self, id: &str, tenant: Option<&str>) -> Result<KeyInfo> {
-        let found = self.table.get(id)?.filter(|r| tenant.is_none_or(|t| r.tenant == t));
+        let found = self.table.get(id)?.filter(|r| tenant.is_none_or(|t| r.key.tenant == t));
         if found.is_none() {
             return Err(Error::new(ErrorCode::NotFound, format!("no key {id:?}")));
         }
         self.table.revoke(id, now_micros())?;
         self.verified.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, v| v != id);
-        Ok(self.table.get(id)?.ok_or_else(|| Error::internal("the key vanished"))?.info())
+        Ok(self.table.get(id)?.ok_or_else(|| Error::internal("the key vanished"))?.key)
     }
 
     /// Whether any key exists (then authentication is required by default).
@@ -383,21 +362,22 @@ impl KeyStore {
             verified.insert(digest, id.to_string());
         }
         // Status is checked only once the secret is proven, so a guesser learns nothing.
-        if found.revoked_at.is_some() {
+        let k = found.key;
+        if k.revoked_at.is_some() {
             return Some(Err(Error::new(ErrorCode::CredentialsRevoked, format!("API key {id} was revoked"))));
         }
-        if found.expires_at.is_some_and(|t| t <= now_micros()) {
+        if k.expires_at.is_some_and(|t| t <= now_micros()) {
             return Some(Err(Error::new(ErrorCode::CredentialsExpired, format!("API key {id} has expired"))));
         }
         Some(Ok(Principal {
-            id: format!("key:{}", found.id),
-            role: found.role,
-            tenant: found.tenant,
-            user_id: found.user_id,
-            systems: found.systems,
-            kinds: found.kinds,
-            can_read: found.can_read,
-            superadmin: found.superadmin,
+            id: format!("key:{}", k.id),
+            role: k.role,
+            tenant: k.tenant,
+            user_id: k.user_id,
+            systems: k.systems,
+            kinds: k.kinds,
+            can_read: k.can_read,
+            superadmin: k.superadmin,
         }))
     }
 }

@@ -2,7 +2,7 @@
 //! and sees a revocation on the next request.
 
 use memhub_govern::keys::{list_json, list_of_json, COLUMNS};
-use memhub_govern::{KeyRow, KeyTable, Role};
+use memhub_govern::{KeyInfo, KeyRow, KeyTable, Role};
 use memhub_types::Result;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
@@ -24,31 +24,34 @@ impl PostgresKeys {
 fn key_from_row(r: &PgRow) -> std::result::Result<KeyRow, sqlx::Error> {
     let role: String = r.try_get(3)?;
     Ok(KeyRow {
-        id: r.try_get(0)?,
+        key: KeyInfo {
+            id: r.try_get(0)?,
+            name: r.try_get(2)?,
+            role: role.parse().unwrap_or(Role::User),
+            tenant: r.try_get(4)?,
+            user_id: r.try_get(5)?,
+            systems: list_of_json(r.try_get(6)?),
+            kinds: list_of_json(r.try_get(7)?),
+            can_read: r.try_get(8)?,
+            superadmin: r.try_get(9)?,
+            created_at: r.try_get(10)?,
+            expires_at: r.try_get(11)?,
+            revoked_at: r.try_get(12)?,
+        },
         hash: r.try_get(1)?,
-        name: r.try_get(2)?,
-        role: role.parse().unwrap_or(Role::User),
-        tenant: r.try_get(4)?,
-        user_id: r.try_get(5)?,
-        systems: list_of_json(r.try_get(6)?),
-        kinds: list_of_json(r.try_get(7)?),
-        can_read: r.try_get(8)?,
-        superadmin: r.try_get(9)?,
-        created_at: r.try_get(10)?,
-        expires_at: r.try_get(11)?,
-        revoked_at: r.try_get(12)?,
     })
 }
 
 impl KeyTable for PostgresKeys {
-    fn insert(&self, k: &KeyRow) -> Result<()> {
+    fn insert(&self, row: &KeyRow) -> Result<()> {
+        let k = &row.key;
         let text =
             format!("INSERT INTO api_keys ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)");
         self.db
             .block(
                 sqlx::query(sql(text))
                     .bind(k.id.clone())
-                    .bind(k.hash.clone())
+                    .bind(row.hash.clone())
                     .bind(k.name.clone())
                     .bind(k.role.as_str())
                     .bind(k.tenant.clone())
