@@ -120,6 +120,11 @@ impl Ledger {
         Ok(Self::on(Box::new(SqliteLedger::open(path)?)))
     }
 
+    /// The embedded ledger of a data dir, `ingest.db` (created).
+    pub fn in_data_dir(data_dir: &Path) -> Result<Ledger, String> {
+        Self::open(&data_dir.join("ingest.db"))
+    }
+
     pub fn on(table: Box<dyn LedgerTable>) -> Ledger {
         Ledger { table }
     }

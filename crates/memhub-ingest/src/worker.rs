@@ -100,7 +100,7 @@ impl PullWorker {
     /// A worker for `config.bucket` keeping its temporary files in `data_dir` and its
     /// ledger in `ingest.db` there.
     pub fn open(engine: Arc<Engine>, config: IngestConfig, data_dir: &Path) -> Result<Option<PullWorker>, String> {
-        Self::open_with(engine, config, data_dir, || Ledger::open(&data_dir.join("ingest.db")))
+        Self::open_with(engine, config, data_dir, || Ledger::in_data_dir(data_dir))
     }
 
     /// Like [`open`](Self::open), with the ledger `ledger` opens (only when a bucket is configured).

@@ -58,6 +58,17 @@ pub fn open_keys(config: &Config) -> Result<memhub_govern::KeyStore, Error> {
     }
 }
 
+/// The pull worker's ledger on the configured backend: `ingest.db` in the data
+/// dir, or the database that replicas share.
+pub fn open_ledger(config: &Config) -> Result<memhub_ingest::ledger::Ledger, String> {
+    match config.storage.backend {
+        config::StorageBackend::Sqlite => memhub_ingest::ledger::Ledger::in_data_dir(&config.data_dir),
+        config::StorageBackend::Postgres => memhub_postgres::PostgresLedger::connect(&config.storage.postgres)
+            .map(|table| memhub_ingest::ledger::Ledger::on(Box::new(table)))
+            .map_err(|e| e.to_string()),
+    }
+}
+
 /// The audit log's file in a data dir.
 pub fn audit_path(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.join("audit.db")
@@ -91,16 +102,12 @@ impl AppState {
         let hosts = config.allowed_hosts();
         let guard = Arc::new(auth::Guard::new(required, keys, jwt, audit.clone(), &config.auth, &hosts));
         let mcp = mcp::http_service(engine.clone(), audit, &hosts, config.max_body_bytes);
-        let ledger = || match config.storage.backend {
-            config::StorageBackend::Sqlite => memhub_ingest::ledger::Ledger::open(&config.data_dir.join("ingest.db")),
-            config::StorageBackend::Postgres => memhub_postgres::PostgresLedger::connect(&config.storage.postgres)
-                .map(|table| memhub_ingest::ledger::Ledger::on(Box::new(table)))
-                .map_err(|e| e.to_string()),
-        };
         let ingest =
-            memhub_ingest::PullWorker::open_with(engine.clone(), config.ingest.clone(), &config.data_dir, ledger)
-                .map_err(|e| Error::new(ErrorCode::InvalidField, format!("ingest: {e}")))?
-                .map(Arc::new);
+            memhub_ingest::PullWorker::open_with(engine.clone(), config.ingest.clone(), &config.data_dir, || {
+                open_ledger(&config)
+            })
+            .map_err(|e| Error::new(ErrorCode::InvalidField, format!("ingest: {e}")))?
+            .map(Arc::new);
         let closing = Arc::new(tokio::sync::watch::channel(false).0);
         let webhooks = Arc::new(memhub_webhooks::Webhooks::open(
             &config.data_dir,
