@@ -1,12 +1,15 @@
-//! The audit log: one record per access, appended to `audit.db` by a background
-//! writer that commits whatever has queued up in one transaction (so a busy server
-//! pays one fsync per batch, not per request). Each record carries the SHA-256 of
-//! the one before it; [`verify`] recomputes the chain and names the first broken link.
+//! The audit log: one record per access, appended by a background writer that
+//! commits whatever has queued up in one transaction (so a busy server pays one
+//! commit per batch, not per request). Each record carries the SHA-256 of the one
+//! before it; [`verify`] recomputes the chain and names the first broken link.
 //! Records hold who, what, which ids or filters, and the result: never memory content.
-
+//!
+//! The chain is kept by an [`AuditTable`]: `audit.db` in the data dir
+//! ([`SqliteAudit`]), or the database that replicas share, where every replica
+//! appends to the one chain.
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use memhub_types::time::serde_micros;
 use memhub_types::{Error, Result};
@@ -127,25 +130,31 @@ pub struct VerifyReport {
     pub first_broken: Option<(i64, String)>,
 }
 
-/// The columns a record's hash covers, as stored.
-struct Stored {
-    seq: i64,
-    at: i64,
-    actor: String,
-    role: String,
-    tenant: String,
-    action: String,
-    targets: String,
-    filters: String,
-    outcome: String,
-    status: i64,
-    client: String,
-    request_id: String,
+/// A record as stored: the text its hash covers (`targets` and `filters` as the
+/// JSON text written, so a re-encoding can never change a hash), its place in the
+/// chain and its hash. What an [`AuditTable`] writes and reads back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditRow {
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    pub role: String,
+    pub tenant: String,
+    pub action: String,
+    pub targets: String,
+    pub filters: String,
+    pub outcome: String,
+    pub status: i64,
+    pub client: String,
+    pub request_id: String,
+    pub prev_hash: String,
+    pub hash: String,
 }
 
-impl Stored {
-    fn of(seq: i64, e: &AuditEvent) -> Stored {
-        Stored {
+impl AuditRow {
+    /// The row of `e` at `seq`, after the record whose hash is `prev`.
+    fn of(seq: i64, e: &AuditEvent, prev: &str) -> AuditRow {
+        let mut row = AuditRow {
             seq,
             at: e.at,
             actor: e.actor.clone(),
@@ -158,13 +167,18 @@ impl Stored {
             status: i64::from(e.status),
             client: e.client.clone(),
             request_id: e.request_id.clone(),
-        }
+            prev_hash: prev.to_string(),
+            hash: String::new(),
+        };
+        row.hash = row.computed_hash();
+        row
     }
 
-    fn hash(&self, prev: &str) -> String {
+    /// The hash the row's fields and `prev_hash` make.
+    fn computed_hash(&self) -> String {
         let mut h = Sha256::new();
         for part in [
-            prev,
+            &self.prev_hash,
             &self.seq.to_string(),
             &self.at.to_string(),
             &self.actor,
@@ -183,71 +197,120 @@ impl Stored {
         }
         hex::encode(h.finalize())
     }
+
+    /// The record this row stores.
+    pub fn into_record(self) -> AuditRecord {
+        AuditRecord {
+            seq: self.seq,
+            event: AuditEvent {
+                at: self.at,
+                actor: self.actor,
+                role: self.role,
+                tenant: self.tenant,
+                action: self.action,
+                targets: serde_json::from_str(&self.targets).unwrap_or_default(),
+                filters: serde_json::from_str(&self.filters).unwrap_or(Value::Null),
+                outcome: match self.outcome.as_str() {
+                    "ok" => Outcome::Ok,
+                    "denied" => Outcome::Denied,
+                    _ => Outcome::Error,
+                },
+                status: u16::try_from(self.status).unwrap_or(0),
+                client: self.client,
+                request_id: self.request_id,
+            },
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
 }
 
-const COLUMNS: &str =
+/// The rows of `events` appended after the chain's head `(seq, hash)` (`None`: an
+/// empty log): numbered on from it, each hashing the one before. Every table
+/// appends through this, so the chain is made one way whatever keeps it.
+pub fn chain(head: Option<(i64, String)>, events: &[AuditEvent]) -> Vec<AuditRow> {
+    let (mut seq, mut prev) = head.unwrap_or_else(|| (0, GENESIS.to_string()));
+    events
+        .iter()
+        .map(|e| {
+            seq += 1;
+            let row = AuditRow::of(seq, e, &prev);
+            prev.clone_from(&row.hash);
+            row
+        })
+        .collect()
+}
+
+/// Where the audit chain is kept: `audit.db` in the data dir ([`SqliteAudit`]) or
+/// the database that replicas share. One chain per table, however many processes
+/// append to it: [`append`](AuditTable::append) reads the head and writes after it
+/// in one transaction that excludes every other appender.
+pub trait AuditTable: Send + Sync {
+    /// Append `events` after the chain's head (rows made by [`chain`]), all or none.
+    fn append(&self, events: &[AuditEvent]) -> Result<()>;
+    /// Rows matching `q`, newest first, at most `q.limit` (default 100, at most 10 000).
+    fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRow>>;
+    /// Rows after sequence number `after`, oldest first, at most `limit`.
+    fn page(&self, after: i64, limit: usize) -> Result<Vec<AuditRow>>;
+    /// Append rows of another log as they are (copying a chain, hashes and all):
+    /// all or none, and only if they continue this chain ([`continues`]).
+    fn import(&self, rows: &[AuditRow]) -> Result<()>;
+}
+
+/// Refuse `rows` unless they follow the head `(seq, hash)` record by record: an
+/// import must extend the chain, never fork or renumber it.
+pub fn continues(head: Option<(i64, String)>, rows: &[AuditRow]) -> Result<()> {
+    let (mut seq, mut prev) = head.unwrap_or_else(|| (0, GENESIS.to_string()));
+    for r in rows {
+        if r.seq != seq + 1 || r.prev_hash != prev {
+            return Err(Error::new(
+                memhub_types::ErrorCode::InvalidField,
+                format!("audit record {} does not continue the chain at record {seq}", r.seq),
+            ));
+        }
+        seq = r.seq;
+        prev.clone_from(&r.hash);
+    }
+    Ok(())
+}
+
+/// The `limit` a query reads.
+pub fn query_limit(q: &AuditQuery) -> i64 {
+    q.limit.unwrap_or(100).clamp(1, 10_000) as i64
+}
+
+/// The columns of `audit_log`, in [`AuditRow`]'s order.
+pub const COLUMNS: &str =
     "seq, at, actor, role, tenant, action, targets, filters, outcome, status, client, request_id, prev_hash, hash";
 
-fn stored_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Stored, String, String)> {
-    Ok((
-        Stored {
-            seq: r.get(0)?,
-            at: r.get(1)?,
-            actor: r.get(2)?,
-            role: r.get(3)?,
-            tenant: r.get(4)?,
-            action: r.get(5)?,
-            targets: r.get(6)?,
-            filters: r.get(7)?,
-            outcome: r.get(8)?,
-            status: r.get(9)?,
-            client: r.get(10)?,
-            request_id: r.get(11)?,
-        },
-        r.get(12)?,
-        r.get(13)?,
-    ))
-}
-
-fn record((s, prev_hash, hash): (Stored, String, String)) -> AuditRecord {
-    AuditRecord {
-        seq: s.seq,
-        event: AuditEvent {
-            at: s.at,
-            actor: s.actor,
-            role: s.role,
-            tenant: s.tenant,
-            action: s.action,
-            targets: serde_json::from_str(&s.targets).unwrap_or_default(),
-            filters: serde_json::from_str(&s.filters).unwrap_or(Value::Null),
-            outcome: match s.outcome.as_str() {
-                "ok" => Outcome::Ok,
-                "denied" => Outcome::Denied,
-                _ => Outcome::Error,
-            },
-            status: u16::try_from(s.status).unwrap_or(0),
-            client: s.client,
-            request_id: s.request_id,
-        },
-        prev_hash,
-        hash,
-    }
+fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
+    Ok(AuditRow {
+        seq: r.get(0)?,
+        at: r.get(1)?,
+        actor: r.get(2)?,
+        role: r.get(3)?,
+        tenant: r.get(4)?,
+        action: r.get(5)?,
+        targets: r.get(6)?,
+        filters: r.get(7)?,
+        outcome: r.get(8)?,
+        status: r.get(9)?,
+        client: r.get(10)?,
+        request_id: r.get(11)?,
+        prev_hash: r.get(12)?,
+        hash: r.get(13)?,
+    })
 }
 
 fn storage(e: rusqlite::Error) -> Error {
     Error::storage(e)
 }
 
-enum Msg {
-    Event(Box<AuditEvent>),
-    Flush(mpsc::Sender<()>),
-}
-
-/// The append side, shared by every request.
-pub struct AuditLog {
-    sender: Mutex<Option<mpsc::Sender<Msg>>>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    reader: Mutex<Option<Connection>>,
+/// `audit.db`: the audit chain of the embedded mode.
+pub struct SqliteAudit {
+    /// Appends (`None` for a log opened read-only).
+    writer: Option<Mutex<Connection>>,
+    reader: Mutex<Connection>,
 }
 
 fn open_rw(path: &Path) -> Result<Connection> {
@@ -261,62 +324,130 @@ fn open_rw(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+impl SqliteAudit {
+    /// Open (creating) the audit file at `path` for appending.
+    pub fn open(path: &Path) -> Result<SqliteAudit> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::storage(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        Ok(SqliteAudit { writer: Some(Mutex::new(open_rw(path)?)), reader: Mutex::new(open_rw(path)?) })
+    }
+
+    fn lock(c: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+        c.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Open an audit file read-only (for `memhub audit verify` and `tail`).
-pub fn open_read_only(path: &Path) -> Result<Connection> {
+pub fn open_read_only(path: &Path) -> Result<SqliteAudit> {
     if !path.exists() {
         return Err(Error::storage(format!("no audit log at {}", path.display())));
     }
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(storage)?;
     conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(storage)?;
-    Ok(conn)
+    Ok(SqliteAudit { writer: None, reader: Mutex::new(conn) })
 }
 
-fn write_batch(conn: &mut Connection, head: &mut (i64, String), events: &[AuditEvent]) -> Result<()> {
-    let tx = conn.transaction().map_err(storage)?;
-    let before = head.clone();
-    let result = (|| {
-        let mut st = tx
-            .prepare_cached(&format!(
-                "INSERT INTO audit_log ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
-            ))
-            .map_err(storage)?;
-        let (mut seq, mut prev) = head.clone();
-        for e in events {
-            seq += 1;
-            let s = Stored::of(seq, e);
-            let hash = s.hash(&prev);
-            st.execute(params![
-                s.seq,
-                s.at,
-                s.actor,
-                s.role,
-                s.tenant,
-                s.action,
-                s.targets,
-                s.filters,
-                s.outcome,
-                s.status,
-                s.client,
-                s.request_id,
-                prev,
-                hash
-            ])
-            .map_err(storage)?;
-            prev = hash;
-        }
-        *head = (seq, prev);
-        Ok(())
-    })();
-    match result.and_then(|()| tx.commit().map_err(storage)) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            *head = before;
-            Err(e)
-        }
+/// The chain's head `(seq, hash)` as a transaction sees it.
+fn sqlite_head(tx: &rusqlite::Transaction<'_>) -> Result<Option<(i64, String)>> {
+    tx.query_row("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(storage)
+}
+
+fn insert_rows(tx: &rusqlite::Transaction<'_>, rows: &[AuditRow]) -> Result<()> {
+    let mut st = tx
+        .prepare_cached(&format!(
+            "INSERT INTO audit_log ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        ))
+        .map_err(storage)?;
+    for r in rows {
+        st.execute(params![
+            r.seq,
+            r.at,
+            r.actor,
+            r.role,
+            r.tenant,
+            r.action,
+            r.targets,
+            r.filters,
+            r.outcome,
+            r.status,
+            r.client,
+            r.request_id,
+            r.prev_hash,
+            r.hash
+        ])
+        .map_err(storage)?;
+    }
+    Ok(())
+}
+
+impl SqliteAudit {
+    /// Run `f` in an IMMEDIATE transaction (the head read and the inserts hold the
+    /// file's write lock together), committing if it succeeds.
+    fn appending(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<()>) -> Result<()> {
+        let Some(writer) = &self.writer else {
+            return Err(Error::storage("this audit log was opened read-only"));
+        };
+        let mut conn = Self::lock(writer);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(storage)?;
+        f(&tx)?;
+        tx.commit().map_err(storage)
     }
 }
 
-fn writer_loop(mut conn: Connection, mut head: (i64, String), rx: mpsc::Receiver<Msg>) {
+impl AuditTable for SqliteAudit {
+    fn append(&self, events: &[AuditEvent]) -> Result<()> {
+        self.appending(|tx| insert_rows(tx, &chain(sqlite_head(tx)?, events)))
+    }
+
+    fn import(&self, rows: &[AuditRow]) -> Result<()> {
+        self.appending(|tx| {
+            continues(sqlite_head(tx)?, rows)?;
+            insert_rows(tx, rows)
+        })
+    }
+
+    fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
+        let conn = Self::lock(&self.reader);
+        let mut st = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM audit_log WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR at < ?2) \
+                 AND (?3 IS NULL OR actor = ?3) AND (?4 IS NULL OR action = ?4) AND (?5 IS NULL OR tenant = ?5) \
+                 ORDER BY seq DESC LIMIT ?6"
+            ))
+            .map_err(storage)?;
+        let rows = st
+            .query_map(params![q.since, q.until, q.actor, q.action, q.tenant, query_limit(q)], row_of)
+            .map_err(storage)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
+    }
+
+    fn page(&self, after: i64, limit: usize) -> Result<Vec<AuditRow>> {
+        let conn = Self::lock(&self.reader);
+        let mut st = conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2"))
+            .map_err(storage)?;
+        let rows = st.query_map(params![after, limit as i64], row_of).map_err(storage)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
+    }
+}
+
+enum Msg {
+    Event(Box<AuditEvent>),
+    Flush(mpsc::Sender<()>),
+}
+
+/// The append side, shared by every request.
+pub struct AuditLog {
+    sender: Mutex<Option<mpsc::Sender<Msg>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    table: Option<Arc<dyn AuditTable>>,
+}
+
+fn writer_loop(table: Arc<dyn AuditTable>, rx: mpsc::Receiver<Msg>) {
     while let Ok(first) = rx.recv() {
         let mut events = Vec::new();
         let mut acks = Vec::new();
@@ -335,7 +466,7 @@ fn writer_loop(mut conn: Connection, mut head: (i64, String), rx: mpsc::Receiver
             }
         }
         if !events.is_empty() {
-            if let Err(e) = write_batch(&mut conn, &mut head, &events) {
+            if let Err(e) = table.append(&events) {
                 tracing::error!(error = %e, lost = events.len(), "audit log write failed");
             }
         }
@@ -346,34 +477,25 @@ fn writer_loop(mut conn: Connection, mut head: (i64, String), rx: mpsc::Receiver
 }
 
 impl AuditLog {
-    /// Open (creating) the audit log at `path` and start its writer thread.
+    /// Open (creating) `audit.db` at `path` and start its writer thread.
     pub fn open(path: &Path) -> Result<AuditLog> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::storage(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        let conn = open_rw(path)?;
-        let head: (i64, String) = conn
-            .query_row("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
-            .map_err(storage)?
-            .unwrap_or_else(|| (0, GENESIS.to_string()));
-        let reader = open_rw(path)?;
+        AuditLog::on(Arc::new(SqliteAudit::open(path)?))
+    }
+
+    /// Append to `table` from a writer thread of its own.
+    pub fn on(table: Arc<dyn AuditTable>) -> Result<AuditLog> {
         let (tx, rx) = mpsc::channel();
+        let appender = table.clone();
         let writer = std::thread::Builder::new()
             .name("memhub-audit".into())
-            .spawn(move || writer_loop(conn, head, rx))
+            .spawn(move || writer_loop(appender, rx))
             .map_err(Error::internal)?;
-        Ok(AuditLog {
-            sender: Mutex::new(Some(tx)),
-            writer: Mutex::new(Some(writer)),
-            reader: Mutex::new(Some(reader)),
-        })
+        Ok(AuditLog { sender: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), table: Some(table) })
     }
 
     /// A log that records nothing (for measuring what the audit log costs).
     pub fn disabled() -> AuditLog {
-        AuditLog { sender: Mutex::new(None), writer: Mutex::new(None), reader: Mutex::new(None) }
+        AuditLog { sender: Mutex::new(None), writer: Mutex::new(None), table: None }
     }
 
     /// Queue one record; it is written within milliseconds, batched with others.
@@ -397,8 +519,8 @@ impl AuditLog {
 
     /// Records matching `q`, newest first (written ones: call [`flush`](Self::flush) first to include queued ones).
     pub fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
-        match &*self.reader.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(conn) => query(conn, q),
+        match &self.table {
+            Some(table) => query(table.as_ref(), q),
             None => Err(Error::new(memhub_types::ErrorCode::NotFound, "the audit log is off (audit = false)")),
         }
     }
@@ -418,44 +540,40 @@ impl Drop for AuditLog {
     }
 }
 
-/// Records matching `q` in the log `conn`, newest first.
-pub fn query(conn: &Connection, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000) as i64;
-    let mut st = conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM audit_log WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR at < ?2) \
-             AND (?3 IS NULL OR actor = ?3) AND (?4 IS NULL OR action = ?4) AND (?5 IS NULL OR tenant = ?5) \
-             ORDER BY seq DESC LIMIT ?6"
-        ))
-        .map_err(storage)?;
-    let rows =
-        st.query_map(params![q.since, q.until, q.actor, q.action, q.tenant, limit], stored_row).map_err(storage)?;
-    rows.map(|r| r.map(record)).collect::<rusqlite::Result<Vec<_>>>().map_err(storage)
+/// Records matching `q` in `table`, newest first.
+pub fn query(table: &dyn AuditTable, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
+    Ok(table.query(q)?.into_iter().map(AuditRow::into_record).collect())
 }
 
-/// Recompute the hash chain of the log `conn`.
-pub fn verify(conn: &Connection) -> Result<VerifyReport> {
-    let mut st = conn.prepare(&format!("SELECT {COLUMNS} FROM audit_log ORDER BY seq")).map_err(storage)?;
-    let mut rows = st.query([]).map_err(storage)?;
+/// Rows [`verify`] reads at a time.
+const VERIFY_PAGE: usize = 10_000;
+
+/// Recompute the hash chain of `table`.
+pub fn verify(table: &dyn AuditTable) -> Result<VerifyReport> {
     let (mut prev, mut expected_seq, mut records) = (GENESIS.to_string(), 1i64, 0u64);
     let mut first_broken = None;
-    while let Some(row) = rows.next().map_err(storage)? {
-        let (s, prev_hash, hash) = stored_row(row).map_err(storage)?;
-        records += 1;
-        if first_broken.is_none() {
-            let problem = if s.seq != expected_seq {
-                Some(format!("record {expected_seq} is missing"))
-            } else if prev_hash != prev {
-                Some("prev_hash does not match the record before".to_string())
-            } else if s.hash(&prev) != hash {
-                Some("the record was changed after it was written".to_string())
-            } else {
-                None
-            };
-            first_broken = problem.map(|p| (s.seq, p));
+    let mut after = 0;
+    loop {
+        let page = table.page(after, VERIFY_PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for row in page {
+            records += 1;
+            if first_broken.is_none() {
+                let problem = if row.seq != expected_seq {
+                    Some(format!("record {expected_seq} is missing"))
+                } else if row.prev_hash != prev {
+                    Some("prev_hash does not match the record before".to_string())
+                } else if row.computed_hash() != row.hash {
+                    Some("the record was changed after it was written".to_string())
+                } else {
+                    None
+                };
+                first_broken = problem.map(|p| (row.seq, p));
+            }
+            expected_seq = row.seq + 1;
+            prev = row.hash;
         }
-        expected_seq = s.seq + 1;
-        prev = hash;
     }
     Ok(VerifyReport { records, head: prev, first_broken })
 }

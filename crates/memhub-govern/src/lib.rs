@@ -7,7 +7,9 @@ pub mod jwt;
 pub mod keys;
 pub mod principal;
 
-pub use audit::{AuditEvent, AuditLog, AuditQuery, AuditRecord, Outcome, VerifyReport};
+pub use audit::{
+    AuditEvent, AuditLog, AuditQuery, AuditRecord, AuditRow, AuditTable, Outcome, SqliteAudit, VerifyReport,
+};
 pub use jwt::{JwtConfig, JwtVerifier};
 pub use keys::{CreatedKey, KeyInfo, KeyRow, KeyStore, KeyTable, NewKey, SqliteKeys};
 pub use principal::{Permission, Principal, Role};

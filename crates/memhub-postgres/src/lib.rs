@@ -20,11 +20,18 @@
 //! it ([`MemoryStore::wait_for_changes`]) instead of polling. A notification lost
 //! while the listener reconnects costs at most the follower's poll interval.
 
+mod audit;
 mod keys;
 mod ledger;
+mod webhooks;
 
+pub use audit::{PostgresAudit, AUDIT_LOCK};
 pub use keys::PostgresKeys;
 pub use ledger::PostgresLedger;
+/// The SQL client this backend speaks, for tools that query its database directly
+/// (the pgvector benchmark).
+pub use sqlx;
+pub use webhooks::PostgresWebhooks;
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -70,11 +77,16 @@ pub struct PostgresConfig {
     /// How long a request waits for a free connection (or for the database to
     /// answer a connect) before it fails with `storage_unavailable`.
     pub acquire_timeout_seconds: u64,
+    /// Keep memories' vectors in pgvector's `vector` type when the database has the
+    /// extension (or this role may create it), so SQL users, BI tools and CDC
+    /// pipelines read them as vectors; otherwise (or `false`) a plain `real[]`.
+    /// Decided once, when the database is first migrated; memhub reads either.
+    pub pgvector: bool,
 }
 
 impl Default for PostgresConfig {
     fn default() -> Self {
-        PostgresConfig { url: String::new(), pool_size: 8, acquire_timeout_seconds: 5 }
+        PostgresConfig { url: String::new(), pool_size: 8, acquire_timeout_seconds: 5, pgvector: true }
     }
 }
 
@@ -88,13 +100,44 @@ fn migrator() -> Migrator {
         migration(1, "store", include_str!("../migrations/0001_store.sql")),
         migration(2, "keys", include_str!("../migrations/0002_keys.sql")),
         migration(3, "ingest", include_str!("../migrations/0003_ingest.sql")),
+        migration(4, "audit", include_str!("../migrations/0004_audit.sql")),
+        migration(5, "webhooks", include_str!("../migrations/0005_webhooks.sql")),
+        migration(6, "pgvector", include_str!("../migrations/0006_pgvector.sql")),
     ])
 }
 
-/// The columns of `memories` (and `memory_history`) that [`memory_from_row`] reads.
-const MEMORY_COLUMNS: &str = "id, tenant, system_id, memory_id, kind, schema_version, content, \
-    attributes, metadata, tags, user_id, agent_id, session_id, project, created_at, ingested_at, \
-    updated_at, expires_at, embedding, embedding_model, content_hash, version, ingestion_method, tier";
+/// Run the migrations on one connection that tells migration 6 whether to use
+/// pgvector (through the session setting `memhub.pgvector`).
+async fn migrate(pool: &PgPool, pgvector: bool) -> std::result::Result<(), sqlx::migrate::MigrateError> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SELECT set_config('memhub.pgvector', $1, false)")
+        .bind(if pgvector { "auto" } else { "off" })
+        .execute(&mut *conn)
+        .await?;
+    let result = migrator().run(&mut *conn).await;
+    // The connection goes back to the pool: leave no setting behind on it.
+    let _ = sqlx::query("RESET memhub.pgvector").execute(&mut *conn).await;
+    result
+}
+
+/// The columns of `memories` (and `memory_history`), with `$embedding` for the vector's.
+macro_rules! memory_columns {
+    ($embedding:literal) => {
+        concat!(
+            "id, tenant, system_id, memory_id, kind, schema_version, content, attributes, metadata, tags, \
+             user_id, agent_id, session_id, project, created_at, ingested_at, updated_at, expires_at, ",
+            $embedding,
+            ", embedding_model, content_hash, version, ingestion_method, tier"
+        )
+    };
+}
+
+/// The columns of `memories` (and `memory_history`) that a write names.
+const MEMORY_COLUMNS: &str = memory_columns!("embedding");
+
+/// The columns [`memory_from_row`] reads: the vector as `real[]`, whether the column
+/// is pgvector's `vector` (migration 6) or a plain `real[]`.
+const MEMORY_SELECT: &str = memory_columns!("embedding::real[] AS embedding");
 
 /// The columns of `changes` that [`change_from_row`] reads.
 const CHANGE_COLUMNS: &str = r#"seq, op, "row", tenant, id, memory_id, system_id, kind, user_id, version, at"#;
@@ -120,7 +163,8 @@ fn db(e: sqlx::Error) -> Error {
     }
 }
 
-fn redact(url: &str) -> String {
+/// `url` without its password, for logs and reports.
+pub fn redact(url: &str) -> String {
     // postgres://user:secret@host/db -> postgres://user@host/db
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
@@ -169,7 +213,7 @@ fn memory_from_row(r: &PgRow) -> std::result::Result<Memory, sqlx::Error> {
 
 /// `SELECT seq, <memory columns> FROM memories WHERE {clause}`.
 fn select_memories(clause: &str) -> AssertSqlSafe<String> {
-    sql(format!("SELECT seq, {MEMORY_COLUMNS} FROM memories WHERE {clause}"))
+    sql(format!("SELECT seq, {MEMORY_SELECT} FROM memories WHERE {clause}"))
 }
 
 /// A row of [`select_memories`]: its `seq` and the memory.
@@ -339,7 +383,7 @@ impl Db {
             let code = if e.code == ErrorCode::StorageError { ErrorCode::StorageUnavailable } else { e.code };
             Error::new(code, format!("cannot open {url}: {}", e.message()))
         })?;
-        block_on(runtime.get(), migrator().run(&pool)).map_err(|e| {
+        block_on(runtime.get(), migrate(&pool, config.pgvector)).map_err(|e| {
             Error::storage(format!(
                 "cannot migrate {url}: {e} (a database migrated by a newer memhub is refused; upgrade this binary)"
             ))
@@ -623,14 +667,13 @@ impl MemoryStore for PostgresStore {
 
     fn history(&self, tenant: &str, id: &Uuid) -> Result<Vec<Memory>> {
         let text =
-            format!("SELECT {MEMORY_COLUMNS} FROM memory_history WHERE id = $1 AND tenant = $2 ORDER BY version DESC");
+            format!("SELECT {MEMORY_SELECT} FROM memory_history WHERE id = $1 AND tenant = $2 ORDER BY version DESC");
         let rows = self.block(sqlx::query(sql(text)).bind(*id).bind(tenant.to_string()).fetch_all(&self.db.pool))?;
         rows.iter().map(memory_from_row).collect::<std::result::Result<_, _>>().map_err(db)
     }
 
     fn each_memory(&self, tenant: Option<&str>, f: &mut dyn FnMut(Memory) -> Result<()>) -> Result<usize> {
-        let text =
-            format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE ($1::text IS NULL OR tenant = $1) ORDER BY seq");
+        let text = format!("SELECT {MEMORY_SELECT} FROM memories WHERE ($1::text IS NULL OR tenant = $1) ORDER BY seq");
         let tenant = tenant.map(str::to_owned);
         self.run(async {
             use futures::TryStreamExt;
@@ -700,9 +743,9 @@ impl MemoryStore for PostgresStore {
 
     fn changed_since(&self, since: Option<i64>, f: &mut dyn FnMut(ChangedRow) -> Result<()>) -> Result<()> {
         let text = match since {
-            None => "SELECT seq AS r, content, embedding, embedding_model FROM memories",
+            None => "SELECT seq AS r, content, embedding::real[] AS embedding, embedding_model FROM memories",
             Some(_) => {
-                "SELECT c.r, m.content, m.embedding, m.embedding_model \
+                "SELECT c.r, m.content, m.embedding::real[] AS embedding, m.embedding_model \
                  FROM (SELECT DISTINCT \"row\" AS r FROM changes WHERE seq > $1 AND \"row\" IS NOT NULL) c \
                  LEFT JOIN memories m ON m.seq = c.r"
             }
@@ -770,6 +813,48 @@ impl MemoryStore for PostgresStore {
             Ok(n as usize)
         })
         .map_err(db)
+    }
+
+    fn each_entity(&self, f: &mut dyn FnMut(&str, NewEntity) -> Result<()>) -> Result<()> {
+        let rows: Vec<(String, String, String, Value, Value, Value)> = self.block(
+            sqlx::query_as(
+                "SELECT tenant, name, entity_type, observations, properties, metadata FROM kg_entities \
+                 ORDER BY created_at, id",
+            )
+            .fetch_all(&self.db.pool),
+        )?;
+        for (tenant, name, entity_type, observations, properties, metadata) in rows {
+            let e = NewEntity {
+                name,
+                entity_type,
+                observations: serde_json::from_value(observations).unwrap_or_default(),
+                properties: serde_json::from_value(properties).unwrap_or_default(),
+                metadata: serde_json::from_value(metadata).unwrap_or_default(),
+            };
+            f(&tenant, e)?;
+        }
+        Ok(())
+    }
+
+    fn each_relation(&self, f: &mut dyn FnMut(&str, NewRelation) -> Result<()>) -> Result<()> {
+        let rows: Vec<(String, String, String, String, Value, Value)> = self.block(
+            sqlx::query_as(
+                "SELECT tenant, from_entity, to_entity, relation_type, properties, metadata FROM kg_relations \
+                 ORDER BY created_at, id",
+            )
+            .fetch_all(&self.db.pool),
+        )?;
+        for (tenant, from_entity, to_entity, relation_type, properties, metadata) in rows {
+            let r = NewRelation {
+                from_entity,
+                to_entity,
+                relation_type,
+                properties: serde_json::from_value(properties).unwrap_or_default(),
+                metadata: serde_json::from_value(metadata).unwrap_or_default(),
+            };
+            f(&tenant, r)?;
+        }
+        Ok(())
     }
 
     fn schemas(&self) -> Result<Vec<KindSchema>> {

@@ -395,3 +395,124 @@ fn a_follower_moves_past_log_entries_it_cannot_read() {
     assert_eq!(found(&engine, "unreadable"), ["after"]);
     assert_eq!(engine.applied(), engine.last_change().unwrap());
 }
+
+fn audit_event(writer: usize, i: usize) -> memhub_govern::AuditEvent {
+    memhub_govern::AuditEvent {
+        at: memhub_types::time::now_micros(),
+        actor: format!("key:mh_writer{writer}"),
+        role: "user".into(),
+        tenant: "default".into(),
+        action: "memory.store".into(),
+        targets: vec![format!("w{writer}-{i}")],
+        // Key order and spacing as the caller wrote them: the hash covers this text.
+        filters: serde_json::json!({"z": 1, "a": [1, 2]}),
+        outcome: memhub_govern::Outcome::Ok,
+        status: 201,
+        client: "127.0.0.1".into(),
+        request_id: format!("r{writer}-{i}"),
+    }
+}
+
+/// Two replicas' audit logs append to the database at once: they make one chain
+/// (numbered without gaps, each record hashing the one before), which verifies;
+/// a record changed in the database afterwards is named.
+#[test]
+fn two_replicas_append_to_one_audit_chain() {
+    use memhub_govern::{audit, AuditLog, AuditQuery, AuditTable};
+    use memhub_postgres::PostgresAudit;
+    let url = fresh("audit");
+    let config = PostgresConfig { url: url.clone(), ..Default::default() };
+    let (a, b) = (PostgresAudit::connect(&config).unwrap(), PostgresAudit::connect(&config).unwrap());
+    let logs = [Arc::new(AuditLog::on(Arc::new(a)).unwrap()), Arc::new(AuditLog::on(Arc::new(b)).unwrap())];
+    std::thread::scope(|s| {
+        for writer in 0..4 {
+            let log = logs[writer % 2].clone();
+            s.spawn(move || {
+                for i in 0..150 {
+                    log.record(audit_event(writer, i));
+                    if i % 50 == 0 {
+                        std::thread::sleep(Duration::from_millis(3));
+                    }
+                }
+            });
+        }
+    });
+    logs.iter().for_each(|l| l.flush());
+
+    let reader = PostgresAudit::connect(&config).unwrap();
+    let report = audit::verify(&reader).unwrap();
+    assert_eq!((report.records, report.first_broken.clone()), (600, None), "{report:?}");
+    let newest = audit::query(&reader, &AuditQuery { limit: Some(1), ..Default::default() }).unwrap();
+    assert_eq!(newest[0].hash, report.head, "the head is the newest record");
+    let mine = audit::query(
+        &reader,
+        &AuditQuery { actor: Some("key:mh_writer3".into()), limit: Some(1000), ..Default::default() },
+    )
+    .unwrap();
+    assert_eq!(mine.len(), 150);
+    assert!(mine.iter().all(|r| r.event.filters == serde_json::json!({"z": 1, "a": [1, 2]})));
+    let pages: usize = std::iter::successors(Some((0i64, 0usize)), |(after, _)| {
+        let page = reader.page(*after, 64).unwrap();
+        page.last().map(|last| (last.seq, page.len()))
+    })
+    .map(|(_, n)| n)
+    .sum();
+    assert_eq!(pages, 600, "paging reads every record once");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE audit_log SET outcome = 'denied' WHERE seq = 321").execute(&mut c).await.unwrap();
+    });
+    let report = audit::verify(&reader).unwrap();
+    assert_eq!(report.first_broken.map(|b| b.0), Some(321));
+}
+
+/// The type of `memories.embedding` in the database at `url`, as `format_type` names it.
+fn embedding_type(url: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = 'memories'::regclass AND attname = 'embedding'",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+    })
+}
+
+/// With pgvector in the database (the test cluster has it), vectors are stored as
+/// `vector`, which SQL can search by distance; asked not to, as `real[]`. Either
+/// way a memory, its history and a later embedding come back as written.
+#[test]
+fn vectors_are_pgvector_vectors_when_the_extension_is_there_and_real_arrays_when_not() {
+    for (pgvector, column) in [(true, "vector"), (false, "real[]")] {
+        let url = fresh(if pgvector { "pgvector" } else { "plain" });
+        let store =
+            PostgresStore::connect(&PostgresConfig { url: url.clone(), pgvector, ..Default::default() }).unwrap();
+        assert_eq!(embedding_type(&url), column);
+        let m = memory("v");
+        let changes = store.write(&mut |tx: &mut dyn StoreTx| tx.insert(&m, ChangeOp::Created).map(drop)).unwrap();
+        let row = changes[0].row.unwrap();
+        assert_eq!(store.memory_by_id("default", &m.id).unwrap().unwrap().1, m, "{column}");
+        let v2 = Memory { version: 2, embedding: Some(vec![0.0, 1.0, 0.0]), content_hash: "h2".into(), ..m.clone() };
+        store.write(&mut |tx: &mut dyn StoreTx| tx.replace(row, &v2, 7)).unwrap();
+        assert_eq!(store.history("default", &m.id).unwrap(), vec![m.clone()], "{column}: history keeps the old vector");
+        let v3 = Memory { embedding: Some(vec![1.0, 0.0, 0.0]), ..v2.clone() };
+        store.write(&mut |tx: &mut dyn StoreTx| tx.set_embedding(row, &v3).map(drop)).unwrap();
+        assert_eq!(store.memories_by_row(&[row]).unwrap()[0].1.embedding, v3.embedding, "{column}");
+        if pgvector {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let distance: f64 = runtime.block_on(async {
+                use sqlx::Connection;
+                let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+                sqlx::query_scalar("SELECT embedding <=> '[0, 1, 0]' FROM memories").fetch_one(&mut c).await.unwrap()
+            });
+            assert!((distance - 1.0).abs() < 1e-6, "cosine distance of orthogonal vectors in SQL: {distance}");
+        }
+    }
+}

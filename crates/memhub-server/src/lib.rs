@@ -42,7 +42,7 @@ pub struct AppState {
     /// Set to `true` when the server shuts down: long-lived streams (the change
     /// feed) end, so the graceful shutdown does not wait on them forever.
     pub closing: Arc<tokio::sync::watch::Sender<bool>>,
-    /// Outgoing webhooks (`webhooks.db`) and their delivery loop.
+    /// Outgoing webhooks ([`open_webhooks`]) and their delivery loop.
     pub webhooks: Arc<memhub_webhooks::Webhooks>,
 }
 
@@ -69,22 +69,53 @@ pub fn open_ledger(config: &Config) -> Result<memhub_ingest::ledger::Ledger, Str
     }
 }
 
+/// Where webhooks are kept on the configured backend: `webhooks.db` in the data
+/// dir, or the database that replicas share.
+pub fn open_webhooks(config: &Config) -> Result<Arc<dyn memhub_webhooks::WebhookTable>, Error> {
+    Ok(match config.storage.backend {
+        config::StorageBackend::Sqlite => Arc::new(memhub_webhooks::SqliteWebhooks::in_data_dir(&config.data_dir)?),
+        config::StorageBackend::Postgres => {
+            Arc::new(memhub_postgres::PostgresWebhooks::connect(&config.storage.postgres)?)
+        }
+    })
+}
+
 /// The audit log's file in a data dir.
 pub fn audit_path(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.join("audit.db")
 }
 
+/// The audit chain of the configured backend: `audit.db` in the data dir (opened
+/// read-only when `read_only`, for `memhub audit`), or the database that replicas share.
+pub fn open_audit_table(config: &Config, read_only: bool) -> Result<Arc<dyn memhub_govern::AuditTable>, Error> {
+    Ok(match config.storage.backend {
+        config::StorageBackend::Sqlite if read_only => {
+            Arc::new(memhub_govern::audit::open_read_only(&audit_path(&config.data_dir))?)
+        }
+        config::StorageBackend::Sqlite => Arc::new(memhub_govern::SqliteAudit::open(&audit_path(&config.data_dir))?),
+        config::StorageBackend::Postgres => {
+            Arc::new(memhub_postgres::PostgresAudit::connect(&config.storage.postgres)?)
+        }
+    })
+}
+
+/// The audit log requests append to: on the configured backend, or off (`audit = false`).
+pub fn open_audit(config: &Config) -> Result<memhub_govern::AuditLog, Error> {
+    if config.audit {
+        memhub_govern::AuditLog::on(open_audit_table(config, false)?)
+    } else {
+        tracing::warn!("the audit log is OFF (audit = false): accesses leave no trace");
+        Ok(memhub_govern::AuditLog::disabled())
+    }
+}
+
 impl AppState {
     /// Open the key store and the audit log next to the store, load the JWT keys,
-    /// decide the auth mode, and refuse an open server on a public address.
-    pub fn new(engine: Arc<Engine>, config: Config) -> Result<Self, Error> {
+    /// decide the auth mode, connect to Redis when `[redis]` names one, and refuse an
+    /// open server on a public address.
+    pub async fn new(engine: Arc<Engine>, config: Config) -> Result<Self, Error> {
         let keys = Arc::new(open_keys(&config)?);
-        let audit = Arc::new(if config.audit {
-            memhub_govern::AuditLog::open(&audit_path(&config.data_dir))?
-        } else {
-            tracing::warn!("the audit log is OFF (audit = false): accesses leave no trace");
-            memhub_govern::AuditLog::disabled()
-        });
+        let audit = Arc::new(open_audit(&config)?);
         let secret = std::env::var(&config.auth.jwt.hs256_secret_env).ok().filter(|s| !s.is_empty());
         let jwt = memhub_govern::JwtVerifier::new(&config.auth.jwt, secret.as_deref().map(str::as_bytes))?;
         let required = config.auth_required(jwt.is_some() || keys.any()?);
@@ -109,12 +140,12 @@ impl AppState {
             .map_err(|e| Error::new(ErrorCode::InvalidField, format!("ingest: {e}")))?
             .map(Arc::new);
         let closing = Arc::new(tokio::sync::watch::channel(false).0);
-        let webhooks = Arc::new(memhub_webhooks::Webhooks::open(
-            &config.data_dir,
+        let webhooks = Arc::new(memhub_webhooks::Webhooks::on(
+            open_webhooks(&config)?,
             engine.clone(),
             config.webhooks.clone(),
             guard.audit.clone(),
-        )?);
+        ));
         Ok(AppState { engine, config: Arc::new(config), guard, mcp, ingest, metrics_token, closing, webhooks })
     }
 

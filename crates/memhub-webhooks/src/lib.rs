@@ -13,10 +13,11 @@
 //! allowed ([`target`]).
 
 pub mod sign;
-mod store;
+pub mod store;
+
+pub use store::{SqliteWebhooks, WebhookTable};
 pub mod target;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,8 +28,6 @@ use memhub_types::{Change, ChangeFilter, ChangeOp, Error, ErrorCode, Scope};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
-
-use store::WebhookStore;
 
 /// `[webhooks]` settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,12 +161,15 @@ pub struct CreatedWebhook {
     pub secret: String,
 }
 
+/// How often a replica that does not lead looks again whether it leads now.
+const NOT_LEADING_RECHECK: Duration = Duration::from_secs(1);
+
 /// Attempts kept per webhook in its delivery record.
 const KEPT_DELIVERIES: usize = 1_000;
 
 /// The webhooks of one hub: registration and the delivery loop.
 pub struct Webhooks {
-    store: WebhookStore,
+    store: Arc<dyn WebhookTable>,
     engine: Arc<Engine>,
     config: WebhookConfig,
     audit: Arc<AuditLog>,
@@ -186,15 +188,9 @@ fn msg_id(id: &str, after: i64, through: i64) -> String {
 }
 
 impl Webhooks {
-    /// Open `webhooks.db` in `data_dir`.
-    pub fn open(
-        data_dir: &Path,
-        engine: Arc<Engine>,
-        config: WebhookConfig,
-        audit: Arc<AuditLog>,
-    ) -> Result<Self, Error> {
-        let store = WebhookStore::open(&data_dir.join("webhooks.db"))?;
-        Ok(Webhooks { store, engine, config, audit, wake: tokio::sync::Notify::new() })
+    /// Keep the webhooks in `store`: `webhooks.db` ([`SqliteWebhooks::in_data_dir`]) or the database replicas share.
+    pub fn on(store: Arc<dyn WebhookTable>, engine: Arc<Engine>, config: WebhookConfig, audit: Arc<AuditLog>) -> Self {
+        Webhooks { store, engine, config, audit, wake: tokio::sync::Notify::new() }
     }
 
     pub fn config(&self) -> &WebhookConfig {
@@ -277,6 +273,15 @@ impl Webhooks {
         let mut published = self.engine.watch_changes();
         loop {
             published.borrow_and_update();
+            // Replicas over one database: only the leader delivers (each webhook's
+            // position is shared, so two senders would send every batch twice).
+            // `leading` is what the election last found; it moves within seconds.
+            if !self.engine.leading() {
+                tokio::select! {
+                    _ = tokio::time::sleep(NOT_LEADING_RECHECK) => continue,
+                    _ = closing.changed() => return,
+                }
+            }
             let wait = match self.deliver_due().await {
                 // A batch went out: there may be more behind it, so go on at once
                 // instead of waiting for the next write to wake the loop.

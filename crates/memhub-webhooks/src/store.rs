@@ -1,8 +1,9 @@
-//! `webhooks.db`: the registered webhooks, each one's delivery position, and the
-//! record of delivery attempts. The position is the outbox: the change log holds
-//! the events, a webhook holds how far it has been delivered (`delivered_through`)
-//! and the batch in flight, so a restart resends exactly that batch under the
-//! same `webhook-id`.
+//! Where webhooks are kept: the registered webhooks, each one's delivery position,
+//! and the record of delivery attempts ([`WebhookTable`]; `webhooks.db` in the data
+//! dir is [`SqliteWebhooks`]). The position is the outbox: the change log holds the
+//! events, a webhook holds how far it has been delivered (`delivered_through`) and
+//! the batch in flight, so a restart resends exactly that batch under the same
+//! `webhook-id`.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -50,16 +51,65 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_webhook ON deliveries (webhook_id, id);
 "#;
 
-const COLUMNS: &str =
+/// The columns of `webhooks` a [`Webhook`] is read from, in its order.
+pub const COLUMNS: &str =
     "id, tenant, url, ops, system_id, kind, user_id, created_at, enabled, disabled_reason, failures, \
     first_failure_at, next_attempt_at, delivered_through, inflight_after, inflight_through, inflight_msg";
 
-pub(crate) struct WebhookStore {
+/// The registered webhooks, their positions and their delivery record. Every
+/// method is one statement (or one transaction), so a table shared by replicas
+/// needs no lock of its own: only the leading replica delivers.
+pub trait WebhookTable: Send + Sync {
+    /// Register `w` with its signing secret.
+    fn insert(&self, w: &Webhook, secret: &str) -> Result<(), Error>;
+    /// The webhook `id` (of `tenant`, when given).
+    fn get(&self, tenant: Option<&str>, id: &str) -> Result<Option<Webhook>, Error>;
+    /// The signing secret of webhook `id`.
+    fn secret(&self, id: &str) -> Result<Option<String>, Error>;
+    /// The webhooks of `tenant` (every tenant's when `None`), oldest first.
+    fn list(&self, tenant: Option<&str>) -> Result<Vec<Webhook>, Error>;
+    /// Remove a webhook and its delivery record; whether it existed.
+    fn delete(&self, tenant: &str, id: &str) -> Result<bool, Error>;
+    /// Enable (clearing the failure run, due at once) or disable a webhook; whether it exists.
+    fn set_enabled(&self, tenant: &str, id: &str, enabled: bool, reason: Option<&str>) -> Result<bool, Error>;
+    /// Record the batch about to be sent, before it is sent.
+    fn set_inflight(&self, id: &str, b: &InFlight) -> Result<(), Error>;
+    /// Nothing to send up to `through` (changes the webhook does not take); only
+    /// while no batch is in flight.
+    fn skip_to(&self, id: &str, through: i64) -> Result<(), Error>;
+    /// The batch in flight was delivered: move the position past it, clear the failure run.
+    fn delivered(&self, id: &str, through: i64) -> Result<(), Error>;
+    /// A failed attempt: count it and say when to try again.
+    fn failed(&self, id: &str, now: i64, next_attempt_at: i64) -> Result<(), Error>;
+    /// Record one attempt; its id.
+    fn record(&self, d: &Delivery) -> Result<i64, Error>;
+    /// Attempts of one webhook, newest first.
+    fn deliveries(&self, id: &str, limit: usize) -> Result<Vec<Delivery>, Error>;
+    /// One attempt of one webhook.
+    fn delivery(&self, webhook_id: &str, id: i64) -> Result<Option<Delivery>, Error>;
+    /// How many attempts of this message were made.
+    fn attempts(&self, webhook_id: &str, msg_id: &str) -> Result<u32, Error>;
+    /// Keep the newest `keep` attempts of each webhook.
+    fn prune_deliveries(&self, keep: usize) -> Result<(), Error>;
+}
+
+/// `webhooks.db`: the webhooks of the embedded mode.
+pub struct SqliteWebhooks {
     conn: Mutex<Connection>,
 }
 
 fn storage(e: rusqlite::Error) -> Error {
     Error::storage(e)
+}
+
+/// A webhook's operations as stored: comma-separated names (`None`: all).
+pub fn ops_text(ops: &Option<Vec<ChangeOp>>) -> Option<String> {
+    ops.as_ref().map(|ops| ops.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(","))
+}
+
+/// The operations [`ops_text`] wrote.
+pub fn ops_of(text: Option<String>) -> Option<Vec<ChangeOp>> {
+    text.map(|s| s.split(',').filter_map(ChangeOp::parse).collect())
 }
 
 fn webhook_from_row(r: &Row<'_>) -> rusqlite::Result<Webhook> {
@@ -72,7 +122,7 @@ fn webhook_from_row(r: &Row<'_>) -> rusqlite::Result<Webhook> {
         id: r.get(0)?,
         tenant: r.get(1)?,
         url: r.get(2)?,
-        ops: ops.map(|s| s.split(',').filter_map(ChangeOp::parse).collect()),
+        ops: ops_of(ops),
         system_id: r.get(4)?,
         kind: r.get(5)?,
         user_id: r.get(6)?,
@@ -103,8 +153,9 @@ fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<Delivery> {
     })
 }
 
-impl WebhookStore {
-    pub fn open(path: &Path) -> Result<WebhookStore, Error> {
+impl SqliteWebhooks {
+    /// Open (creating) the file at `path`, readable by its owner only (it holds the secrets).
+    pub fn open(path: &Path) -> Result<SqliteWebhooks, Error> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(Error::storage)?;
         }
@@ -119,15 +170,22 @@ impl WebhookStore {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
-        Ok(WebhookStore { conn: Mutex::new(conn) })
+        Ok(SqliteWebhooks { conn: Mutex::new(conn) })
+    }
+
+    /// `webhooks.db` in the data dir.
+    pub fn in_data_dir(data_dir: &Path) -> Result<SqliteWebhooks, Error> {
+        SqliteWebhooks::open(&data_dir.join("webhooks.db"))
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, Error> {
         f(&self.conn.lock().unwrap_or_else(|p| p.into_inner())).map_err(storage)
     }
+}
 
-    pub fn insert(&self, w: &Webhook, secret: &str) -> Result<(), Error> {
-        let ops = w.ops.as_ref().map(|ops| ops.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(","));
+impl WebhookTable for SqliteWebhooks {
+    fn insert(&self, w: &Webhook, secret: &str) -> Result<(), Error> {
+        let ops = ops_text(&w.ops);
         self.with(|c| {
             c.execute(
                 "INSERT INTO webhooks (id, tenant, url, ops, system_id, kind, user_id, secret, created_at, delivered_through) \
@@ -138,7 +196,7 @@ impl WebhookStore {
         })
     }
 
-    pub fn get(&self, tenant: Option<&str>, id: &str) -> Result<Option<Webhook>, Error> {
+    fn get(&self, tenant: Option<&str>, id: &str) -> Result<Option<Webhook>, Error> {
         self.with(|c| {
             c.query_row(
                 &format!("SELECT {COLUMNS} FROM webhooks WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)"),
@@ -149,11 +207,11 @@ impl WebhookStore {
         })
     }
 
-    pub fn secret(&self, id: &str) -> Result<Option<String>, Error> {
+    fn secret(&self, id: &str) -> Result<Option<String>, Error> {
         self.with(|c| c.query_row("SELECT secret FROM webhooks WHERE id = ?1", [id], |r| r.get(0)).optional())
     }
 
-    pub fn list(&self, tenant: Option<&str>) -> Result<Vec<Webhook>, Error> {
+    fn list(&self, tenant: Option<&str>) -> Result<Vec<Webhook>, Error> {
         self.with(|c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM webhooks WHERE (?1 IS NULL OR tenant = ?1) ORDER BY created_at, id"
@@ -163,7 +221,7 @@ impl WebhookStore {
         })
     }
 
-    pub fn delete(&self, tenant: &str, id: &str) -> Result<bool, Error> {
+    fn delete(&self, tenant: &str, id: &str) -> Result<bool, Error> {
         self.with(|c| {
             let n = c.execute("DELETE FROM webhooks WHERE id = ?1 AND tenant = ?2", params![id, tenant])?;
             c.execute("DELETE FROM deliveries WHERE webhook_id = ?1", params![id])?;
@@ -171,8 +229,7 @@ impl WebhookStore {
         })
     }
 
-    /// Enable (clearing the failure run) or disable a webhook.
-    pub fn set_enabled(&self, tenant: &str, id: &str, enabled: bool, reason: Option<&str>) -> Result<bool, Error> {
+    fn set_enabled(&self, tenant: &str, id: &str, enabled: bool, reason: Option<&str>) -> Result<bool, Error> {
         self.with(|c| {
             let n = c.execute(
                 "UPDATE webhooks SET enabled = ?3, disabled_reason = ?4, failures = CASE WHEN ?3 THEN 0 ELSE failures END, \
@@ -184,8 +241,7 @@ impl WebhookStore {
         })
     }
 
-    /// Record the batch about to be sent, before it is sent.
-    pub fn set_inflight(&self, id: &str, b: &InFlight) -> Result<(), Error> {
+    fn set_inflight(&self, id: &str, b: &InFlight) -> Result<(), Error> {
         self.with(|c| {
             c.execute(
                 "UPDATE webhooks SET inflight_after = ?2, inflight_through = ?3, inflight_msg = ?4 WHERE id = ?1",
@@ -195,8 +251,7 @@ impl WebhookStore {
         })
     }
 
-    /// Nothing to send up to `through` (changes the webhook does not take).
-    pub fn skip_to(&self, id: &str, through: i64) -> Result<(), Error> {
+    fn skip_to(&self, id: &str, through: i64) -> Result<(), Error> {
         self.with(|c| {
             c.execute(
                 "UPDATE webhooks SET delivered_through = MAX(delivered_through, ?2) WHERE id = ?1 AND inflight_msg IS NULL",
@@ -206,8 +261,7 @@ impl WebhookStore {
         })
     }
 
-    /// The batch in flight was delivered: move the position past it.
-    pub fn delivered(&self, id: &str, through: i64) -> Result<(), Error> {
+    fn delivered(&self, id: &str, through: i64) -> Result<(), Error> {
         self.with(|c| {
             c.execute(
                 "UPDATE webhooks SET delivered_through = MAX(delivered_through, ?2), inflight_after = NULL, \
@@ -219,8 +273,7 @@ impl WebhookStore {
         })
     }
 
-    /// A failed attempt: count it and say when to try again.
-    pub fn failed(&self, id: &str, now: i64, next_attempt_at: i64) -> Result<(), Error> {
+    fn failed(&self, id: &str, now: i64, next_attempt_at: i64) -> Result<(), Error> {
         self.with(|c| {
             c.execute(
                 "UPDATE webhooks SET failures = failures + 1, first_failure_at = COALESCE(first_failure_at, ?2), \
@@ -231,7 +284,7 @@ impl WebhookStore {
         })
     }
 
-    pub fn record(&self, d: &Delivery) -> Result<i64, Error> {
+    fn record(&self, d: &Delivery) -> Result<i64, Error> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO deliveries (webhook_id, msg_id, after_seq, through_seq, events, attempt, status, error, at, duration_ms) \
@@ -253,8 +306,7 @@ impl WebhookStore {
         })
     }
 
-    /// Attempts of one webhook, newest first.
-    pub fn deliveries(&self, id: &str, limit: usize) -> Result<Vec<Delivery>, Error> {
+    fn deliveries(&self, id: &str, limit: usize) -> Result<Vec<Delivery>, Error> {
         self.with(|c| {
             let mut st = c.prepare_cached(
                 "SELECT id, webhook_id, msg_id, after_seq, through_seq, events, attempt, status, error, at, duration_ms \
@@ -265,7 +317,7 @@ impl WebhookStore {
         })
     }
 
-    pub fn delivery(&self, webhook_id: &str, id: i64) -> Result<Option<Delivery>, Error> {
+    fn delivery(&self, webhook_id: &str, id: i64) -> Result<Option<Delivery>, Error> {
         self.with(|c| {
             c.query_row(
                 "SELECT id, webhook_id, msg_id, after_seq, through_seq, events, attempt, status, error, at, duration_ms \
@@ -277,8 +329,7 @@ impl WebhookStore {
         })
     }
 
-    /// How many attempts of this message were made.
-    pub fn attempts(&self, webhook_id: &str, msg_id: &str) -> Result<u32, Error> {
+    fn attempts(&self, webhook_id: &str, msg_id: &str) -> Result<u32, Error> {
         self.with(|c| {
             c.query_row(
                 "SELECT COUNT(*) FROM deliveries WHERE webhook_id = ?1 AND msg_id = ?2",
@@ -288,8 +339,7 @@ impl WebhookStore {
         })
     }
 
-    /// Keep the newest `keep` attempts of each webhook.
-    pub fn prune_deliveries(&self, keep: usize) -> Result<(), Error> {
+    fn prune_deliveries(&self, keep: usize) -> Result<(), Error> {
         self.with(|c| {
             c.execute(
                 "DELETE FROM deliveries WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER \

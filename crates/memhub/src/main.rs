@@ -338,10 +338,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 let engine = open_engine(&config, OpenMode::ReadWrite)?;
                 let worker = EmbeddingWorker::start(engine.clone());
                 let follower = LogFollower::start(engine.clone());
-                let audit = Arc::new(
-                    memhub_govern::AuditLog::open(&memhub_server::audit_path(&config.data_dir))
-                        .map_err(|e| e.to_string())?,
-                );
+                let audit = Arc::new(memhub_server::open_audit(&config).map_err(|e| e.to_string())?);
                 let caller = memhub_server::auth::Caller::local(&config.auth);
                 let result = memhub_server::mcp::serve_stdio(engine.clone(), audit.clone(), caller)
                     .await
@@ -503,11 +500,10 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn audit(op: AuditOp, config: &Config) -> Result<(), String> {
-    let path = memhub_server::audit_path(&config.data_dir);
-    let conn = memhub_govern::audit::open_read_only(&path).map_err(|e| e.to_string())?;
+    let table = memhub_server::open_audit_table(config, true).map_err(|e| e.to_string())?;
     match op {
         AuditOp::Verify => {
-            let report = memhub_govern::audit::verify(&conn).map_err(|e| e.to_string())?;
+            let report = memhub_govern::audit::verify(table.as_ref()).map_err(|e| e.to_string())?;
             println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
             match report.first_broken {
                 None => {
@@ -521,7 +517,7 @@ fn audit(op: AuditOp, config: &Config) -> Result<(), String> {
             let q = memhub_govern::AuditQuery { action, actor, limit: Some(lines.max(1)), ..Default::default() };
             let mut last = 0;
             loop {
-                let mut records = memhub_govern::audit::query(&conn, &q).map_err(|e| e.to_string())?;
+                let mut records = memhub_govern::audit::query(table.as_ref(), &q).map_err(|e| e.to_string())?;
                 records.reverse();
                 let seen = last;
                 for r in records.into_iter().filter(|r| r.seq > seen) {

@@ -214,3 +214,70 @@ async fn private_and_malformed_targets_are_refused() {
     let (status, v) = http.post("/v1/webhooks", &json!({"url": "http://example.com/", "ops": ["exploded"]})).await;
     assert_eq!(status, 400, "{v}");
 }
+
+/// Whether this replica says it leads (runs the once-per-store jobs, delivery among them).
+async fn leads(http: &Http) -> bool {
+    http.get("/health").await.1["leader"] == true
+}
+
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < Duration::from_secs(20), "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Replicas over one database (the suite's PostgreSQL run): a webhook registered
+/// through one replica gets the changes written through both, each once and in
+/// order, from the leader alone; when the leader is killed, the next one goes on
+/// from the shared position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_over_one_database_deliver_each_change_once() {
+    if !std::env::var("MEMHUB_TEST_BACKEND").is_ok_and(|b| b == "postgres") {
+        eprintln!(
+            "replicas share a database only on the PostgreSQL backend (scripts/test.sh runs this suite on it too)"
+        );
+        return;
+    }
+    let receiver = Receiver::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Server::start_in(dir_a.path(), &env(&[]));
+    // B's data dir names A's database (backend_env keeps the URL there).
+    std::fs::copy(dir_a.path().join("postgres-url"), dir_b.path().join("postgres-url")).unwrap();
+    let (http_a, b) = (Http::new(&a), Server::start_in(dir_b.path(), &env(&[])));
+    let http_b = Http::new(&b);
+    until("A leads", || leads(&http_a)).await;
+    assert!(!leads(&http_b).await, "one leader");
+    let id = register(&http_b, &receiver, json!({"ops": ["created"]})).await;
+    for i in 0..6 {
+        assert_eq!(http_a.post("/v1/memories", &note(&format!("a{i}"))).await.0, 201);
+        assert_eq!(http_b.post("/v1/memories", &note(&format!("b{i}"))).await.0, 201);
+    }
+    let got = receiver.wait_for("both replicas' writes delivered", |d| delivered_ids(d).len() == 12);
+    assert!(got.iter().all(|d| d["verified"] == true), "{got:?}");
+    let seqs: Vec<i64> =
+        got.iter().flat_map(|d| d["seqs"].as_array().unwrap().iter().map(|s| s.as_i64().unwrap())).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "once each, in sequence order: {seqs:?}");
+    // A records an attempt once the receiver has answered: B lists them all soon after.
+    let recorded = || async {
+        let (_, listed) = http_b.get(&format!("/v1/webhooks/{id}/deliveries")).await;
+        listed["deliveries"].as_array().map(Vec::len)
+    };
+    until("B lists every attempt A made", async || recorded().await == Some(got.len())).await;
+
+    a.kill9();
+    until("B takes over", || leads(&http_b)).await;
+    for i in 6..9 {
+        assert_eq!(http_b.post("/v1/memories", &note(&format!("b{i}"))).await.0, 201);
+    }
+    let all = receiver.wait_for("delivered by the new leader", |d| delivered_ids(d).len() == 15);
+    let mut ids_of_seq: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
+    for d in all.iter().filter(|d| d["status"] == 200) {
+        for s in d["seqs"].as_array().unwrap() {
+            ids_of_seq.entry(s.as_i64().unwrap()).or_default().insert(d["msg_id"].as_str().unwrap().into());
+        }
+    }
+    assert!(ids_of_seq.values().all(|ids| ids.len() == 1), "a change sent twice, under one id: {ids_of_seq:?}");
+    assert_eq!(ids_of_seq.len(), 15, "{ids_of_seq:?}");
+}

@@ -224,6 +224,10 @@ pub trait MemoryStore: Send + Sync {
     fn schemas(&self) -> Result<Vec<KindSchema>>;
     /// Retention policies set through the API, every tenant.
     fn retention_policies(&self) -> Result<Vec<RetentionPolicy>>;
+    /// Every knowledge-graph entity, with its tenant (for copying a store).
+    fn each_entity(&self, f: &mut dyn FnMut(&str, NewEntity) -> Result<()>) -> Result<()>;
+    /// Every knowledge-graph relation, with its tenant (for copying a store).
+    fn each_relation(&self, f: &mut dyn FnMut(&str, NewRelation) -> Result<()>) -> Result<()>;
 
     // --- the cold catalog: the only truth about which cold memories exist ---------
     /// Ids of cold memories with these `(tenant, system_id, memory_id)` keys.

@@ -693,6 +693,44 @@ impl MemoryStore for SqliteStore {
         )
     }
 
+    fn each_entity(&self, f: &mut dyn FnMut(&str, NewEntity) -> Result<()>) -> Result<()> {
+        let rows = self.rows(
+            "SELECT tenant, name, entity_type, observations, properties, metadata FROM kg_entities ORDER BY created_at, id",
+            [],
+            |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?)),
+        )?;
+        for (tenant, name, entity_type, observations, properties, metadata) in rows {
+            let e = NewEntity {
+                name,
+                entity_type,
+                observations: serde_json::from_str(&observations).unwrap_or_default(),
+                properties: serde_json::from_str(&properties).unwrap_or_default(),
+                metadata: serde_json::from_str(&metadata).unwrap_or_default(),
+            };
+            f(&tenant, e)?;
+        }
+        Ok(())
+    }
+
+    fn each_relation(&self, f: &mut dyn FnMut(&str, NewRelation) -> Result<()>) -> Result<()> {
+        let rows = self.rows(
+            "SELECT tenant, from_entity, to_entity, relation_type, properties, metadata FROM kg_relations ORDER BY created_at, id",
+            [],
+            |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?)),
+        )?;
+        for (tenant, from_entity, to_entity, relation_type, properties, metadata) in rows {
+            let r = NewRelation {
+                from_entity,
+                to_entity,
+                relation_type,
+                properties: serde_json::from_str(&properties).unwrap_or_default(),
+                metadata: serde_json::from_str(&metadata).unwrap_or_default(),
+            };
+            f(&tenant, r)?;
+        }
+        Ok(())
+    }
+
     fn cold_ids_by_key(&self, keys: &[(&str, &str, &str)]) -> Result<Vec<Uuid>> {
         self.read(|c| {
             let mut st = c.prepare_cached(

@@ -77,6 +77,37 @@ pub fn create_key(data_dir: &Path, args: &[&str]) -> String {
     secret
 }
 
+/// Every audit record of the store in `data_dir`, on whichever backend the suite
+/// runs, oldest first: read as a user reads them, with `memhub audit tail`.
+#[allow(dead_code)]
+pub fn audit_records(data_dir: &Path) -> Vec<memhub_govern::AuditRecord> {
+    let out = Command::new(memhub_bin())
+        .args(["audit", "--data-dir"])
+        .arg(data_dir)
+        .args(["tail", "--lines", "10000"])
+        .envs(backend_env(data_dir))
+        .output()
+        .expect("run memhub audit tail");
+    assert!(out.status.success(), "audit tail: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// What `memhub audit verify` reports of the store in `data_dir`, and whether it
+/// found the chain intact (its exit status).
+#[allow(dead_code)]
+pub fn audit_verify(data_dir: &Path) -> (serde_json::Value, bool) {
+    let out = Command::new(memhub_bin())
+        .args(["audit", "--data-dir"])
+        .arg(data_dir)
+        .arg("verify")
+        .envs(backend_env(data_dir))
+        .output()
+        .expect("run memhub audit verify");
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("audit verify printed no report ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    (report, out.status.success())
+}
+
 /// A `memhub serve` child process. Killed (SIGKILL) on drop if still running.
 pub struct Server {
     pub child: Child,
