@@ -103,6 +103,8 @@ pub struct Engine {
     registry: RwLock<SchemaRegistry>,
     config: EngineConfig,
     embedder: Option<Arc<dyn Embedder>>,
+    /// Text queries' vectors kept for reuse (see [`QueryVectors`](crate::query_vectors::QueryVectors)).
+    pub(crate) query_vectors: crate::query_vectors::QueryVectors,
     embed_queue: EmbeddingQueue,
     /// The cold tier, when `tiers.cold` names a bucket.
     pub(crate) cold: Option<ColdTier>,
@@ -228,6 +230,7 @@ impl Engine {
             indexes,
             maintainer,
             registry: RwLock::new(registry),
+            query_vectors: crate::query_vectors::QueryVectors::new(config.query_cache_entries),
             config,
             embedder,
             embed_queue: EmbeddingQueue::default(),
@@ -480,6 +483,12 @@ impl Engine {
     /// The server-side embedder, if one is configured.
     pub fn embedder(&self) -> Option<&Arc<dyn Embedder>> {
         self.embedder.as_ref()
+    }
+
+    /// Share query vectors with other replicas through `shared` (behind this
+    /// process's own cache): a text query embedded by one is not embedded again by another.
+    pub fn share_query_vectors(&self, shared: Arc<dyn crate::query_vectors::SharedVectors>) {
+        self.query_vectors.share(shared);
     }
 
     pub(crate) fn embed_queue(&self) -> &EmbeddingQueue {

@@ -17,6 +17,7 @@ mod engine;
 pub mod follow;
 pub mod index;
 mod prepare;
+pub mod query_vectors;
 pub mod store;
 pub mod telemetry;
 mod tiers;
@@ -58,6 +59,9 @@ pub struct EngineConfig {
     /// Concurrent store writes that arrive while a transaction commits share the
     /// next one (each acknowledged once it is durable). Off: one transaction each.
     pub group_commit: bool,
+    /// Query vectors kept in this process for reuse (least recently used go first;
+    /// ~1.5 KB each at 384-d). 0: every text query is embedded again.
+    pub query_cache_entries: usize,
 }
 
 /// How long the change log keeps what it tells (`[engine.events]`).
@@ -89,6 +93,7 @@ impl Default for EngineConfig {
             tiers: TierConfig::default(),
             events: EventsConfig::default(),
             group_commit: true,
+            query_cache_entries: 4096,
         }
     }
 }

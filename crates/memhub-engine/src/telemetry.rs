@@ -17,6 +17,7 @@ pub const TIER_MOVES: &str = "memhub_tier_moves_total";
 pub const MEMORIES_REMOVED: &str = "memhub_memories_removed_total";
 pub const CHANGES: &str = "memhub_changes_total";
 pub const WRITE_GROUP: &str = "memhub_write_group_size";
+pub const QUERY_VECTORS: &str = "memhub_query_vectors_total";
 
 /// Register the engine's metric descriptions with the installed recorder.
 pub fn describe() {
@@ -33,6 +34,10 @@ pub fn describe() {
     metrics::describe_counter!(MEMORIES_REMOVED, "Memories removed for good, by reason (retention, erasure, delete)");
     metrics::describe_counter!(CHANGES, "Changes committed to the store, by operation (the change stream)");
     metrics::describe_histogram!(WRITE_GROUP, "Store writes that shared one transaction (group commit)");
+    metrics::describe_counter!(
+        QUERY_VECTORS,
+        "Query texts turned into vectors, by where the vector came from (local cache, shared cache, embedded)"
+    );
 }
 
 /// Count the outcomes of a write of `results` made by `method`.

@@ -184,6 +184,12 @@ pub struct Guard {
     failures: Option<DefaultKeyedRateLimiter<IpAddr>>,
     blocked: Mutex<HashMap<IpAddr, Instant>>,
     allowed_origins: Vec<String>,
+    /// Requests per second and burst of a bucket (for the shared limiter).
+    rate: (u32, u32),
+    failures_per_minute: u32,
+    /// Rate limits and the lockout counted across replicas (Redis); the limiters
+    /// above count when it is absent or does not answer.
+    shared: Option<Arc<crate::shared::Shared>>,
 }
 
 impl Guard {
@@ -194,12 +200,14 @@ impl Guard {
         audit: Arc<AuditLog>,
         config: &AuthConfig,
         allowed_hosts: &[String],
+        shared: Option<Arc<crate::shared::Shared>>,
     ) -> Guard {
-        let limiter = NonZeroU32::new(config.rate_per_second).map(|rate| {
+        let quota = NonZeroU32::new(config.rate_per_second).map(|rate| {
             let burst =
                 NonZeroU32::new(config.rate_burst).unwrap_or(rate.saturating_mul(NonZeroU32::MIN.saturating_add(1)));
-            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+            (rate, burst)
         });
+        let limiter = quota.map(|(rate, burst)| RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)));
         let failures =
             NonZeroU32::new(config.auth_failures_per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n)));
         let mut allowed_origins = config.mcp_allowed_origins.clone();
@@ -216,6 +224,9 @@ impl Guard {
             failures,
             blocked: Mutex::new(HashMap::new()),
             allowed_origins,
+            rate: quota.map_or((0, 0), |(r, b)| (r.get(), b.get())),
+            failures_per_minute: config.auth_failures_per_minute,
+            shared,
         }
     }
 
@@ -232,7 +243,17 @@ impl Guard {
         self.allowed_origins.iter().any(|o| o == host)
     }
 
-    fn blocked_for(&self, ip: IpAddr) -> Option<Duration> {
+    /// How long `ip` is still refused after too many failed authentications (through
+    /// any replica, when they share Redis).
+    async fn blocked_for(&self, ip: IpAddr) -> Option<Duration> {
+        let shared = match &self.shared {
+            Some(s) => s.blocked(ip).await.flatten(),
+            None => None,
+        };
+        shared.or_else(|| self.blocked_here(ip))
+    }
+
+    fn blocked_here(&self, ip: IpAddr) -> Option<Duration> {
         let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
         match blocked.get(&ip) {
             Some(until) if *until > Instant::now() => Some(*until - Instant::now()),
@@ -245,7 +266,16 @@ impl Guard {
     }
 
     /// Count a failed authentication; returns the wait when the client is now blocked.
-    fn failed_from(&self, ip: IpAddr) -> Option<Duration> {
+    async fn failed_from(&self, ip: IpAddr) -> Option<Duration> {
+        if let (Some(s), true) = (&self.shared, self.failures_per_minute > 0) {
+            if let Some(counted) = s.failed(ip, self.failures_per_minute).await {
+                return counted;
+            }
+        }
+        self.failed_here(ip)
+    }
+
+    fn failed_here(&self, ip: IpAddr) -> Option<Duration> {
         let limiter = self.failures.as_ref()?;
         let not_until = limiter.check_key(&ip).err()?;
         let wait = not_until.wait_time_from(DefaultClock::default().now()).max(Duration::from_secs(1));
@@ -257,9 +287,14 @@ impl Guard {
         Some(wait)
     }
 
-    fn rate_limited(&self, principal: &Principal, client: Option<IpAddr>) -> Option<Duration> {
+    async fn rate_limited(&self, principal: &Principal, client: Option<IpAddr>) -> Option<Duration> {
         let limiter = self.limiter.as_ref()?;
         let bucket = rate_bucket(principal, client)?;
+        if let Some(s) = &self.shared {
+            if let Some(counted) = s.rate(&bucket, self.rate.0, self.rate.1).await {
+                return counted;
+            }
+        }
         // Per-address buckets are unbounded in number: forget the full ones now and
         // then. Only those requests pay for counting the buckets.
         if bucket.starts_with(OPEN_ADDRESS) && limiter.len() > 100_000 {
@@ -288,6 +323,14 @@ impl Guard {
             )),
         }
     }
+}
+
+async fn blocked_for(guard: &Guard, ip: Option<IpAddr>) -> Option<Duration> {
+    guard.blocked_for(ip?).await
+}
+
+async fn failed_from(guard: &Guard, ip: Option<IpAddr>) -> Option<Duration> {
+    guard.failed_from(ip?).await
 }
 
 fn request_id(headers: &HeaderMap) -> String {
@@ -407,7 +450,7 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
     let bearer = req.headers().get(header::AUTHORIZATION).map(|v| {
         v.to_str().ok().and_then(|s| s.strip_prefix("Bearer ").or_else(|| s.strip_prefix("bearer "))).map(str::trim)
     });
-    if path == "/metrics" && ip.and_then(|ip| guard.blocked_for(ip)).is_none() {
+    if path == "/metrics" && blocked_for(guard, ip).await.is_none() {
         if let (Some(Some(token)), Some(want)) = (bearer, state.metrics_token) {
             // Digests compare in constant time as far as the token is concerned.
             if crate::telemetry::digest(token) == want {
@@ -423,7 +466,7 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
             Err(Error::new(ErrorCode::InvalidCredentials, "the Authorization header must be Bearer <API key or JWT>"))
         }
         Some(Some(token)) => {
-            if let Some(wait) = ip.and_then(|ip| guard.blocked_for(ip)) {
+            if let Some(wait) = blocked_for(guard, ip).await {
                 guard.audit.record(anonymous("auth.failed", "anonymous", 429));
                 return with_id(too_many(wait, "too many failed authentications from this address"));
             }
@@ -434,7 +477,7 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
                     // A key's id is not secret: naming it shows which key is being guessed.
                     let actor =
                         memhub_govern::keys::key_id(&token).map_or("anonymous".to_string(), |id| format!("key:{id}"));
-                    if let Some(wait) = ip.and_then(|ip| guard.failed_from(ip)) {
+                    if let Some(wait) = failed_from(guard, ip).await {
                         guard.audit.record(anonymous("auth.failed", &actor, 429));
                         return with_id(too_many(wait, "too many failed authentications from this address"));
                     }
@@ -468,7 +511,7 @@ pub async fn guard(State(state): State<AppState>, mut req: Request, next: Next) 
         }
     };
     let caller = Caller::new(principal, tenant, &guard.manager_write_kinds, request_id.clone(), client.clone());
-    if let Some(wait) = guard.rate_limited(&caller.principal, ip) {
+    if let Some(wait) = guard.rate_limited(&caller.principal, ip).await {
         let action = action_for(&method, &matched).unwrap_or("rate_limited");
         guard.audit.record(caller.event(action, Vec::new(), Value::Null, 429));
         return with_id(too_many(wait, "rate limit exceeded for this key"));

@@ -44,6 +44,8 @@ pub struct Config {
     pub webhooks: memhub_webhooks::WebhookConfig,
     /// Where the memories live (`[storage]`).
     pub storage: StorageConfig,
+    /// What replicas share through Redis (`[redis]`; nothing without a URL).
+    pub redis: crate::shared::RedisConfig,
 }
 
 /// `[storage]`: the source of truth of the memories.
@@ -156,6 +158,7 @@ impl Default for Config {
             embedder: EmbedderConfig::default(),
             webhooks: memhub_webhooks::WebhookConfig::default(),
             storage: StorageConfig::default(),
+            redis: crate::shared::RedisConfig::default(),
         }
     }
 }
@@ -240,6 +243,9 @@ impl Config {
         }
         if let Some(v) = env_value("MEMHUB_AUTH_FAILURES_PER_MINUTE", &get)? {
             self.auth.auth_failures_per_minute = v;
+        }
+        if let Some(v) = get("MEMHUB_REDIS_URL") {
+            self.redis.url = v;
         }
         if let Some(v) = env_value("MEMHUB_AUDIT", &get)? {
             self.audit = v;

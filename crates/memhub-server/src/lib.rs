@@ -11,6 +11,7 @@ pub mod mcp;
 pub mod openapi;
 pub mod replica;
 pub mod rest;
+pub mod shared;
 pub mod telemetry;
 pub mod tools;
 pub mod webhooks;
@@ -131,7 +132,11 @@ impl AppState {
         let metrics_token = telemetry::scrape_token(&config.metrics_token_env)?;
         telemetry::recorder();
         let hosts = config.allowed_hosts();
-        let guard = Arc::new(auth::Guard::new(required, keys, jwt, audit.clone(), &config.auth, &hosts));
+        let shared = shared::connect(&config.redis).await?;
+        if let Some(shared) = &shared {
+            engine.share_query_vectors(shared.clone());
+        }
+        let guard = Arc::new(auth::Guard::new(required, keys, jwt, audit.clone(), &config.auth, &hosts, shared));
         let mcp = mcp::http_service(engine.clone(), audit, &hosts, config.max_body_bytes);
         let ingest =
             memhub_ingest::PullWorker::open_with(engine.clone(), config.ingest.clone(), &config.data_dir, || {

@@ -315,7 +315,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
             rt.block_on(async move {
                 let engine = open_engine(&config, OpenMode::ReadWrite)?;
-                let state = AppState::new(engine.clone(), config.clone()).map_err(|e| e.to_string())?;
+                let state = AppState::new(engine.clone(), config.clone()).await.map_err(|e| e.to_string())?;
                 let listener = tokio::net::TcpListener::bind(config.addr)
                     .await
                     .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;

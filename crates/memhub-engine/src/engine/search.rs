@@ -38,10 +38,12 @@ impl Engine {
             }
             None => match (&self.embedder, req.query.trim().is_empty(), req.semantic_ratio == Some(0.0)) {
                 (Some(embedder), false, false) => {
-                    let v = embedder
-                        .embed(&[req.query.as_str()])
+                    let (v, found) = self
+                        .query_vectors
+                        .get(embedder.as_ref(), &req.query)
                         .map_err(|e| Error::new(ErrorCode::InternalError, format!("cannot embed the query: {e}")))?;
-                    v.into_iter().next().and_then(|v| normalized(&v))
+                    metrics::counter!(crate::telemetry::QUERY_VECTORS, "found" => found.as_str()).increment(1);
+                    normalized(&v)
                 }
                 _ => None,
             },
