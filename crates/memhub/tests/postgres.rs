@@ -351,7 +351,11 @@ impl Cluster {
     }
 
     fn init() -> Cluster {
-        let bin = std::path::PathBuf::from(std::env::var("MEMHUB_TEST_PG_BIN").expect("run scripts/test.sh"));
+        Cluster::init_from(std::env::var("MEMHUB_TEST_PG_BIN").expect("run scripts/test.sh").into())
+    }
+
+    /// A cluster of the PostgreSQL whose binaries are in `bin`.
+    fn init_from(bin: std::path::PathBuf) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let cluster = Cluster { bin, dir, port };
@@ -364,6 +368,86 @@ impl Cluster {
         assert!(ok.unwrap().success(), "initdb");
         cluster.start();
         cluster
+    }
+
+    /// A cluster that accepts TLS connections only, with a server certificate for
+    /// 127.0.0.1 signed by a CA of this test's own; returns the CA's certificate file.
+    /// It runs Debian's PostgreSQL 15 (`MEMHUB_TEST_PG15_BIN`): the PyPI build the
+    /// other tests run has no TLS, and this one has no pgvector either.
+    fn init_tls() -> (Cluster, std::path::PathBuf) {
+        let bin = std::env::var("MEMHUB_TEST_PG15_BIN").expect("MEMHUB_TEST_PG15_BIN: run scripts/test.sh");
+        let cluster = Cluster::init_from(bin.into());
+        cluster.stop();
+        let data = cluster.dir.path().join("data");
+        let certs = cluster.dir.path().join("certs");
+        std::fs::create_dir(&certs).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl").args(args).current_dir(&certs).output();
+            let out = out.expect("openssl (scripts/test.sh installs it)");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        openssl(
+            &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2"]
+                .iter()
+                .copied()
+                .chain(["-subj", "/CN=memhub test CA"])
+                .collect::<Vec<_>>(),
+        );
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(certs.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        for file in ["server.crt", "server.key"] {
+            std::fs::copy(certs.join(file), data.join(file)).unwrap();
+        }
+        // TLS or nothing: plain connections over TCP are rejected.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n",
+        )
+        .unwrap();
+        if running_as_root() {
+            let ok = std::process::Command::new("chown").args(["-R", "nobody:nogroup"]).arg(&data).status();
+            assert!(ok.unwrap().success());
+        }
+        let key = data.join("server.key");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        std::fs::write(data.join("postgresql.auto.conf"), "ssl = on\n").unwrap();
+        if running_as_root() {
+            let ok = std::process::Command::new("chown")
+                .args(["nobody:nogroup"])
+                .arg(data.join("postgresql.auto.conf"))
+                .status();
+            assert!(ok.unwrap().success());
+        }
+        cluster.start();
+        (cluster, certs.join("ca.crt"))
     }
 
     fn start(&self) {
@@ -523,4 +607,257 @@ async fn an_unreachable_database_at_start_is_an_error_and_sigterm_stops_cleanly(
     let (status, _) = Http::new(&server).post("/v1/memories", &note("k", "stored before a clean stop")).await;
     assert_eq!(status, 201);
     assert_eq!(server.terminate(), Some(0), "SIGTERM: a clean exit");
+}
+
+/// `/metrics` of `http` read with the scrape token: the value of `series` (0 if absent).
+async fn metric(http: &Http, token: &str, series: &str) -> f64 {
+    let text =
+        reqwest::Client::new().get(http.url("/metrics")).bearer_auth(token).send().await.unwrap().text().await.unwrap();
+    common::metric_sample(&text, series).unwrap_or(0.0)
+}
+
+/// With Redis (`scripts/test.sh` runs one), replicas count one rate limit and one
+/// lockout, and share query vectors: a key's requests spread over A and B get the
+/// key's rate, not twice it; a text query embedded through A is not embedded again
+/// through B; an address that keeps failing to authenticate through A is refused
+/// by B too, even with a good key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_rate_limits_query_vectors_and_the_lockout_through_redis() {
+    let redis = std::env::var("MEMHUB_TEST_REDIS_URL").expect("MEMHUB_TEST_REDIS_URL: run scripts/test.sh");
+    let model = std::env::var("MEMHUB_TEST_MODEL_DIR").expect("MEMHUB_TEST_MODEL_DIR: run scripts/test.sh");
+    let url = fresh_database();
+    let token = "scrape-token-of-this-test";
+    let env = [
+        ("MEMHUB_STORAGE_BACKEND", "postgres"),
+        ("MEMHUB_POSTGRES_URL", url.as_str()),
+        ("MEMHUB_REDIS_URL", redis.as_str()),
+        ("MEMHUB_MODEL_DIR", model.as_str()),
+        ("MEMHUB_METRICS_TOKEN", token),
+        // 2 per second, bursts of 4 (twice the rate).
+        ("MEMHUB_RATE_PER_SECOND", "2"),
+        ("MEMHUB_AUTH_FAILURES_PER_MINUTE", "3"),
+    ];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key = create_key_in(dir_a.path(), &env, &["--role", "admin", "--tenant", "default"]);
+    let (a, b) = (Server::start_in(dir_a.path(), &env), Server::start_in(dir_b.path(), &env));
+    let (http_a, http_b) = (Http::new(&a), Http::new(&b));
+    let auth = format!("Bearer {key}");
+    let headers = [("Authorization", auth.as_str())];
+
+    // Query vectors: embedded once, through A; B finds A's.
+    let query = json!({"query": "where does the heron nest"});
+    let search = |http: &Http| {
+        let req = reqwest::Client::new().post(http.url("/v1/search")).header("Authorization", &auth).json(&query);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(search(&http_a).await, 200);
+    assert_eq!(search(&http_b).await, 200);
+    let series = |found: &str| format!("memhub_query_vectors_total{{found=\"{found}\"}}");
+    assert_eq!(metric(&http_a, token, &series("embedded")).await, 1.0);
+    assert_eq!(metric(&http_b, token, &series("shared")).await, 1.0, "B took A's vector from Redis");
+    assert_eq!(metric(&http_b, token, &series("embedded")).await, 0.0, "B embedded nothing");
+    // The searches spent tokens of the key's bucket: wait until it is full again.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+
+    // One bucket for the key across both replicas.
+    let started = std::time::Instant::now();
+    let mut allowed = 0;
+    for i in 0..20 {
+        let http = if i % 2 == 0 { &http_a } else { &http_b };
+        let (status, _) = http.get_with("/v1/stats", &headers).await;
+        assert!(status == 200 || status == 429, "{status}");
+        allowed += usize::from(status == 200);
+    }
+    let refill = (started.elapsed().as_secs_f64() * 2.0).ceil() as usize;
+    assert!(
+        allowed >= 4 && allowed <= 4 + refill,
+        "{allowed} allowed: one bucket (burst 4 + {refill} refilled), not two"
+    );
+
+    // The lockout: three failures through A, the fourth (through B) blocks the address everywhere.
+    for _ in 0..3 {
+        let (status, _) = http_a.get_with("/v1/stats", &[("Authorization", "Bearer mh_notakey_000000000000")]).await;
+        assert_eq!(status, 401);
+    }
+    let (status, _) = http_b.get_with("/v1/stats", &[("Authorization", "Bearer mh_notakey_000000000000")]).await;
+    assert_eq!(status, 429, "B counted A's failures");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await; // the rate bucket refills
+    let (status, err) = http_a.get_with("/v1/stats", &headers).await;
+    assert_eq!(status, 429, "the address is blocked on A too, good key or not: {err}");
+}
+
+/// `sslmode` in the URL: against a database that accepts TLS only, a server asking
+/// for `verify-full` with the database's CA connects and serves; one with another CA
+/// is refused (an impostor's certificate), and so is one without TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_is_verified_as_the_url_asks() {
+    let (cluster, ca) = Cluster::init_tls();
+    let base = cluster.url();
+    let start = |url: String| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(common::memhub_bin())
+            .args(["keys", "list", "--data-dir"])
+            .arg(dir.path())
+            .env("MEMHUB_STORAGE_BACKEND", "postgres")
+            .env("MEMHUB_POSTGRES_URL", url)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, err) = start(format!("{base}?sslmode=disable"));
+    assert!(!ok, "a plain connection is rejected by this database");
+    assert!(err.contains("cannot open") && !err.contains("panicked"), "{err}");
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "k.pem", "-out", "ca.crt", "-days", "2"])
+        .args(["-subj", "/CN=someone else"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let other_ca = elsewhere.path().join("ca.crt");
+    let (ok, err) = start(format!("{base}?sslmode=verify-full&sslrootcert={}", other_ca.display()));
+    assert!(!ok, "a certificate from another CA is refused");
+    assert!(err.contains("cannot open"), "{err}");
+
+    let url = format!("{base}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let (ok, err) = start(url.clone());
+    assert!(ok, "verified TLS connects: {err}");
+    let dir = tempfile::tempdir().unwrap();
+    let server =
+        Server::start_in(dir.path(), &[("MEMHUB_STORAGE_BACKEND", "postgres"), ("MEMHUB_POSTGRES_URL", url.as_str())]);
+    let http = Http::new(&server);
+    let (status, out) = http.post("/v1/memories", &note("tls", "written over a verified TLS connection")).await;
+    assert_eq!(status, 201, "{out}");
+    let (status, found) = http.post("/v1/search", &json!({"query": "verified TLS", "semantic_ratio": 0.0})).await;
+    assert_eq!((status, found["results"][0]["memory_id"].clone()), (200, json!("tls")), "{found}");
+
+    // A database without pgvector keeps vectors as real[] (the other tests' has it).
+    use memhub_postgres::sqlx::{self, Connection};
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    let column: String = sqlx::query_scalar(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+         WHERE attrelid = 'memories'::regclass AND attname = 'embedding'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(column, "real[]");
+}
+
+/// `memhub export` of the store that `env` names, as sorted lines.
+fn exported(data_dir: &std::path::Path, env: &[(&str, &str)]) -> Vec<String> {
+    let out = std::process::Command::new(common::memhub_bin())
+        .args(["export", "--data-dir"])
+        .arg(data_dir)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "export: {}", String::from_utf8_lossy(&out.stderr));
+    let mut lines: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+/// `memhub migrate` copies an embedded store into PostgreSQL: both export the same
+/// memories (ids, versions, times, vectors), the history and schemas come along, a
+/// key made on the embedded store works on a server over the database, and the
+/// audit chain verifies there with the source's head. Run again, it copies nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memhub_migrate_copies_an_embedded_store_into_postgresql() {
+    let source = tempfile::tempdir().unwrap();
+    let key = common::create_key(source.path(), &["--role", "admin", "--tenant", "default"]);
+    {
+        let mut server = Server::start_in(source.path(), &[("MEMHUB_STORAGE_BACKEND", "sqlite")]);
+        let http = Http::new(&server);
+        let auth = format!("Bearer {key}");
+        let headers = [("Authorization", auth.as_str())];
+        let client = reqwest::Client::new();
+        let post =
+            |path: &str, body: Value| client.post(http.url(path)).header("Authorization", &auth).json(&body).send();
+        for i in 0..1200 {
+            let mut m = note(&format!("m{i}"), &format!("memory number {i} about herons"));
+            m["embedding"] = json!(axis_vector(i % 384));
+            assert_eq!(post("/v1/memories", m).await.unwrap().status().as_u16(), 201);
+        }
+        // Two more versions of one memory.
+        for v in ["second thoughts on herons", "third thoughts on herons"] {
+            assert_eq!(post("/v1/memories", note("m7", v)).await.unwrap().status().as_u16(), 200, "updated");
+        }
+        let schema =
+            json!({"kind": "standup", "schema": {"type": "object", "properties": {"team": {"type": "string"}}}});
+        let status = post("/v1/schemas", schema).await.unwrap().status().as_u16();
+        assert!(status == 200 || status == 201, "{status}");
+        let policy = json!({"policies": [{"kind": "note", "ttl_seconds": 315_360_000}]});
+        let resp = client.put(http.url("/v1/retention")).header("Authorization", &auth).json(&policy).send().await;
+        assert_eq!(resp.unwrap().status().as_u16(), 200);
+        let (status, _) = http.get_with("/v1/stats", &headers).await;
+        assert_eq!(status, 200);
+        // Stopped as an operator would before migrating: everything audited is written.
+        assert_eq!(server.terminate(), Some(0));
+    }
+    let url = fresh_database();
+    let migrate = || {
+        std::process::Command::new(common::memhub_bin())
+            .args(["migrate", "--data-dir"])
+            .arg(source.path())
+            .args(["--to", &url])
+            .env("MEMHUB_STORAGE_BACKEND", "sqlite")
+            .output()
+            .unwrap()
+    };
+    let out = migrate();
+    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["memories"]["copied"], 1200, "{report}");
+    assert_eq!(report["memories"]["superseded_versions"], 2, "{report}");
+    assert_eq!(report["keys"]["copied"], 1, "{report}");
+    assert!(report["audit_records"].as_u64().unwrap() > 1200, "{report}");
+    assert!(!report.to_string().contains("secret"), "{report}");
+
+    let again = migrate();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let report: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(
+        (report["memories"]["copied"].clone(), report["memories"]["already_there"].clone()),
+        (json!(0), json!(1200))
+    );
+    assert_eq!((report["keys"]["copied"].clone(), report["audit_records"].clone()), (json!(0), json!(0)), "{report}");
+
+    let pg = [("MEMHUB_STORAGE_BACKEND", "postgres"), ("MEMHUB_POSTGRES_URL", url.as_str())];
+    let replica = tempfile::tempdir().unwrap();
+    let before = exported(source.path(), &[("MEMHUB_STORAGE_BACKEND", "sqlite")]);
+    assert_eq!(before.len(), 1200);
+    assert_eq!(before, exported(replica.path(), &pg), "the same memories: ids, versions, times, vectors");
+    let m7 = before.iter().map(|l| serde_json::from_str::<Value>(l).unwrap()).find(|m| m["memory_id"] == "m7").unwrap();
+    assert_eq!(m7["version"], 3, "{m7}");
+
+    let audit = |dir: &std::path::Path, env: &[(&str, &str)]| -> Value {
+        let out = std::process::Command::new(common::memhub_bin())
+            .args(["audit", "--data-dir"])
+            .arg(dir)
+            .arg("verify")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (before, after) = (audit(source.path(), &[("MEMHUB_STORAGE_BACKEND", "sqlite")]), audit(replica.path(), &pg));
+    assert_eq!((after["head"].clone(), after["records"].clone()), (before["head"].clone(), before["records"].clone()));
+
+    let server = Server::start_in(replica.path(), &pg);
+    let http = Http::new(&server);
+    let auth = format!("Bearer {key}");
+    let path = format!("/v1/memories/{}/history", m7["id"].as_str().unwrap());
+    let (status, history) = http.get_with(&path, &[("Authorization", &auth)]).await;
+    assert_eq!(status, 200, "{history}");
+    let text = history.to_string();
+    assert!(text.contains("memory number 7 about herons") && text.contains("second thoughts"), "{history}");
+    let (status, found) = http.get_with("/v1/schemas", &[("Authorization", &auth)]).await;
+    assert_eq!(status, 200, "the embedded store's key works over the database: {found}");
+    assert!(found.to_string().contains("standup"), "{found}");
+    let (_, retention) = http.get_with("/v1/retention", &[("Authorization", &auth)]).await;
+    assert!(retention.to_string().contains("315360000"), "{retention}");
 }
