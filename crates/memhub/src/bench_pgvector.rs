@@ -4,7 +4,8 @@
 //! corpus of `bench search` (clustered vectors, 100 systems, 10 projects); then the
 //! same filtered queries run through memhub's indexes and as pgvector SQL over an
 //! HNSW index (with pgvector 0.8's iterative scan, so a filter does not starve the
-//! result), with recall@10 of each against an exact f32 scan of the same filter.
+//! result), with recall@10 of each against an exact f32 scan of the same filter;
+//! and, for scale, memhub's latency over an embedded store of the same memories.
 
 use std::time::Instant;
 
@@ -73,20 +74,31 @@ pub fn pgvector(
     let engine =
         Engine::open_on(Box::new(store), dir.path(), config.engine.clone(), None).map_err(|e| e.to_string())?;
 
-    let mut rng = Rng(7);
-    let centres = centroids(&mut rng, dim);
+    // The same corpus (the same generator state) into PostgreSQL and into an
+    // embedded store beside it, for memhub's own search on each.
+    let generate = |engine: &Engine| {
+        let mut rng = Rng(7);
+        let centres = centroids(&mut rng, dim);
+        let vectors = corpus(Some(engine), count, |i| NewMemory {
+            system_id: Some(format!("sys-{}", i % 100)),
+            project: Some(format!("p{}", i % 10)),
+            memory_id: Some(format!("m{i}")),
+            content: format!("memory {i}"),
+            embedding: Some(clustered(&mut rng, &centres, noise)),
+            ..Default::default()
+        })?;
+        engine.checkpoint().map_err(|e| e.to_string())?;
+        Ok::<_, String>((vectors, rng, centres))
+    };
     eprintln!("storing {count} memories through memhub into PostgreSQL ...");
     let started = Instant::now();
-    let vectors = corpus(Some(&engine), count, |i| NewMemory {
-        system_id: Some(format!("sys-{}", i % 100)),
-        project: Some(format!("p{}", i % 10)),
-        memory_id: Some(format!("m{i}")),
-        content: format!("memory {i}"),
-        embedding: Some(clustered(&mut rng, &centres, noise)),
-        ..Default::default()
-    })?;
-    engine.checkpoint().map_err(|e| e.to_string())?;
+    let (vectors, mut rng, centres) = generate(&engine)?;
     let memhub_build_s = started.elapsed().as_secs_f64();
+    eprintln!("storing the same memories into an embedded store ...");
+    let embedded_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let embedded = Engine::open(embedded_dir.path(), config.engine.clone(), memhub_engine::OpenMode::ReadWrite)
+        .map_err(|e| e.to_string())?;
+    generate(&embedded)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     let mut sql = runtime.block_on(sqlx::PgConnection::connect(&url)).map_err(|e| e.to_string())?;
@@ -103,6 +115,9 @@ pub fn pgvector(
         return Err(format!("memories.embedding is {column}, not pgvector's vector: is the extension installed?"));
     }
     eprintln!("building pgvector's HNSW index (m 16, ef_construction 64, cosine) ...");
+    // As pgvector's docs advise: the graph must fit in maintenance_work_mem, or the
+    // build slows down several times.
+    runtime.block_on(sqlx::raw_sql("SET maintenance_work_mem = '2GB'").execute(&mut sql)).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let index = format!(
         "CREATE INDEX memories_embedding_hnsw ON memories USING hnsw ((embedding::vector({dim})) vector_cosine_ops)"
@@ -155,7 +170,7 @@ pub fn pgvector(
             })
             .collect();
         let text = query_sql(class);
-        let (mut memhub_ms, mut pg_ms) = (Vec::new(), Vec::new());
+        let (mut memhub_ms, mut pg_ms, mut embedded_ms) = (Vec::new(), Vec::new(), Vec::new());
         let (mut memhub_hits, mut pg_hits, mut wanted) = (0usize, 0usize, 0usize);
         for (q, req) in requests.iter().enumerate() {
             let qv = req.query_embedding.clone().unwrap_or_default();
@@ -164,6 +179,7 @@ pub fn pgvector(
                 found = engine.search(&DEFAULT_TENANT.into(), req).map(|r| r.results).unwrap_or_default();
             });
             let ours: Vec<usize> = found.iter().filter_map(|h| index_of(&h.memory.memory_id)).collect();
+            timed_ms(&mut embedded_ms, || drop(embedded.search(&DEFAULT_TENANT.into(), req)));
             let mut theirs = Vec::new();
             let mut failed = None;
             timed_ms(&mut pg_ms, || {
@@ -191,6 +207,7 @@ pub fn pgvector(
             format!("filter_{}", class.name),
             json!({
                 "memhub": {"latency_ms": latency(memhub_ms), "recall_at_10": recall(memhub_hits)},
+                "memhub_embedded_same_corpus": {"latency_ms": latency(embedded_ms)},
                 "pgvector_hnsw": {"latency_ms": latency(pg_ms), "recall_at_10": recall(pg_hits),
                                   "planner_used_hnsw": plans[class.name]},
             }),
@@ -202,8 +219,10 @@ pub fn pgvector(
         "pgvector_ef_search": ef_search,
         "memhub_store_and_index_seconds": round(memhub_build_s),
         "pgvector_hnsw_build_seconds": round(pgvector_build_s),
-        "note": "memhub: vector-only search in process (its own HNSW over the replica's indexes); \
-                 pgvector: the same query as SQL over one loopback connection, iterative scan relaxed_order",
+        "note": "memhub: vector-only search in process over the PostgreSQL store (its own HNSW; the hits' \
+                 memories read from the database); memhub_embedded_same_corpus: the same queries over an \
+                 embedded store of the same memories; pgvector: the same query as SQL over one loopback \
+                 connection, iterative scan relaxed_order",
         "filters": report,
     });
     println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
