@@ -31,6 +31,7 @@ use crate::EngineConfig;
 mod fusion;
 mod graph;
 mod group;
+mod hits;
 mod read;
 mod recent;
 mod retention;
@@ -105,6 +106,8 @@ pub struct Engine {
     embedder: Option<Arc<dyn Embedder>>,
     /// Text queries' vectors kept for reuse (see [`QueryVectors`](crate::query_vectors::QueryVectors)).
     pub(crate) query_vectors: crate::query_vectors::QueryVectors,
+    /// Search hits' memories, for a store in another process (see `hits`).
+    pub(crate) hits: hits::HitCache,
     embed_queue: EmbeddingQueue,
     /// The cold tier, when `tiers.cold` names a bucket.
     pub(crate) cold: Option<ColdTier>,
@@ -231,6 +234,7 @@ impl Engine {
             maintainer,
             registry: RwLock::new(registry),
             query_vectors: crate::query_vectors::QueryVectors::new(config.query_cache_entries),
+            hits: hits::HitCache::new(if shared { config.hit_cache_entries } else { 0 }),
             config,
             embedder,
             embed_queue: EmbeddingQueue::default(),
@@ -308,6 +312,7 @@ impl Engine {
     /// returned: a restart catches the indexes up.
     fn publish(&self, changes: &[Change]) {
         let Some(last) = changes.last() else { return };
+        self.hits.invalidate(changes);
         if let Err(e) = self.indexes.apply(changes) {
             tracing::error!(error = %e, "index update failed; restart to catch up");
         }

@@ -62,6 +62,10 @@ pub struct EngineConfig {
     /// Query vectors kept in this process for reuse (least recently used go first;
     /// ~1.5 KB each at 384-d). 0: every text query is embedded again.
     pub query_cache_entries: usize,
+    /// Search hits' memories kept in this process when the store is shared with
+    /// other processes (PostgreSQL), emptied by the change stream (~2 KB each at
+    /// 384-d). 0: every hit is read from the database. The embedded store keeps none.
+    pub hit_cache_entries: usize,
 }
 
 /// How long the change log keeps what it tells (`[engine.events]`).
@@ -94,6 +98,7 @@ impl Default for EngineConfig {
             events: EventsConfig::default(),
             group_commit: true,
             query_cache_entries: 4096,
+            hit_cache_entries: 16_384,
         }
     }
 }

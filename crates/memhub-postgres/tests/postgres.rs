@@ -516,3 +516,30 @@ fn vectors_are_pgvector_vectors_when_the_extension_is_there_and_real_arrays_when
         }
     }
 }
+
+/// A replica keeps its hits' memories (they are a database round trip away), and the
+/// change stream empties that cache: after another replica's update, a search that
+/// finds the memory again returns the new version, never the one it kept.
+#[test]
+fn a_replica_never_serves_a_kept_hit_older_than_what_it_applied() {
+    let url = fresh("hits");
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (replica(&url, dir_a.path()), replica(&url, dir_b.path()));
+    let _follow = (LogFollower::start(a.clone()), LogFollower::start(b.clone()));
+    let scope: Scope = "default".into();
+    let contents = |engine: &Engine| -> Vec<String> {
+        let req = SearchRequest { query: "nests".into(), semantic_ratio: Some(0.0), ..Default::default() };
+        engine.search(&scope, &req).unwrap().results.into_iter().map(|h| h.memory.content).collect()
+    };
+    a.store_memory(&scope, note("k1", "the blue heron nests"), IngestionMethod::Rest).unwrap();
+    caught_up(&b);
+    for _ in 0..3 {
+        assert_eq!(contents(&b), ["the blue heron nests"], "kept after the first search");
+    }
+    for (i, text) in ["the grey egret nests", "the white stork nests", "the black kite nests"].iter().enumerate() {
+        a.store_memory(&scope, note("k1", text), IngestionMethod::Rest).unwrap();
+        caught_up(&b);
+        assert_eq!(contents(&b), [*text], "version {} on B once applied", i + 2);
+        assert_eq!(contents(&a), [*text], "and on the writer at once");
+    }
+}

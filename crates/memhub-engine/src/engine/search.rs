@@ -130,7 +130,7 @@ impl Engine {
 
         let seqs: Vec<i64> =
             ranked.iter().filter_map(|c| if let Key::Doc(id) = c.key { Some(i64::from(id)) } else { None }).collect();
-        let mut loaded: HashMap<i64, Memory> = self.store.memories_by_row(&seqs)?.into_iter().collect();
+        let mut loaded: HashMap<i64, Memory> = self.hits.get(&seqs, |rows| self.store.memories_by_row(rows))?;
         let results: Vec<SearchHit> = ranked
             .into_iter()
             .filter_map(|c| {
