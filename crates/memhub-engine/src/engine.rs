@@ -1,7 +1,6 @@
 //! The engine: the write path (validate -> one transaction -> indexes catch up) and
 //! the read paths (get, list, history, search), all scoped by tenant.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -11,8 +10,8 @@ use memhub_types::schema::KindSchema;
 use memhub_types::time::now_micros;
 use memhub_types::{
     Change, ChangeFilter, ChangeOp, ChangePage, Embedder, Entity, Error, ErrorCode, Memory, MemoryFilter, MemoryPatch,
-    NewEntity, NewMemory, NewRelation, Relation, Result, RetentionPolicy, SchemaRegistry, Scope, SearchHit,
-    SearchRequest, SearchResponse, StoreOutcome, Tier,
+    NewEntity, NewMemory, NewRelation, Relation, RenderedChange, Result, RetentionPolicy, SchemaRegistry, Scope,
+    SearchHit, SearchRequest, SearchResponse, StoreOutcome, Tier,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -471,6 +470,19 @@ impl Engine {
         self.recent.page(scope, after, filter, limit.clamp(1, crate::limits::PAGE), CHANGES_SCANNED)
     }
 
+    /// [`recent_changes`](Self::recent_changes) in wire form: each change's JSON is
+    /// rendered once, for every reader (the change feed's streams share it). Returns
+    /// the changes and the cursor for the next call, `None` when not all in memory.
+    pub fn recent_rendered(
+        &self,
+        scope: &Scope,
+        after: i64,
+        filter: &ChangeFilter,
+        limit: usize,
+    ) -> Option<(Vec<RenderedChange>, i64)> {
+        self.recent.rendered(scope, after, filter, limit.clamp(1, crate::limits::PAGE), CHANGES_SCANNED)
+    }
+
     /// The last committed change's sequence number.
     pub fn last_change(&self) -> Result<i64> {
         self.store.last_change()
@@ -582,14 +594,14 @@ impl Drop for Engine {
 /// admits, and stop at `limit` kept or `scan` walked. Returns the page and its
 /// cursor, the last change walked: a reader moves past what it may not see once,
 /// and a narrow reader of a busy log reads a bounded stretch per call.
-pub(crate) fn page_of<'a>(
-    log: impl Iterator<Item = Result<Cow<'a, Change>>>,
+pub(crate) fn page_of<T: std::borrow::Borrow<Change>>(
+    log: impl Iterator<Item = Result<T>>,
     after: i64,
     scope: &Scope,
     filter: &ChangeFilter,
     limit: usize,
     scan: usize,
-) -> Result<(Vec<Change>, i64)> {
+) -> Result<(Vec<T>, i64)> {
     let mut cursor = after;
     let mut kept = Vec::new();
     if limit == 0 {
@@ -597,9 +609,10 @@ pub(crate) fn page_of<'a>(
     }
     for c in log.take(scan) {
         let c = c?;
-        cursor = c.seq;
-        if c.visible_to(scope) && filter.matches(&c) {
-            kept.push(c.into_owned());
+        let change = c.borrow();
+        cursor = change.seq;
+        if change.visible_to(scope) && filter.matches(change) {
+            kept.push(c);
             // Stop before pulling another change: it may cost a store read.
             if kept.len() == limit {
                 break;
@@ -610,7 +623,7 @@ pub(crate) fn page_of<'a>(
 }
 
 /// The store's change log after `after`, read lazily a thousand at a time.
-fn log_after(store: &dyn MemoryStore, after: i64) -> impl Iterator<Item = Result<Cow<'static, Change>>> + '_ {
+fn log_after(store: &dyn MemoryStore, after: i64) -> impl Iterator<Item = Result<Change>> + '_ {
     const BATCH: usize = 1_000;
     let (mut next, mut buffered, mut done) = (after, std::collections::VecDeque::new(), false);
     std::iter::from_fn(move || {
@@ -627,6 +640,6 @@ fn log_after(store: &dyn MemoryStore, after: i64) -> impl Iterator<Item = Result
                 }
             }
         }
-        buffered.pop_front().map(|c| Ok(Cow::Owned(c)))
+        buffered.pop_front().map(Ok)
     })
 }

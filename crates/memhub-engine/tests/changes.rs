@@ -239,6 +239,21 @@ fn pages(engine: &Engine, scope: &Scope, filter: &ChangeFilter, limit: usize) ->
     }
 }
 
+/// [`pages`] from the engine's shared wire forms ([`Engine::recent_rendered`]).
+fn rendered_pages(engine: &Engine, scope: &Scope, filter: &ChangeFilter, limit: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let (changes, next_after) = engine.recent_rendered(scope, after, filter, limit).expect("all held");
+        let json: Vec<&str> = changes.iter().map(|c| &*c.json).collect();
+        out.push(format!("[{}] next_after={next_after} reset=false", json.join(",")));
+        if changes.is_empty() && next_after == after {
+            return out;
+        }
+        after = next_after;
+    }
+}
+
 #[test]
 fn readers_that_keep_up_read_memory_and_get_what_the_store_would_give() {
     let dir = tempfile::tempdir().unwrap();
@@ -272,9 +287,14 @@ fn readers_that_keep_up_read_memory_and_get_what_the_store_would_give() {
             .store_memory(&tenant, memory("zebra-secret-key", "eve's secret", 0, Some("eve")), IngestionMethod::Rest)
             .unwrap();
         engine.store_entity("default", ann()).unwrap();
+        // Rendered before the erasure: the shared wire forms must forget the erased key too.
+        let before: Vec<Vec<String>> = readers.iter().map(|(s, f, n)| rendered_pages(&engine, s, f, *n)).collect();
+        assert!(before[0].concat().contains("zebra-secret-key"));
         let eve = MemoryFilter { user_id: Some("eve".into()), ..Default::default() };
         engine.erase(&tenant, &eve).unwrap();
         let pages: Vec<Vec<String>> = readers.iter().map(|(s, f, n)| pages(&engine, s, f, *n)).collect();
+        let rendered: Vec<Vec<String>> = readers.iter().map(|(s, f, n)| rendered_pages(&engine, s, f, *n)).collect();
+        assert_eq!(rendered, pages, "the shared wire form of each change is its JSON");
         let everything = pages[0].concat();
         assert!(!everything.contains("zebra"), "an erased memory's key stays in the in-memory log");
         assert!(everything.contains("\"erased\"") && everything.contains("k1"), "{everything}");

@@ -115,54 +115,16 @@ impl Feed {
             }
             // Marked seen before reading, so a change published during the read wakes the wait below.
             self.published.borrow_and_update();
-            // A reader that keeps up is served from the engine's window of recent
-            // changes, on the runtime; one far behind, or one that wants content,
-            // reads the store on a blocking thread.
-            let recent = (!self.content)
-                .then(|| self.engine.recent_changes(&self.scope, self.after, &self.filter, PAGE))
-                .flatten();
-            let page = match recent {
-                Some(page) => {
-                    let none = vec![None; page.changes.len()];
-                    Ok((page, none))
-                }
-                None => {
-                    let (engine, scope, filter, after, content) =
-                        (self.engine.clone(), self.scope.clone(), self.filter.clone(), self.after, self.content);
-                    blocking(move || {
-                        let page = engine.changes(&scope, after, &filter, Some(PAGE))?;
-                        let memories: Vec<_> = page
-                            .changes
-                            .iter()
-                            .map(|c| if content { content_of(&engine, &scope, c) } else { None })
-                            .collect();
-                        Ok((page, memories))
-                    })
-                    .await
-                }
-            };
-            let (page, memories) = match page {
-                Ok(p) => p,
+            let next_after = match self.read_page().await {
+                Ok(next_after) => next_after,
                 Err(e) => {
                     tracing::warn!(error = %e, "change feed read failed; ending the stream");
                     self.failed = true;
                     return Some(Event::default().event("error").data(e.to_json().to_string()));
                 }
             };
-            if page.reset {
-                let data = json!({
-                    "after": self.after,
-                    "message": "changes after this sequence number were pruned from the log; list again, then follow the events after this one"
-                });
-                self.ready.push_back(Event::default().event("reset").data(data.to_string()));
-            }
-            let moved = page.next_after != self.after;
-            self.after = page.next_after;
-            for (c, m) in page.changes.iter().zip(memories) {
-                let event =
-                    Event::default().id(c.seq.to_string()).event(c.op.as_str()).data(change_json(c, m).to_string());
-                self.ready.push_back(event);
-            }
+            let moved = next_after != self.after;
+            self.after = next_after;
             if !self.ready.is_empty() || moved {
                 continue;
             }
@@ -171,6 +133,47 @@ impl Feed {
                 _ = self.closing.changed() => return None,
             }
         }
+    }
+
+    /// Queue the events of the next page after `self.after`; returns the page's cursor.
+    /// A reader that keeps up is served from the engine's window of recent changes,
+    /// on the runtime, in the wire form rendered once for every stream; one far
+    /// behind, or one that wants content, reads the store on a blocking thread.
+    async fn read_page(&mut self) -> Result<i64, Error> {
+        let event =
+            |seq: i64, op: ChangeOp, data: &str| Event::default().id(seq.to_string()).event(op.as_str()).data(data);
+        if !self.content {
+            if let Some((changes, next_after)) =
+                self.engine.recent_rendered(&self.scope, self.after, &self.filter, PAGE)
+            {
+                self.ready.extend(changes.iter().map(|c| event(c.seq, c.op, &c.json)));
+                return Ok(next_after);
+            }
+        }
+        let (engine, scope, filter, after, content) =
+            (self.engine.clone(), self.scope.clone(), self.filter.clone(), self.after, self.content);
+        let (page, memories) = blocking(move || {
+            let page = engine.changes(&scope, after, &filter, Some(PAGE))?;
+            let memories: Vec<_> =
+                page.changes.iter().map(|c| if content { content_of(&engine, &scope, c) } else { None }).collect();
+            Ok((page, memories))
+        })
+        .await?;
+        if page.reset {
+            let data = json!({
+                "after": self.after,
+                "message": "changes after this sequence number were pruned from the log; list again, then follow the events after this one"
+            });
+            self.ready.push_back(Event::default().event("reset").data(data.to_string()));
+        }
+        for (c, m) in page.changes.iter().zip(memories) {
+            let data = match m {
+                Some(m) => change_json(c, Some(m)).to_string(),
+                None => c.to_json(),
+            };
+            self.ready.push_back(event(c.seq, c.op, &data));
+        }
+        Ok(page.next_after)
     }
 }
 

@@ -141,6 +141,11 @@ pub struct Change {
 }
 
 impl Change {
+    /// The change's wire form, as the feed and webhooks send it: its JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("changes serialize")
+    }
+
     /// Whether a reader with `scope` may see this change: the same rule as reading
     /// the memory. Graph changes carry no owner or system, so only readers of the
     /// whole tenant see them.
@@ -174,6 +179,22 @@ impl ChangeFilter {
             && eq(&self.kind, &c.kind)
             && eq(&self.user_id, &c.user_id)
             && self.ops.as_ref().is_none_or(|ops| ops.contains(&c.op))
+    }
+}
+
+/// A change in its wire form ([`Change::to_json`]), rendered once and shared by
+/// every reader that follows the log closely (each open feed stream would otherwise
+/// serialize every change again).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedChange {
+    pub seq: i64,
+    pub op: ChangeOp,
+    pub json: Arc<str>,
+}
+
+impl From<&Change> for RenderedChange {
+    fn from(c: &Change) -> Self {
+        RenderedChange { seq: c.seq, op: c.op, json: c.to_json().into() }
     }
 }
 

@@ -14,7 +14,7 @@ pub mod schema;
 pub mod time;
 
 pub use access::{Access, Scope, Selection};
-pub use change::{Change, ChangeFilter, ChangeOp, ChangePage};
+pub use change::{Change, ChangeFilter, ChangeOp, ChangePage, RenderedChange};
 pub use embed::{EmbedError, Embedder};
 pub use error::{Error, ErrorCode, Result};
 pub use memory::{
