@@ -4,7 +4,7 @@
 
 use memhub_types::Result;
 use memhub_webhooks::store::{ops_of, ops_text, COLUMNS};
-use memhub_webhooks::{Delivery, InFlight, Webhook, WebhookTable};
+use memhub_webhooks::{Delivery, InFlight, Settle, Webhook, WebhookTable};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
@@ -172,50 +172,54 @@ impl WebhookTable for PostgresWebhooks {
         .map(drop)
     }
 
-    fn delivered(&self, id: &str, through: i64) -> Result<()> {
-        self.execute(
-            sqlx::query(
-                "UPDATE webhooks SET delivered_through = GREATEST(delivered_through, $2), inflight_after = NULL, \
-                 inflight_through = NULL, inflight_msg = NULL, failures = 0, first_failure_at = NULL, \
-                 next_attempt_at = 0 WHERE id = $1",
-            )
-            .bind(id.to_string())
-            .bind(through),
-        )
-        .map(drop)
-    }
-
-    fn failed(&self, id: &str, now: i64, next_attempt_at: i64) -> Result<()> {
-        self.execute(
-            sqlx::query(
-                "UPDATE webhooks SET failures = failures + 1, first_failure_at = COALESCE(first_failure_at, $2), \
-                 next_attempt_at = $3 WHERE id = $1",
-            )
-            .bind(id.to_string())
-            .bind(now)
-            .bind(next_attempt_at),
-        )
-        .map(drop)
-    }
-
-    fn record(&self, d: &Delivery) -> Result<i64> {
-        self.db.block(
-            sqlx::query_scalar(
+    fn record(&self, d: &Delivery, settle: Settle) -> Result<i64> {
+        let pool = &self.db.pool;
+        self.db.block(async {
+            let mut tx = pool.begin().await?;
+            let id: i64 = sqlx::query_scalar(
                 "INSERT INTO webhook_deliveries (webhook_id, msg_id, after_seq, through_seq, events, attempt, status, \
                  error, at, duration_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
             )
-            .bind(d.webhook_id.clone())
-            .bind(d.msg_id.clone())
+            .bind(&d.webhook_id)
+            .bind(&d.msg_id)
             .bind(d.after)
             .bind(d.through)
             .bind(i32::try_from(d.events).unwrap_or(i32::MAX))
             .bind(i32::try_from(d.attempt).unwrap_or(i32::MAX))
             .bind(d.status.map(i32::from))
-            .bind(d.error.clone())
+            .bind(&d.error)
             .bind(d.at)
             .bind(i64::try_from(d.duration_ms).unwrap_or(i64::MAX))
-            .fetch_one(&self.db.pool),
-        )
+            .fetch_one(&mut *tx)
+            .await?;
+            match settle {
+                Settle::Nothing => {}
+                Settle::Delivered => {
+                    sqlx::query(
+                        "UPDATE webhooks SET delivered_through = GREATEST(delivered_through, $2), inflight_after = NULL, \
+                         inflight_through = NULL, inflight_msg = NULL, failures = 0, first_failure_at = NULL, \
+                         next_attempt_at = 0 WHERE id = $1",
+                    )
+                    .bind(&d.webhook_id)
+                    .bind(d.through)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Settle::Failed { next_attempt_at } => {
+                    sqlx::query(
+                        "UPDATE webhooks SET failures = failures + 1, first_failure_at = COALESCE(first_failure_at, $2), \
+                         next_attempt_at = $3 WHERE id = $1",
+                    )
+                    .bind(&d.webhook_id)
+                    .bind(d.at)
+                    .bind(next_attempt_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(id)
+        })
     }
 
     fn deliveries(&self, id: &str, limit: usize) -> Result<Vec<Delivery>> {

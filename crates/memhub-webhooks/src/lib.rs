@@ -15,18 +15,20 @@
 pub mod sign;
 pub mod store;
 
-pub use store::{SqliteWebhooks, WebhookTable};
+pub use store::{Settle, SqliteWebhooks, WebhookTable};
 pub mod target;
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use memhub_engine::Engine;
 use memhub_govern::{AuditEvent, AuditLog, Outcome};
 use memhub_types::time::{format_micros, now_micros};
-use memhub_types::{Change, ChangeFilter, ChangeOp, Error, ErrorCode, Scope};
+use memhub_types::{ChangeFilter, ChangeOp, Error, ErrorCode, RenderedChange, Scope};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use utoipa::ToSchema;
 
 /// `[webhooks]` settings.
@@ -175,10 +177,36 @@ pub struct Webhooks {
     audit: Arc<AuditLog>,
     /// Wakes the delivery loop when a webhook is created or enabled.
     wake: tokio::sync::Notify,
+    /// HTTP clients by checked target ([`client_for`](Self::client_for)).
+    clients: std::sync::Mutex<HashMap<(Option<String>, SocketAddr), reqwest::Client>>,
 }
+
+/// Most HTTP clients kept (each holds its idle connections to one target).
+const MAX_CLIENTS: usize = 256;
 
 fn not_found(id: &str) -> Error {
     Error::new(ErrorCode::NotFound, format!("no webhook with id {id}"))
+}
+
+/// A delivery's body: the batch's changes in their wire form, spliced in as they
+/// were rendered (each is a JSON object already), around an envelope serialized here.
+fn body(webhook: &Webhook, batch: &InFlight, timestamp: i64, changes: &[RenderedChange]) -> Vec<u8> {
+    let text = |s: &str| serde_json::to_string(s).expect("strings serialize");
+    let mut body = format!(
+        r#"{{"type":"memhub.changes","timestamp":{},"data":{{"webhook_id":{},"after":{},"through":{},"changes":["#,
+        text(&format_micros(timestamp * 1_000_000)),
+        text(&webhook.id),
+        batch.after,
+        batch.through,
+    );
+    for (i, c) in changes.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&c.json);
+    }
+    body.push_str("]}}");
+    body.into_bytes()
 }
 
 /// The `webhook-id` of the batch of changes `(after, through]` of webhook `id`:
@@ -190,7 +218,7 @@ fn msg_id(id: &str, after: i64, through: i64) -> String {
 impl Webhooks {
     /// Keep the webhooks in `store`: `webhooks.db` ([`SqliteWebhooks::in_data_dir`]) or the database replicas share.
     pub fn on(store: Arc<dyn WebhookTable>, engine: Arc<Engine>, config: WebhookConfig, audit: Arc<AuditLog>) -> Self {
-        Webhooks { store, engine, config, audit, wake: tokio::sync::Notify::new() }
+        Webhooks { store, engine, config, audit, wake: tokio::sync::Notify::new(), clients: Default::default() }
     }
 
     pub fn config(&self) -> &WebhookConfig {
@@ -263,7 +291,7 @@ impl Webhooks {
             .delivery(id, delivery)?
             .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("webhook {id} has no delivery {delivery}")))?;
         let batch = InFlight { after: earlier.after, through: earlier.through, msg_id: earlier.msg_id };
-        let (delivery, _) = self.send(&webhook, &batch, None).await?;
+        let (delivery, _) = self.send(&webhook, &batch, None, |_| Settle::Nothing).await?;
         Ok(delivery)
     }
 
@@ -343,19 +371,12 @@ impl Webhooks {
         let batch = match webhook.inflight.clone() {
             Some(b) => b,
             None => {
-                let (engine, scope, filter, after, n) = (
-                    self.engine.clone(),
-                    Scope::tenant(webhook.tenant.clone()),
-                    webhook.filter(),
-                    webhook.delivered_through,
-                    self.config.batch_size,
-                );
-                let page = tokio::task::spawn_blocking(move || engine.changes(&scope, after, &filter, Some(n)))
-                    .await
-                    .map_err(Error::internal)??;
-                let Some(last) = page.changes.last() else {
-                    if page.next_after > webhook.delivered_through {
-                        self.store.skip_to(&webhook.id, page.next_after)?;
+                let (changes, next_after) =
+                    self.page(&webhook, webhook.delivered_through, self.config.batch_size).await?;
+                let Some(last) = changes.last() else {
+                    if next_after > webhook.delivered_through {
+                        let id = webhook.id.clone();
+                        self.table(move |t| t.skip_to(&id, next_after)).await?;
                     }
                     return Ok(false);
                 };
@@ -364,19 +385,23 @@ impl Webhooks {
                     through: last.seq,
                     msg_id: msg_id(&webhook.id, webhook.delivered_through, last.seq),
                 };
-                self.store.set_inflight(&webhook.id, &batch)?;
+                let inflight = (webhook.id.clone(), batch.clone());
+                self.table(move |t| t.set_inflight(&inflight.0, &inflight.1)).await?;
                 webhook.inflight = Some(batch.clone());
-                fresh = Some(page.changes);
+                fresh = Some(changes);
                 batch
             }
         };
-        let (delivery, ok) = self.send(&webhook, &batch, fresh).await?;
-        let now = now_micros();
+        let failures = webhook.failures + 1;
+        let settle = |ok: bool| match ok {
+            true => Settle::Delivered,
+            false => Settle::Failed { next_attempt_at: now_micros() + self.backoff(failures).as_micros() as i64 },
+        };
+        let (delivery, ok) = self.send(&webhook, &batch, fresh, settle).await?;
         if ok {
-            self.store.delivered(&webhook.id, batch.through)?;
             return Ok(true);
         }
-        let failures = webhook.failures + 1;
+        let now = now_micros();
         let first_failure = webhook.first_failure_at.unwrap_or(now);
         let window = i64::try_from(self.config.retry_window_seconds).unwrap_or(i64::MAX).saturating_mul(1_000_000);
         let why = if failures >= self.config.max_failures {
@@ -386,13 +411,22 @@ impl Webhooks {
         } else {
             None
         };
-        self.store.failed(&webhook.id, now, now + self.backoff(failures).as_micros() as i64)?;
         if let Some(why) = why {
             tracing::warn!(webhook = %webhook.id, %why, last_error = ?delivery.error, "webhook disabled");
             self.store.set_enabled(&webhook.tenant, &webhook.id, false, Some(&why))?;
             self.audit(&webhook, "webhook.disabled", &delivery);
         }
         Ok(false)
+    }
+
+    /// Run `f` on the webhook table off the async runtime: its writes wait for the
+    /// disk, and the runtime's few threads also serve every request and feed stream.
+    async fn table<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn WebhookTable) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let table = self.store.clone();
+        tokio::task::spawn_blocking(move || f(table.as_ref())).await.map_err(Error::internal)?
     }
 
     /// The wait before retry number `failures`: doubling from `retry_initial_ms`,
@@ -405,33 +439,26 @@ impl Webhooks {
         Duration::from_millis(capped - jitter)
     }
 
-    /// POST one batch and record the attempt. Returns it and whether it was accepted (2xx).
+    /// POST one batch and record the attempt with what `settle` (given whether the
+    /// receiver accepted it) makes of it. Returns it and whether it was accepted (2xx).
     /// `changes`: the batch's changes when the caller has them, else they are read from the log.
     async fn send(
         &self,
         webhook: &Webhook,
         batch: &InFlight,
-        changes: Option<Vec<Change>>,
+        changes: Option<Vec<RenderedChange>>,
+        settle: impl FnOnce(bool) -> Settle,
     ) -> Result<(Delivery, bool), Error> {
         let changes = match changes {
-            Some(c) => c.iter().map(|c| serde_json::to_value(c).expect("changes serialize")).collect(),
+            Some(c) => c,
             None => self.batch_changes(webhook, batch).await?,
         };
         let timestamp = now_micros() / 1_000_000;
-        let body = json!({
-            "type": "memhub.changes",
-            "timestamp": format_micros(timestamp * 1_000_000),
-            "data": {
-                "webhook_id": webhook.id,
-                "after": batch.after,
-                "through": batch.through,
-                "changes": changes,
-            }
-        });
-        let body = serde_json::to_vec(&body).map_err(Error::internal)?;
-        let secret = self.store.secret(&webhook.id)?.ok_or_else(|| not_found(&webhook.id))?;
+        let body = body(webhook, batch, timestamp, &changes);
+        let (id, msg) = (webhook.id.clone(), batch.msg_id.clone());
+        let (secret, attempts) = self.table(move |t| Ok((t.secret(&id)?, t.attempts(&id, &msg)?))).await?;
+        let secret = secret.ok_or_else(|| not_found(&webhook.id))?;
         let signature = sign::signature(&secret, &batch.msg_id, timestamp, &body)?;
-        let attempt = self.store.attempts(&webhook.id, &batch.msg_id)? + 1;
         let started = Instant::now();
         let outcome = self.post(webhook, &batch.msg_id, timestamp, &signature, body).await;
         let (status, error) = match outcome {
@@ -446,42 +473,59 @@ impl Webhooks {
             after: batch.after,
             through: batch.through,
             events: changes.len(),
-            attempt,
+            attempt: attempts + 1,
             status,
             error,
             at: now_micros(),
             duration_ms: started.elapsed().as_millis() as u64,
         };
-        delivery.id = self.store.record(&delivery)?;
-        if delivery.id % 100 == 0 {
-            self.store.prune_deliveries(KEPT_DELIVERIES)?;
-        }
-        self.audit(webhook, "webhook.deliver", &delivery);
         let ok = delivery.error.is_none();
+        let (record, settle) = (delivery.clone(), settle(ok));
+        delivery.id = self
+            .table(move |t| {
+                let id = t.record(&record, settle)?;
+                if id % 100 == 0 {
+                    t.prune_deliveries(KEPT_DELIVERIES)?;
+                }
+                Ok(id)
+            })
+            .await?;
+        self.audit(webhook, "webhook.deliver", &delivery);
         Ok((delivery, ok))
     }
 
-    /// The changes of a batch, as the feed shows them.
-    async fn batch_changes(&self, webhook: &Webhook, batch: &InFlight) -> Result<Vec<Value>, Error> {
-        let (engine, scope, filter, batch) =
-            (self.engine.clone(), Scope::tenant(webhook.tenant.clone()), webhook.filter(), batch.clone());
-        let n = self.config.batch_size.max(1);
+    /// Up to `n` of `webhook`'s changes after `after`, in wire form, and the cursor
+    /// past them: from the engine's window of recent changes when it holds them
+    /// (rendered once, shared with the feed's streams), else from the store.
+    async fn page(&self, webhook: &Webhook, after: i64, n: usize) -> Result<(Vec<RenderedChange>, i64), Error> {
+        let (scope, filter) = (Scope::tenant(webhook.tenant.clone()), webhook.filter());
+        if let Some(page) = self.engine.recent_rendered(&scope, after, &filter, n) {
+            return Ok(page);
+        }
+        let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || {
-            let mut out: Vec<Change> = Vec::new();
-            let mut after = batch.after;
-            while after < batch.through {
-                let page = engine.changes(&scope, after, &filter, Some(n.min(1000)))?;
-                let done = page.changes.is_empty() || page.next_after <= after;
-                out.extend(page.changes.into_iter().filter(|c| c.seq <= batch.through));
-                if done {
-                    break;
-                }
-                after = page.next_after;
-            }
-            Ok(out.iter().map(|c| serde_json::to_value(c).expect("changes serialize")).collect())
+            let page = engine.changes(&scope, after, &filter, Some(n))?;
+            Ok((page.changes.iter().map(RenderedChange::from).collect(), page.next_after))
         })
         .await
         .map_err(Error::internal)?
+    }
+
+    /// The changes of a batch `(after, through]`, as the feed shows them.
+    async fn batch_changes(&self, webhook: &Webhook, batch: &InFlight) -> Result<Vec<RenderedChange>, Error> {
+        let n = self.config.batch_size.clamp(1, 1000);
+        let mut out = Vec::new();
+        let mut after = batch.after;
+        while after < batch.through {
+            let (changes, next_after) = self.page(webhook, after, n).await?;
+            let done = changes.is_empty() || next_after <= after;
+            out.extend(changes.into_iter().filter(|c| c.seq <= batch.through));
+            if done {
+                break;
+            }
+            after = next_after;
+        }
+        Ok(out)
     }
 
     /// One POST to the checked address. `Ok(status)` when the receiver answered.
@@ -495,14 +539,7 @@ impl Webhooks {
     ) -> Result<u16, String> {
         let url = target::parse(&webhook.url).map_err(|e| e.message())?;
         let checked = target::resolve(&url, self.config.allow_private_targets).await.map_err(|e| e.message())?;
-        let mut client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(self.config.timeout_seconds.max(1)));
-        if let Some(domain) = &checked.domain {
-            // Connect to the address that was checked, not to a second lookup's answer.
-            client = client.resolve(domain, checked.addr);
-        }
-        let client = client.build().map_err(|e| e.to_string())?;
+        let client = self.client_for(&checked)?;
         let resp = client
             .post(checked.url.clone())
             .header("content-type", "application/json")
@@ -515,6 +552,31 @@ impl Webhooks {
             .await
             .map_err(|e| format!("no answer: {e}"))?;
         Ok(resp.status().as_u16())
+    }
+
+    /// The HTTP client for a checked target, kept so that its connections are reused:
+    /// one per (host name, checked address), which it connects to whatever a second
+    /// lookup would answer (no DNS-rebinding bypass).
+    fn client_for(&self, checked: &target::Target) -> Result<reqwest::Client, String> {
+        let key = (checked.domain.clone(), checked.addr);
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let mut client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(self.config.timeout_seconds.max(1)));
+        if let Some(domain) = &checked.domain {
+            // Connect to the address that was checked, not to a second lookup's answer.
+            client = client.resolve(domain, checked.addr);
+        }
+        let client = client.build().map_err(|e| e.to_string())?;
+        // Targets whose addresses keep changing must not grow this without bound.
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        Ok(client)
     }
 
     fn audit(&self, webhook: &Webhook, action: &str, d: &Delivery) {

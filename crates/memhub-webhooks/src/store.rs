@@ -77,12 +77,9 @@ pub trait WebhookTable: Send + Sync {
     /// Nothing to send up to `through` (changes the webhook does not take); only
     /// while no batch is in flight.
     fn skip_to(&self, id: &str, through: i64) -> Result<(), Error>;
-    /// The batch in flight was delivered: move the position past it, clear the failure run.
-    fn delivered(&self, id: &str, through: i64) -> Result<(), Error>;
-    /// A failed attempt: count it and say when to try again.
-    fn failed(&self, id: &str, now: i64, next_attempt_at: i64) -> Result<(), Error>;
-    /// Record one attempt; its id.
-    fn record(&self, d: &Delivery) -> Result<i64, Error>;
+    /// Record one attempt and what it does to its webhook, in one transaction (one
+    /// durable write per delivered batch, not two); the attempt's id.
+    fn record(&self, d: &Delivery, settle: Settle) -> Result<i64, Error>;
     /// Attempts of one webhook, newest first.
     fn deliveries(&self, id: &str, limit: usize) -> Result<Vec<Delivery>, Error>;
     /// One attempt of one webhook.
@@ -91,6 +88,18 @@ pub trait WebhookTable: Send + Sync {
     fn attempts(&self, webhook_id: &str, msg_id: &str) -> Result<u32, Error>;
     /// Keep the newest `keep` attempts of each webhook.
     fn prune_deliveries(&self, keep: usize) -> Result<(), Error>;
+}
+
+/// What a recorded attempt does to its webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Nothing (a redelivery an admin asked for): position and failure run stay.
+    Nothing,
+    /// The batch in flight was accepted: the position moves past it (to the
+    /// attempt's `through`), the batch in flight and the failure run clear.
+    Delivered,
+    /// The attempt failed: count it, and try again at `next_attempt_at` (µs).
+    Failed { next_attempt_at: i64 },
 }
 
 /// `webhooks.db`: the webhooks of the embedded mode.
@@ -261,32 +270,11 @@ impl WebhookTable for SqliteWebhooks {
         })
     }
 
-    fn delivered(&self, id: &str, through: i64) -> Result<(), Error> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE webhooks SET delivered_through = MAX(delivered_through, ?2), inflight_after = NULL, \
-                 inflight_through = NULL, inflight_msg = NULL, failures = 0, first_failure_at = NULL, next_attempt_at = 0 \
-                 WHERE id = ?1",
-                params![id, through],
-            )
-            .map(|_| ())
-        })
-    }
-
-    fn failed(&self, id: &str, now: i64, next_attempt_at: i64) -> Result<(), Error> {
-        self.with(|c| {
-            c.execute(
-                "UPDATE webhooks SET failures = failures + 1, first_failure_at = COALESCE(first_failure_at, ?2), \
-                 next_attempt_at = ?3 WHERE id = ?1",
-                params![id, now, next_attempt_at],
-            )
-            .map(|_| ())
-        })
-    }
-
-    fn record(&self, d: &Delivery) -> Result<i64, Error> {
-        self.with(|c| {
-            c.execute(
+    fn record(&self, d: &Delivery, settle: Settle) -> Result<i64, Error> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let write = |c: &mut Connection| {
+            let tx = c.transaction()?;
+            tx.execute(
                 "INSERT INTO deliveries (webhook_id, msg_id, after_seq, through_seq, events, attempt, status, error, at, duration_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
@@ -302,8 +290,29 @@ impl WebhookTable for SqliteWebhooks {
                     d.duration_ms as i64
                 ],
             )?;
-            Ok(c.last_insert_rowid())
-        })
+            let id = tx.last_insert_rowid();
+            match settle {
+                Settle::Nothing => {}
+                Settle::Delivered => {
+                    tx.execute(
+                        "UPDATE webhooks SET delivered_through = MAX(delivered_through, ?2), inflight_after = NULL, \
+                         inflight_through = NULL, inflight_msg = NULL, failures = 0, first_failure_at = NULL, next_attempt_at = 0 \
+                         WHERE id = ?1",
+                        params![d.webhook_id, d.through],
+                    )?;
+                }
+                Settle::Failed { next_attempt_at } => {
+                    tx.execute(
+                        "UPDATE webhooks SET failures = failures + 1, first_failure_at = COALESCE(first_failure_at, ?2), \
+                         next_attempt_at = ?3 WHERE id = ?1",
+                        params![d.webhook_id, d.at, next_attempt_at],
+                    )?;
+                }
+            }
+            tx.commit()?;
+            Ok(id)
+        };
+        write(&mut conn).map_err(storage)
     }
 
     fn deliveries(&self, id: &str, limit: usize) -> Result<Vec<Delivery>, Error> {
