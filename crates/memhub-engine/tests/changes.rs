@@ -305,3 +305,68 @@ fn readers_that_keep_up_read_memory_and_get_what_the_store_would_give() {
     let from_store: Vec<Vec<String>> = readers.iter().map(|(s, f, n)| pages(&engine, s, f, *n)).collect();
     assert_eq!(from_memory, from_store);
 }
+
+/// A batch is written as its items one by one would be (the store may look up and
+/// insert them all at once): each item's outcome at its position, a key twice in
+/// one batch gets two versions, a cold key is thawed first, another user's key is
+/// refused alone, and every new memory is found under its own id.
+#[test]
+fn a_batch_writes_each_item_as_one_by_one_would() {
+    use memhub_types::StoreOutcome::*;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = support::open(&dir.path().join("data"), config(dir.path()), None);
+    let tenant = Scope::tenant("default");
+    let put = |id: &str, content: &str, age: i64, user: Option<&str>| {
+        engine.store_memory(&tenant, memory(id, content, age, user), IngestionMethod::Rest).unwrap()
+    };
+    let kept = put("kept", "stays as it is", 0, None);
+    put("edited", "the first word", 0, None);
+    put("theirs", "bob's own note", 0, Some("bob"));
+    let frozen = put("frozen", "an old archived note", 200, None);
+    assert_eq!(engine.age_tiers().unwrap().to_cold, 1);
+
+    let items = vec![
+        memory("n1", "quartz appears here", 0, None),
+        NewMemory { created_at: Some(kept.memory.created_at), ..memory("kept", "stays as it is", 0, None) },
+        memory("edited", "the second word", 0, None),
+        memory("n2", "basalt appears here", 0, None),
+        memory("frozen", "an old note thawed and rewritten", 200, None),
+    ];
+    let results = engine.store_batch(&tenant, items, IngestionMethod::Rest).unwrap();
+    let outcomes: Vec<_> = results.iter().map(|r| r.as_ref().unwrap().outcome).collect();
+    assert_eq!(outcomes, [Created, Unchanged, Updated, Created, Updated]);
+    let stored: Vec<_> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!(stored[1].memory.id, kept.memory.id);
+    assert_eq!((stored[2].memory.version, stored[4].memory.version), (2, 2));
+    assert_eq!(stored[4].memory.id, frozen.memory.id, "a cold key keeps its memory");
+    for (word, at) in [("quartz", 0), ("basalt", 3)] {
+        let found = engine.search(&tenant, &SearchRequest { query: word.into(), ..Default::default() }).unwrap();
+        let ids: Vec<_> = found.results.iter().map(|h| h.memory.id).collect();
+        assert_eq!(ids, [stored[at].memory.id], "{word} finds its own memory");
+        assert_eq!(engine.get(&tenant, &ids[0]).unwrap().content, format!("{word} appears here"));
+    }
+
+    // The same key twice: the second item is a new version of the first.
+    let twice = vec![memory("twice", "one", 0, None), memory("twice", "two", 0, None)];
+    let results = engine.store_batch(&tenant, twice, IngestionMethod::Rest).unwrap();
+    let written: Vec<_> = results.into_iter().map(Result::unwrap).collect();
+    assert_eq!((written[0].outcome, written[1].outcome), (Created, Updated));
+    assert_eq!((written[1].memory.id, written[1].memory.version), (written[0].memory.id, 2));
+
+    // A user's batch: its new memory is written, the other user's key refused alone.
+    let ann = Scope { user_id: Some("ann".into()), ..Scope::tenant("default") };
+    let mixed = vec![memory("ann-1", "ann writes", 0, None), memory("theirs", "ann overwrites", 0, None)];
+    let results = engine.store_batch(&ann, mixed, IngestionMethod::Rest).unwrap();
+    assert_eq!(results[0].as_ref().unwrap().outcome, Created);
+    assert!(results[1].is_err(), "{:?}", results[1]);
+
+    let changes = all(&engine, &tenant);
+    assert!(changes.windows(2).all(|w| w[0].seq < w[1].seq), "sequence numbers increase");
+    use ChangeOp::*;
+    assert_eq!(ops_of(&changes, "edited"), [Created, Updated]);
+    assert_eq!(ops_of(&changes, "kept"), [Created]);
+    assert_eq!(ops_of(&changes, "twice"), [Created, Updated]);
+    assert_eq!(ops_of(&changes, "n1"), [Created]);
+    assert_eq!(ops_of(&changes, "theirs"), [Created]);
+    assert_eq!(&ops_of(&changes, "frozen")[..], [Created, Moved, Frozen, Thawed, Updated]);
+}

@@ -240,40 +240,81 @@ fn change_from_row(r: &PgRow) -> std::result::Result<Option<Change>, sqlx::Error
 }
 
 /// Bind a memory's columns in [`MEMORY_COLUMNS`] order.
-fn bind_memory<'q>(
-    q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
-    m: &Memory,
-) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
-    q.bind(m.id)
-        .bind(m.tenant.clone())
-        .bind(m.system_id.clone())
-        .bind(m.memory_id.clone())
-        .bind(m.kind.clone())
-        .bind(m.schema_version as i32)
-        .bind(m.content.clone())
-        .bind(m.attributes.clone())
-        .bind(Value::Object(m.metadata.clone()))
-        .bind(serde_json::to_value(&m.tags).unwrap_or_default())
-        .bind(m.user_id.clone())
-        .bind(m.agent_id.clone())
-        .bind(m.session_id.clone())
-        .bind(m.project.clone())
-        .bind(m.created_at)
-        .bind(m.ingested_at)
-        .bind(m.updated_at)
-        .bind(m.expires_at)
-        .bind(m.embedding.clone())
-        .bind(m.embedding_model.clone())
-        .bind(m.content_hash.clone())
-        .bind(i64::from(m.version))
-        .bind(m.ingestion_method.as_str())
-        .bind(m.tier.as_str())
+/// Where a memory's values are bound: a statement's parameters, or one row of a
+/// multi-row `INSERT` ([`sqlx::QueryBuilder::push_values`]). One list of the
+/// columns' values, whichever.
+trait Bind: Sized {
+    fn value<'t, T: sqlx::Encode<'t, Postgres> + sqlx::Type<Postgres>>(self, v: T) -> Self;
 }
 
-/// `$1, $2, ... $n` from `$from`.
-fn placeholders(from: usize, n: usize) -> String {
-    (from..from + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+impl Bind for Query<'_> {
+    fn value<'t, T: sqlx::Encode<'t, Postgres> + sqlx::Type<Postgres>>(self, v: T) -> Self {
+        self.bind(v)
+    }
 }
+
+impl Bind for sqlx::query_builder::Separated<'_, Postgres, &'static str> {
+    fn value<'t, T: sqlx::Encode<'t, Postgres> + sqlx::Type<Postgres>>(mut self, v: T) -> Self {
+        self.push_bind(v);
+        self
+    }
+}
+
+/// `m`'s values in the order of [`MEMORY_COLUMNS`].
+fn bind_memory<B: Bind>(q: B, m: &Memory) -> B {
+    q.value(m.id)
+        .value(m.tenant.as_str())
+        .value(m.system_id.as_str())
+        .value(m.memory_id.as_str())
+        .value(m.kind.as_str())
+        .value(m.schema_version as i32)
+        .value(m.content.as_str())
+        .value(&m.attributes)
+        .value(Value::Object(m.metadata.clone()))
+        .value(serde_json::to_value(&m.tags).unwrap_or_default())
+        .value(m.user_id.as_deref())
+        .value(m.agent_id.as_deref())
+        .value(m.session_id.as_deref())
+        .value(m.project.as_deref())
+        .value(m.created_at)
+        .value(m.ingested_at)
+        .value(m.updated_at)
+        .value(m.expires_at)
+        .value(m.embedding.as_deref())
+        .value(m.embedding_model.as_deref())
+        .value(m.content_hash.as_str())
+        .value(i64::from(m.version))
+        .value(m.ingestion_method.as_str())
+        .value(m.tier.as_str())
+}
+
+/// `c`'s values in the order of [`CHANGE_COLUMNS`] after `seq`.
+fn bind_change<B: Bind>(q: B, c: &Change) -> B {
+    q.value(c.op.as_str())
+        .value(c.row)
+        .value(c.tenant.as_str())
+        .value(c.id)
+        .value(c.memory_id.as_deref())
+        .value(c.system_id.as_deref())
+        .value(c.kind.as_deref())
+        .value(c.user_id.as_deref())
+        .value(c.version.map(i64::from))
+        .value(c.at)
+}
+
+/// Keys `(tenant, system_id, memory_id)` as three arrays, for `UNNEST`.
+fn key_arrays(keys: &[(&str, &str, &str)]) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut arrays = (Vec::with_capacity(keys.len()), Vec::with_capacity(keys.len()), Vec::with_capacity(keys.len()));
+    for (t, s, m) in keys {
+        arrays.0.push(t.to_string());
+        arrays.1.push(s.to_string());
+        arrays.2.push(m.to_string());
+    }
+    arrays
+}
+
+/// Rows per multi-row `INSERT`: 24 parameters each, under PostgreSQL's 65,535.
+const INSERT_ROWS: usize = 1_000;
 
 /// Create database `name` through `admin_url` (a connection to any database of
 /// the cluster, as a user allowed to create databases); returns `admin_url` naming
@@ -1056,26 +1097,42 @@ impl PgTx<'_> {
         self.append(memory_change(op, row, m, keep))
     }
 
-    fn append(&mut self, mut change: Change) -> Result<()> {
+    fn append(&mut self, change: Change) -> Result<()> {
+        self.append_many(vec![change])
+    }
+
+    /// Log `changes` in order: their sequence numbers taken at once (ascending, so
+    /// in the order given; the write lock keeps other writers' numbers out of the
+    /// way), then one multi-row `INSERT`.
+    fn append_many(&mut self, mut changes: Vec<Change>) -> Result<()> {
         let store = self.store;
-        change.seq = store.block(
-            sqlx::query_scalar(
-                r#"INSERT INTO changes (seq, op, "row", tenant, id, memory_id, system_id, kind, user_id, version, at)
-                   VALUES (nextval('changes_seq'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING seq"#,
-            )
-            .bind(change.op.as_str())
-            .bind(change.row)
-            .bind(change.tenant.clone())
-            .bind(change.id)
-            .bind(change.memory_id.clone())
-            .bind(change.system_id.clone())
-            .bind(change.kind.clone())
-            .bind(change.user_id.clone())
-            .bind(change.version.map(i64::from))
-            .bind(change.at)
-            .fetch_one(&mut *self.tx),
-        )?;
-        self.changes.push(change);
+        if let [change] = &mut changes[..] {
+            // One change (most writes): numbered and logged in one statement.
+            let text = format!(
+                "INSERT INTO changes ({CHANGE_COLUMNS}) VALUES (nextval('changes_seq'), $1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 RETURNING seq"
+            );
+            let row = store.block(bind_change(sqlx::query(sql(text)), change).fetch_one(&mut *self.tx))?;
+            change.seq = row.try_get(0).map_err(db)?;
+        } else if !changes.is_empty() {
+            let mut seqs: Vec<i64> = store.block(
+                sqlx::query_scalar("SELECT nextval('changes_seq') FROM generate_series(1, $1)")
+                    .bind(changes.len() as i64)
+                    .fetch_all(&mut *self.tx),
+            )?;
+            seqs.sort_unstable();
+            for (c, seq) in changes.iter_mut().zip(seqs) {
+                c.seq = seq;
+            }
+            for chunk in changes.chunks(INSERT_ROWS) {
+                let mut q = sqlx::QueryBuilder::<Postgres>::new(format!("INSERT INTO changes ({CHANGE_COLUMNS}) "));
+                q.push_values(chunk, |b, c| {
+                    bind_change(b.value(c.seq), c);
+                });
+                store.block(q.build().execute(&mut *self.tx))?;
+            }
+        }
+        self.changes.extend(changes);
         Ok(())
     }
 
@@ -1114,6 +1171,42 @@ impl StoreTx for PgTx<'_> {
         Ok(self.one_memory("seq = $1", |q| q.bind(row))?.map(|(_, m)| m))
     }
 
+    fn find_by_keys(&mut self, keys: &[(&str, &str, &str)]) -> Result<Vec<Option<(i64, Memory)>>> {
+        let (tenants, systems, ids) = key_arrays(keys);
+        let store = self.store;
+        let found = store.block(
+            sqlx::query(select_memories(
+                "(tenant, system_id, memory_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]))",
+            ))
+            .bind(tenants)
+            .bind(systems)
+            .bind(ids)
+            .fetch_all(&mut *self.tx),
+        )?;
+        let mut by_key = std::collections::HashMap::new();
+        for r in &found {
+            let (row, m) = row_and_memory(r).map_err(db)?;
+            by_key.insert((m.tenant.clone(), m.system_id.clone(), m.memory_id.clone()), (row, m));
+        }
+        Ok(keys.iter().map(|(t, s, m)| by_key.remove(&(t.to_string(), s.to_string(), m.to_string()))).collect())
+    }
+
+    fn cold_has_any_key(&mut self, keys: &[(&str, &str, &str)]) -> Result<bool> {
+        let (tenants, systems, ids) = key_arrays(keys);
+        let store = self.store;
+        let found: Option<i32> = store.block(
+            sqlx::query_scalar(
+                "SELECT 1 FROM cold_memories WHERE (tenant, system_id, memory_id) IN \
+                 (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[])) LIMIT 1",
+            )
+            .bind(tenants)
+            .bind(systems)
+            .bind(ids)
+            .fetch_optional(&mut *self.tx),
+        )?;
+        Ok(found.is_some())
+    }
+
     fn cold_has_key(&mut self, tenant: &str, system_id: &str, memory_id: &str) -> Result<bool> {
         let store = self.store;
         let found: Option<i32> = store.block(
@@ -1127,12 +1220,28 @@ impl StoreTx for PgTx<'_> {
     }
 
     fn insert(&mut self, m: &Memory, op: ChangeOp) -> Result<i64> {
-        let text = format!("INSERT INTO memories ({MEMORY_COLUMNS}) VALUES ({}) RETURNING seq", placeholders(1, 24));
+        Ok(self.insert_many(&[m], op)?[0])
+    }
+
+    fn insert_many(&mut self, ms: &[&Memory], op: ChangeOp) -> Result<Vec<i64>> {
         let store = self.store;
-        let inserted = store.block(bind_memory(sqlx::query(sql(text)), m).fetch_one(&mut *self.tx))?;
-        let row: i64 = inserted.try_get(0).map_err(db)?;
-        self.log(op, Some(row), m, true)?;
-        Ok(row)
+        let mut rows = Vec::with_capacity(ms.len());
+        for chunk in ms.chunks(INSERT_ROWS) {
+            let mut q = sqlx::QueryBuilder::<Postgres>::new(format!("INSERT INTO memories ({MEMORY_COLUMNS}) "));
+            q.push_values(chunk, |b, m| {
+                bind_memory(b, m);
+            });
+            // Rows come back by id: the order of RETURNING is not promised.
+            q.push(" RETURNING id, seq");
+            let inserted: Vec<(Uuid, i64)> = store.block(q.build_query_as().fetch_all(&mut *self.tx))?;
+            let by_id: std::collections::HashMap<Uuid, i64> = inserted.into_iter().collect();
+            for m in chunk {
+                rows.push(*by_id.get(&m.id).ok_or_else(|| Error::internal("an inserted memory returned no row"))?);
+            }
+        }
+        let changes = ms.iter().zip(&rows).map(|(m, row)| memory_change(op, Some(*row), m, true)).collect();
+        self.append_many(changes)?;
+        Ok(rows)
     }
 
     fn replace(&mut self, row: i64, m: &Memory, superseded_at: i64) -> Result<()> {

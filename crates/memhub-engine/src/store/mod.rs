@@ -274,10 +274,31 @@ pub trait StoreTx {
     fn find_by_row(&mut self, row: i64) -> Result<Option<Memory>>;
     /// Whether a cold memory has this key (a write must thaw it first).
     fn cold_has_key(&mut self, tenant: &str, system_id: &str, memory_id: &str) -> Result<bool>;
+    /// [`find_by_key`](Self::find_by_key) of many keys `(tenant, system_id,
+    /// memory_id)`, answered in their order. A store with a round trip per
+    /// statement answers in one.
+    fn find_by_keys(&mut self, keys: &[(&str, &str, &str)]) -> Result<Vec<Option<(i64, Memory)>>> {
+        keys.iter().map(|(t, s, m)| self.find_by_key(t, s, m)).collect()
+    }
+    /// Whether any of these keys is a cold memory's ([`cold_has_key`](Self::cold_has_key)).
+    fn cold_has_any_key(&mut self, keys: &[(&str, &str, &str)]) -> Result<bool> {
+        for (t, s, m) in keys {
+            if self.cold_has_key(t, s, m)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
 
     /// Insert a memory (`op`: [`ChangeOp::Created`], or [`ChangeOp::Thawed`] when it
     /// comes back from a cold file); returns its row.
     fn insert(&mut self, m: &Memory, op: ChangeOp) -> Result<i64>;
+    /// [`insert`](Self::insert) many memories of distinct keys, none in the store;
+    /// their rows, in their order (a store with a round trip per statement inserts
+    /// them, and logs their changes, in a few statements).
+    fn insert_many(&mut self, ms: &[&Memory], op: ChangeOp) -> Result<Vec<i64>> {
+        ms.iter().map(|m| self.insert(m, op)).collect()
+    }
     /// Keep the current version of `row` in history, then overwrite it with `m`
     /// ([`ChangeOp::Updated`]).
     fn replace(&mut self, row: i64, m: &Memory, superseded_at: i64) -> Result<()>;
