@@ -454,7 +454,7 @@ impl Engine {
         if after < 0 {
             return Err(Error::field(ErrorCode::InvalidField, "after", "must be a sequence number ≥ 0"));
         }
-        if let Some(page) = self.recent.page(scope, after, filter, limit, CHANGES_SCANNED) {
+        if let Some(page) = self.recent.page(scope, after, filter, limit) {
             return Ok(page);
         }
         let pruned = self.store.pruned_through()?;
@@ -467,7 +467,7 @@ impl Engine {
     /// [`changes`](Self::changes) without a store read: `None` when the page is not
     /// all in memory (a reader far behind; the caller then reads off the async runtime).
     pub fn recent_changes(&self, scope: &Scope, after: i64, filter: &ChangeFilter, limit: usize) -> Option<ChangePage> {
-        self.recent.page(scope, after, filter, limit.clamp(1, crate::limits::PAGE), CHANGES_SCANNED)
+        self.recent.page(scope, after, filter, limit.clamp(1, crate::limits::PAGE))
     }
 
     /// [`recent_changes`](Self::recent_changes) in wire form: each change's JSON is
@@ -480,7 +480,7 @@ impl Engine {
         filter: &ChangeFilter,
         limit: usize,
     ) -> Option<(Vec<RenderedChange>, i64)> {
-        self.recent.rendered(scope, after, filter, limit.clamp(1, crate::limits::PAGE), CHANGES_SCANNED)
+        self.recent.rendered(scope, after, filter, limit.clamp(1, crate::limits::PAGE))
     }
 
     /// The last committed change's sequence number.

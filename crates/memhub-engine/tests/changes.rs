@@ -312,7 +312,7 @@ fn readers_that_keep_up_read_memory_and_get_what_the_store_would_give() {
 /// refused alone, and every new memory is found under its own id.
 #[test]
 fn a_batch_writes_each_item_as_one_by_one_would() {
-    use memhub_types::StoreOutcome::*;
+    use memhub_types::StoreOutcome as O;
     let dir = tempfile::tempdir().unwrap();
     let engine = support::open(&dir.path().join("data"), config(dir.path()), None);
     let tenant = Scope::tenant("default");
@@ -334,7 +334,7 @@ fn a_batch_writes_each_item_as_one_by_one_would() {
     ];
     let results = engine.store_batch(&tenant, items, IngestionMethod::Rest).unwrap();
     let outcomes: Vec<_> = results.iter().map(|r| r.as_ref().unwrap().outcome).collect();
-    assert_eq!(outcomes, [Created, Unchanged, Updated, Created, Updated]);
+    assert_eq!(outcomes, [O::Created, O::Unchanged, O::Updated, O::Created, O::Updated]);
     let stored: Vec<_> = results.into_iter().map(Result::unwrap).collect();
     assert_eq!(stored[1].memory.id, kept.memory.id);
     assert_eq!((stored[2].memory.version, stored[4].memory.version), (2, 2));
@@ -350,14 +350,14 @@ fn a_batch_writes_each_item_as_one_by_one_would() {
     let twice = vec![memory("twice", "one", 0, None), memory("twice", "two", 0, None)];
     let results = engine.store_batch(&tenant, twice, IngestionMethod::Rest).unwrap();
     let written: Vec<_> = results.into_iter().map(Result::unwrap).collect();
-    assert_eq!((written[0].outcome, written[1].outcome), (Created, Updated));
+    assert_eq!((written[0].outcome, written[1].outcome), (O::Created, O::Updated));
     assert_eq!((written[1].memory.id, written[1].memory.version), (written[0].memory.id, 2));
 
     // A user's batch: its new memory is written, the other user's key refused alone.
     let ann = Scope { user_id: Some("ann".into()), ..Scope::tenant("default") };
     let mixed = vec![memory("ann-1", "ann writes", 0, None), memory("theirs", "ann overwrites", 0, None)];
     let results = engine.store_batch(&ann, mixed, IngestionMethod::Rest).unwrap();
-    assert_eq!(results[0].as_ref().unwrap().outcome, Created);
+    assert_eq!(results[0].as_ref().unwrap().outcome, O::Created);
     assert!(results[1].is_err(), "{:?}", results[1]);
 
     let changes = all(&engine, &tenant);

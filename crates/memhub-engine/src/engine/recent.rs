@@ -91,16 +91,12 @@ impl RecentChanges {
 
     /// The page [`Engine::changes`] would read from the store, if every change after
     /// `after` is held (the same rule, [`page_of`], over the held changes).
-    pub(crate) fn page(
-        &self,
-        scope: &Scope,
-        after: i64,
-        filter: &ChangeFilter,
-        limit: usize,
-        scan: usize,
-    ) -> Option<ChangePage> {
-        self.walk(scope, after, filter, limit, scan, |held| held.change.clone())
-            .map(|(changes, next_after)| ChangePage { changes, next_after, reset: false })
+    pub(crate) fn page(&self, scope: &Scope, after: i64, filter: &ChangeFilter, limit: usize) -> Option<ChangePage> {
+        self.walk(scope, after, filter, limit, |held| held.change.clone()).map(|(changes, next_after)| ChangePage {
+            changes,
+            next_after,
+            reset: false,
+        })
     }
 
     /// [`page`](Self::page) in wire form.
@@ -110,9 +106,8 @@ impl RecentChanges {
         after: i64,
         filter: &ChangeFilter,
         limit: usize,
-        scan: usize,
     ) -> Option<(Vec<RenderedChange>, i64)> {
-        self.walk(scope, after, filter, limit, scan, Held::rendered)
+        self.walk(scope, after, filter, limit, Held::rendered)
     }
 
     fn walk<T>(
@@ -121,7 +116,6 @@ impl RecentChanges {
         after: i64,
         filter: &ChangeFilter,
         limit: usize,
-        scan: usize,
         out: impl Fn(&Held) -> T,
     ) -> Option<(Vec<T>, i64)> {
         let w = self.read();
@@ -130,7 +124,7 @@ impl RecentChanges {
         }
         let start = w.changes.partition_point(|c| c.change.seq <= after);
         let held = w.changes.range(start..).map(Ok);
-        let (kept, next_after) = page_of(held, after, scope, filter, limit, scan).ok()?;
+        let (kept, next_after) = page_of(held, after, scope, filter, limit, CHANGES_SCANNED).ok()?;
         Some((kept.into_iter().map(out).collect(), next_after))
     }
 }

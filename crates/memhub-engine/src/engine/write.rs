@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// One item's write: its row and what was stored, or the item's own refusal (the
+/// transaction goes on without it).
+pub(super) type Written = Result<(i64, Stored)>;
+
 impl Engine {
     /// Validate `new` and check it against the write scope: the scope's tenant and
     /// user fill in what the client left out; anything outside the scope is refused.
@@ -33,7 +37,7 @@ impl Engine {
         scope: &Scope,
         prepared: Prepared,
         cold: bool,
-    ) -> Result<Result<(i64, Stored)>> {
+    ) -> Result<Written> {
         let m = &prepared.memory;
         match tx.find_by_key(&m.tenant, &m.system_id, &m.memory_id)? {
             Some(existing) => Self::write_over(tx, scope, prepared, existing),
@@ -55,7 +59,7 @@ impl Engine {
         scope: &Scope,
         items: &[(usize, Prepared)],
         cold: bool,
-    ) -> Result<Vec<(usize, Result<(i64, Stored)>)>> {
+    ) -> Result<Vec<(usize, Written)>> {
         let keys: Vec<(&str, &str, &str)> = items
             .iter()
             .map(|(_, p)| (p.memory.tenant.as_str(), p.memory.system_id.as_str(), p.memory.memory_id.as_str()))
@@ -73,7 +77,7 @@ impl Engine {
             return Err(Error::new(ErrorCode::StorageError, COLD_KEY_MOVED));
         }
         let rows = tx.insert_many(&new.iter().map(|&k| &items[k].1.memory).collect::<Vec<_>>(), ChangeOp::Created)?;
-        let mut written: Vec<Option<Result<(i64, Stored)>>> = (0..items.len()).map(|_| None).collect();
+        let mut written: Vec<Option<Written>> = (0..items.len()).map(|_| None).collect();
         for (&k, row) in new.iter().zip(rows) {
             let memory = items[k].1.memory.clone();
             written[k] = Some(Ok((row, Stored { outcome: StoreOutcome::Created, memory })));
@@ -94,7 +98,7 @@ impl Engine {
         scope: &Scope,
         prepared: Prepared,
         (seq, old): (i64, Memory),
-    ) -> Result<Result<(i64, Stored)>> {
+    ) -> Result<Written> {
         let Prepared { mut memory, created_at_given } = prepared;
         if !scope.permits(&old) {
             return Ok(Err(Error::forbidden("this memory_id belongs to a memory you may not change")));
