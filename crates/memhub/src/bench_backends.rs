@@ -125,6 +125,9 @@ pub async fn backends(
             let t = Instant::now();
             load(&client, &format!("{}/v1/memories/batch", server.base), None, batches.clone(), 2).await?;
             let ingest_per_second = count as f64 / t.elapsed().as_secs_f64();
+            // Single stores start on drained indexes: otherwise they share the cores with
+            // the ingest's index backlog, and a faster ingest would read as slower stores.
+            drained(&client, &server.base).await?;
             let t = Instant::now();
             let single_ms =
                 load(&client, &format!("{}/v1/memories", server.base), None, single.clone(), clients).await?;
