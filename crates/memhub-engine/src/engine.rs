@@ -464,15 +464,10 @@ impl Engine {
         Ok(ChangePage { changes, next_after, reset: after < pruned })
     }
 
-    /// [`changes`](Self::changes) without a store read: `None` when the page is not
-    /// all in memory (a reader far behind; the caller then reads off the async runtime).
-    pub fn recent_changes(&self, scope: &Scope, after: i64, filter: &ChangeFilter, limit: usize) -> Option<ChangePage> {
-        self.recent.page(scope, after, filter, limit.clamp(1, crate::limits::PAGE))
-    }
-
-    /// [`recent_changes`](Self::recent_changes) in wire form: each change's JSON is
-    /// rendered once, for every reader (the change feed's streams share it). Returns
-    /// the changes and the cursor for the next call, `None` when not all in memory.
+    /// [`changes`](Self::changes) without a store read, in wire form: each change's
+    /// JSON is rendered once, for every reader (the change feed's streams share it).
+    /// Returns the changes and the cursor for the next call; `None` when the page is
+    /// not all in memory (a reader far behind; the caller then reads off the async runtime).
     pub fn recent_rendered(
         &self,
         scope: &Scope,
